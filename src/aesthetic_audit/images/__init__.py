@@ -1,0 +1,1 @@
+"""Image pairs (I_o, I_a): the photo editor, importers of existing pairs, safe decoding."""

@@ -1,0 +1,1 @@
+"""judges: one module per backend, registered with @register."""

@@ -1,0 +1,36 @@
+"""The judge protocol: images in, per-dimension scores J(I, d) in [0, 2] out.
+
+J = 0*P0 + 1*P1 + 2*P2 over the rubric levels (0 anti-aesthetic, 1 neutral, 2 conventional).
+A judge declares which dimensions it covers; the others come back as None ("not judged").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    scores: dict[str, float | None]
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Judge:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    covers: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "options": self.options}
+
+    def judge(self, images: Sequence[Image.Image], dims: Sequence[str]) -> list[JudgeResult]:
+        raise NotImplementedError

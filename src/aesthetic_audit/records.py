@@ -1,0 +1,44 @@
+"""The record kinds each stage writes, and the keys that identify them.
+
+A key hashes everything that determines a record (design: backend id + weights revision +
+preprocessing version + inputs + seed), so the same inputs are never computed twice and any change
+to them computes anew. Data fields are listed per stage; every stage copies what its consumers need
+so that a record can be read without joins.
+
+prompts  one per caption      data: pair_id (= key), index, source, caption_id, p_o, p_a, dims,
+                              rewriter, seed, words
+images   one per image pair   data: image_pair_id (= key), pair_id, p_o, p_a, dims, image_o, image_a
+                              (SHA-256 of the stored files), backend, strength, transforms
+                              ([{name, dimension, params}]), label ({value: -1 tie / 0 original /
+                              1 anti-aesthetic, source}) or null, model, source_item
+judge    one per (judge, image)          data: judge, image, scores {dim: J in [0, 2] or null}, covered
+score    one per (scorer, image, prompt) data: scorer, image, prompt (null when prompt-blind), score,
+                                               tokens, truncated, higher_is_better
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .hashing import spec_hash
+
+PROMPTS, IMAGES, JUDGE, SCORE = "prompts", "images", "judge", "score"
+STAGES = (PROMPTS, IMAGES, JUDGE, SCORE)
+
+
+def prompt_key(*, source: str, index: int, caption: str, dims: Sequence[str], rewriter: dict[str, Any],
+               max_words: int, seed: int) -> str:
+    return spec_hash({"stage": PROMPTS, "source": source, "index": index, "caption": caption,
+                      "dims": list(dims), "rewriter": rewriter, "max_words": max_words, "seed": seed})
+
+
+def image_pair_key(*, backend: dict[str, Any], inputs: dict[str, Any], seed: int) -> str:
+    return spec_hash({"stage": IMAGES, "backend": backend, "inputs": inputs, "seed": seed})
+
+
+def judge_key(*, judge: dict[str, Any], image: str, dims: Sequence[str]) -> str:
+    return spec_hash({"stage": JUDGE, "judge": judge, "image": image, "dims": sorted(dims)})
+
+
+def score_key(*, scorer: dict[str, Any], image: str, prompt: str | None) -> str:
+    return spec_hash({"stage": SCORE, "scorer": scorer, "image": image, "prompt": prompt})

@@ -1,0 +1,1 @@
+"""scorers: one module per backend, registered with @register."""

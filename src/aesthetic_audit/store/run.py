@@ -1,0 +1,209 @@
+"""A run directory: ``manifest.json``, ``records.sqlite`` (WAL) and ``images/`` stored by SHA-256.
+
+Every record has a key that hashes everything that determines it. Inserting an existing key is a
+no-op, so a stage that is run twice, or killed and run again, ends with exactly one record per key.
+Several processes may write to one run: SQLite's WAL mode serialises writers and each record is
+committed on its own, so a killed worker loses at most the item it was computing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import InputError
+from ..hashing import bytes_hash, canonical_json
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key      TEXT PRIMARY KEY,
+    stage    TEXT NOT NULL,
+    item     TEXT NOT NULL,
+    status   TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    data     TEXT NOT NULL,
+    error    TEXT,
+    created  REAL NOT NULL,
+    worker   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_stage ON records (stage, status);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One per-item result. ``data`` must be JSON-serialisable."""
+
+    key: str
+    stage: str
+    item: str
+    data: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, key: str, stage: str, item: str, reason: str, **data: Any) -> "Record":
+        return cls(key=key, stage=stage, item=item, data=data, status="failed", error=reason)
+
+
+class RunStore:
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        self.root = Path(root)
+        if not self.root.exists():
+            if not create:
+                raise InputError(f"run directory {self.root} does not exist")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise InputError(f"run path {self.root} exists and is not a directory")
+        elif not create and not (self.root / "records.sqlite").exists():
+            raise InputError(f"{self.root} is not a run directory (no records.sqlite)")
+        self.images_dir = self.root / "images"
+        self.images_dir.mkdir(exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+
+    # -- database -------------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: reopen in each process.
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.root / "records.sqlite", timeout=60.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.executescript(SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+            self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def put(self, record: Record) -> bool:
+        """Store a record; return False when its key was already stored.
+
+        An ok record is final. A failed record is replaced by a later attempt with the same key
+        (see ``retry_failed``), never the other way round.
+        """
+        return self.put_many([record]) == 1
+
+    def put_many(self, records: Iterable[Record]) -> int:
+        rows = [
+            (r.key, r.stage, r.item, r.status, canonical_json(r.data), r.error, time.time(), self.worker)
+            for r in records
+        ]
+        if not rows:
+            return 0
+        db = self.db
+        before = db.total_changes
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO records (key, stage, item, status, data, error, created, worker) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET status=excluded.status, data=excluded.data, "
+                "error=excluded.error, created=excluded.created, worker=excluded.worker "
+                "WHERE records.status = 'failed' AND excluded.status = 'ok'",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return db.total_changes - before
+
+    def keys(self, stage: str, status: str | None = None) -> set[str]:
+        sql, args = "SELECT key FROM records WHERE stage = ?", [stage]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        return {row[0] for row in self.db.execute(sql, args)}
+
+    def get(self, key: str) -> Record | None:
+        row = self.db.execute(
+            "SELECT key, stage, item, data, status, error FROM records WHERE key = ?", (key,)
+        ).fetchone()
+        return _row_to_record(row) if row else None
+
+    def records(self, stage: str | None = None, status: str | None = "ok") -> Iterator[Record]:
+        """Records in insertion order (rowid), optionally filtered by stage and status."""
+        sql = "SELECT key, stage, item, data, status, error FROM records"
+        where, args = [], []
+        if stage:
+            where.append("stage = ?")
+            args.append(stage)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY rowid"
+        for row in self.db.execute(sql, args).fetchall():
+            yield _row_to_record(row)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for stage, status, n in self.db.execute(
+            "SELECT stage, status, COUNT(*) FROM records GROUP BY stage, status ORDER BY stage"
+        ):
+            out.setdefault(stage, {"ok": 0, "failed": 0})[status] = n
+        return out
+
+    # -- images ---------------------------------------------------------------------------------
+    def put_image_bytes(self, data: bytes, suffix: str = ".png") -> str:
+        """Store encoded image bytes under their SHA-256; return the hash. Atomic and idempotent."""
+        sha = bytes_hash(data)
+        path = self._image_path(sha, suffix)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return sha
+
+    def put_image(self, image: Any) -> str:
+        """Store a PIL image as PNG (lossless, deterministic bytes for the same pixels)."""
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", optimize=False)
+        return self.put_image_bytes(buf.getvalue(), ".png")
+
+    def _image_path(self, sha: str, suffix: str) -> Path:
+        return self.images_dir / sha[:2] / f"{sha}{suffix}"
+
+    def image_path(self, sha: str) -> Path:
+        matches = list((self.images_dir / sha[:2]).glob(f"{sha}.*"))
+        if not matches:
+            raise InputError(f"image {sha} is not in run {self.root}")
+        return matches[0]
+
+    # -- manifest -------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, self.manifest_path)
+
+
+def _row_to_record(row: tuple) -> Record:
+    key, stage, item, data, status, error = row
+    return Record(key=key, stage=stage, item=item, data=json.loads(data), status=status, error=error)
