@@ -36,7 +36,8 @@ class PromptsConfig(_Section):
     format: Literal["auto", "coco", "csv", "tsv", "jsonl", "txt"] = "auto"
     column: str | None = Field(None, description="caption column for CSV/TSV/JSONL (default: caption or Prompt)")
     filter: dict[str, str] = Field(default_factory=dict, description="keep rows whose column equals the value")
-    n: int | None = Field(None, ge=1, description="sample this many captions (seeded); all when unset")
+    n: int | None = Field(300, ge=1, description="sample this many captions (seeded; the study used 300); "
+                          "null for all")
     dimensions: list[str] | None = Field(None, description="dimension keys to draw from (default: the study's 11)")
     k_min: int = Field(2, ge=1, description="fewest dimensions per prompt")
     k_max: int = Field(4, ge=1, description="most dimensions per prompt")

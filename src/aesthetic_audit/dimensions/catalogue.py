@@ -9,7 +9,7 @@ A user file has the same shape as the built-in one::
         anti: coarse square blocks, like a low-resolution image blown up
         rubric: {0: ..., 1: ..., 2: ...}
         phrasings: [blocky oversized pixels, ...]
-        editor: [pixelate]
+        editor: [pixelation]
       - key: clarity              # an existing one: only the fields given are replaced
         phrasings: [a smeared, unfocused haze]
 """

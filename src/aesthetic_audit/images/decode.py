@@ -65,6 +65,8 @@ def decode_image(source: bytes | str | os.PathLike, *, name: str | None = None,
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
+    if img.mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")  # a PNG tRNS colour key makes matching pixels transparent
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -43,6 +43,11 @@ class Rewriter:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
 
+    @classmethod
+    def from_config(cls, prompts_config: Any) -> "Rewriter":
+        """Build from the ``prompts`` config section; rewriters with settings override this."""
+        return cls()
+
     def identity(self) -> dict[str, Any]:
         """Everything that changes the output; part of each prompt record's key."""
         return {"name": self.name, "version": self.version}

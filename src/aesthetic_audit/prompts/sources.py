@@ -1,0 +1,183 @@
+"""Caption sources: the built-in set, COCO captions JSON, CSV/TSV (e.g. PartiPrompts), JSONL, text.
+
+Problems with single captions (empty, duplicate, over 10,000 characters) are counted warnings that
+name the file and line; problems with the whole source (missing, empty, undecodable, no such
+column) are errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InputError
+
+MAX_CAPTION_CHARS = 10_000
+DEFAULT_COLUMNS = ("caption", "Prompt", "prompt", "text", "original_prompt")
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class Caption:
+    id: str      # stable, human-readable origin: "captions.json:annotation 42", "parti.tsv:line 7"
+    text: str
+
+
+@dataclass
+class CaptionSet:
+    source: str
+    captions: list[Caption]
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_captions(source: str, *, format: str = "auto", column: str | None = None,
+                  filter: dict[str, str] | None = None) -> CaptionSet:
+    """Read, clean and de-duplicate the captions of a source."""
+    if source == BUILTIN:
+        text = resources.files("aesthetic_audit.prompts").joinpath("data/captions.txt").read_text("utf-8")
+        rows = _text_rows(text, "builtin")
+        name = "builtin"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"caption source {path} does not exist" if not path.exists()
+                             else f"caption source {path} is not a file")
+        raw = path.read_bytes()
+        if not raw.strip():
+            raise InputError(f"caption source {path} is empty")
+        text = _decode(raw, path)
+        fmt = _detect(path, text) if format == "auto" else format
+        name = path.name
+        if filter and fmt in ("coco", "txt"):
+            raise InputError(f"{path}: a filter needs a CSV, TSV or JSONL source, not {fmt}")
+        rows = _READERS[fmt](text, name, column=column, filter=filter or {})
+    return _clean(name, rows)
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: bytes that are not UTF-8 ({exc.reason} at byte {exc.start}); "
+                         "re-save the file as UTF-8") from None
+
+
+def _detect(path: Path, text: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "coco"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".txt", ".text", ""):
+        return "txt"
+    raise InputError(f"{path}: cannot tell the format from the suffix {suffix!r}; pass --format")
+
+
+def _text_rows(text: str, name: str, **_: object) -> Iterator[tuple[str, str]]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        yield f"{name}:line {lineno}", line
+
+
+def _coco_rows(text: str, name: str, **_: object) -> Iterator[tuple[str, str]]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    anns = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(anns, list):
+        raise InputError(f"{name}: not a COCO captions file (no 'annotations' list)")
+    for i, ann in enumerate(anns):
+        where = f"{name}:annotation {ann.get('id', i) if isinstance(ann, dict) else i}"
+        caption = ann.get("caption") if isinstance(ann, dict) else None
+        yield where, caption if isinstance(caption, str) else ""
+
+
+def _pick_column(columns: list[str] | None, column: str | None, name: str) -> str:
+    columns = [c for c in (columns or []) if c is not None]
+    if column:
+        if column not in columns:
+            raise InputError(f"{name}: no column {column!r}; columns are {', '.join(columns)}")
+        return column
+    for cand in DEFAULT_COLUMNS:
+        if cand in columns:
+            return cand
+    raise InputError(f"{name}: no caption column found among {', '.join(columns)}; pass --column")
+
+
+def _delimited_rows(text: str, name: str, delimiter: str, column: str | None,
+                    filter: dict[str, str]) -> Iterator[tuple[str, str]]:
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    col = _pick_column(reader.fieldnames, column, name)
+    for fcol in filter:
+        _pick_column(reader.fieldnames, fcol, name)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"{name}:{start}: malformed row ({exc})") from None
+        if all((row.get(k) or "").strip() == v for k, v in filter.items()):
+            yield f"{name}:line {start}", row.get(col) or ""
+
+
+def _csv_rows(text, name, *, column=None, filter=None):
+    return _delimited_rows(text, name, ",", column, filter or {})
+
+
+def _tsv_rows(text, name, *, column=None, filter=None):
+    return _delimited_rows(text, name, "\t", column, filter or {})
+
+
+def _jsonl_rows(text: str, name: str, *, column: str | None = None,
+                filter: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    col = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{name}:{lineno}: expected a JSON object per line")
+        if col is None:
+            col = _pick_column(list(obj), column, name)
+        if all(str(obj.get(k, "")).strip() == v for k, v in (filter or {}).items()):
+            value = obj.get(col)
+            yield f"{name}:line {lineno}", value if isinstance(value, str) else ""
+
+
+_READERS = {"coco": _coco_rows, "csv": _csv_rows, "tsv": _tsv_rows, "jsonl": _jsonl_rows, "txt": _text_rows}
+
+
+def _clean(name: str, rows) -> CaptionSet:
+    out = CaptionSet(source=name, captions=[])
+    seen: dict[str, str] = {}
+    for where, raw in rows:
+        text = " ".join(raw.split())
+        if not text:
+            out.warnings.append(f"{where}: empty caption skipped")
+        elif len(text) > MAX_CAPTION_CHARS:
+            out.warnings.append(f"{where}: caption of {len(text)} characters skipped "
+                                f"(over {MAX_CAPTION_CHARS})")
+        elif text.lower() in seen:
+            out.warnings.append(f"{where}: duplicate of {seen[text.lower()]} skipped")
+        else:
+            seen[text.lower()] = where
+            out.captions.append(Caption(id=where, text=text))
+    if not out.captions:
+        raise InputError(f"{name}: no usable captions"
+                         + (f" ({len(out.warnings)} skipped: {out.warnings[0]} ...)" if out.warnings else ""))
+    return out

@@ -1,0 +1,170 @@
+"""BRISQUE no-reference image quality (Mittal, Moorthy & Bovik 2012), as the ``brisque`` package scores it.
+
+Lower is better. Scores are mostly in 0-100, but the SVM regressor is not clipped: very clean or very
+damaged images can fall below 0 or above 100.
+
+Why we compute the features ourselves: ``brisque`` 0.2.0 fails on numpy >= 2.4. Its
+``mean_squares_sum`` divides by ``filtered_values.shape`` (a tuple) instead of ``.size``, which turns
+sigma_l, sigma_r and every feature derived from them into 1-element arrays; ``scale_features`` then
+calls ``float()`` on those arrays, which numpy deprecated in 1.25 and turned into a TypeError ("only
+0-dimensional arrays can be converted to Python scalars") in 2.4. We therefore compute the same 36
+features with plain scalars, following the package's estimator step by step (same grey conversion,
+Gaussian window, MSCN constant, AGGD moment-matching with ``scipy.optimize.root`` from 0.2, and
+OpenCV bicubic half-scale), and hand them to the package's own ``BRISQUE`` object, so its shipped SVM
+model and normalisation parameters produce the score. ``tests/test_brisque.py`` checks this against
+the package's own ``BRISQUE().score`` with the one failing conversion shimmed, to 1e-6.
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..errors import require
+from ..images.decode import to_rgb
+from ..registry import register
+from .base import ScoreResult, Scorer
+
+# skimage.color.rgb2gray's luma weights (ITU-R BT.709), which the package applies to [0, 1] floats.
+_GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
+_WINDOW, _WINDOW_SIGMA = 7, 7 / 6
+_MSCN_C = 1 / 255
+MIN_SIDE = 32  # below this the half-scale image is barely larger than the 7x7 window: no usable statistics
+
+
+def _package_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def grey(image: Image.Image) -> np.ndarray:
+    """RGB image -> float64 luma in [0, 1], exactly as ``skimage.color.rgb2gray`` computes it."""
+    return (np.asarray(image, dtype=np.float64) / 255.0) @ _GREY_WEIGHTS
+
+
+def _gaussian_1d() -> np.ndarray:
+    # The package's 7x7 window is an outer product of this normalised 1-D Gaussian, so filtering
+    # rows then columns gives the same local means at 2/7 of the cost.
+    x = np.arange(_WINDOW) - _WINDOW // 2
+    g = np.exp(-(x**2) / (2 * _WINDOW_SIGMA**2))
+    return g / g.sum()
+
+
+def _local_mean(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    # mode="constant" (zeros) matches scipy.signal.convolve2d(..., "same"), which the package uses.
+    rows = ndimage.correlate1d(image, kernel, axis=0, mode="constant", cval=0.0)
+    return ndimage.correlate1d(rows, kernel, axis=1, mode="constant", cval=0.0)
+
+
+def mscn(image: np.ndarray) -> np.ndarray:
+    """Mean-subtracted contrast-normalised coefficients."""
+    kernel = _gaussian_1d()
+    mu = _local_mean(image, kernel)
+    sigma = np.sqrt(np.abs(mu**2 - _local_mean(image**2, kernel)))
+    return (image - mu) / (sigma + _MSCN_C)
+
+
+def aggd_fit(x: np.ndarray) -> tuple[float, float, float, float]:
+    """Asymmetric generalised Gaussian fit by moment matching: (alpha, mean, sigma_l, sigma_r)."""
+    from scipy import optimize, special
+
+    x = x.ravel()
+    left, right = x[x < 0], x[x >= 0]
+    # An empty side gives nan, as in the package; the caller turns non-finite features into an error.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma_l = float(np.sqrt(np.sum(left**2) / left.size)) if left.size else float("nan")
+        sigma_r = float(np.sqrt(np.sum(right**2) / right.size)) if right.size else float("nan")
+        r_hat = float((np.sum(np.abs(x)) / x.size) ** 2 / (np.sum(x**2) / x.size))
+        gamma = sigma_l / sigma_r
+        big_r = r_hat * (gamma**3 + 1) * (gamma + 1) / (gamma**2 + 1) ** 2
+
+    def rho(alpha: np.ndarray) -> np.ndarray:
+        return special.gamma(2 / alpha) ** 2 / (special.gamma(1 / alpha) * special.gamma(3 / alpha))
+
+    if not np.isfinite(big_r):
+        return float("nan"), float("nan"), sigma_l, sigma_r
+    alpha = float(optimize.root(lambda a: rho(a) - big_r, [0.2]).x[0])
+    mean = (sigma_r - sigma_l) * np.sqrt(special.gamma(1 / alpha) / special.gamma(3 / alpha)) \
+        * special.gamma(2 / alpha) / special.gamma(1 / alpha)
+    return alpha, float(mean), sigma_l, sigma_r
+
+
+def scale_features(image: np.ndarray) -> list[float]:
+    """The 18 features of one scale: MSCN (alpha, variance) + 4 neighbour products (alpha, mean, sl², sr²)."""
+    m = mscn(image)
+    products = (
+        m[:, :-1] * m[:, 1:],        # horizontal
+        m[:-1, :] * m[1:, :],        # vertical
+        m[:-1, :-1] * m[1:, 1:],     # main diagonal
+        m[1:, :-1] * m[:-1, 1:],     # secondary diagonal
+    )
+    alpha, _, sl, sr = aggd_fit(m)
+    out = [alpha, (sl**2 + sr**2) / 2]
+    for p in products:
+        alpha, mean, sl, sr = aggd_fit(p)
+        out += [alpha, mean, sl**2, sr**2]
+    return out
+
+
+def brisque_features(image: Image.Image, cv2: Any) -> np.ndarray:
+    """The 36 BRISQUE features of an RGB image: full scale, then OpenCV-bicubic half scale."""
+    g = grey(image)
+    half = cv2.resize(g, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+    return np.array(scale_features(g) + scale_features(half), dtype=np.float64)
+
+
+@register("scorers")
+class BrisqueScorer(Scorer):
+    """BRISQUE natural-scene-statistics quality; prompt-blind; lower = cleaner, more natural image."""
+
+    name: ClassVar[str] = "brisque"
+    description: ClassVar[str] = "BRISQUE no-reference quality (brisque package SVM); lower is better"
+    higher_is_better: ClassVar[bool] = False
+    score_range: ClassVar[tuple[float | None, float | None]] = (0, 100)  # nominal; the SVR is not clipped
+    prompt_aware: ClassVar[bool] = False
+    extra: ClassVar[str | None] = "offline"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model: Any = None
+        self._cv2: Any = None
+
+    def identity(self) -> dict[str, Any]:
+        # The SVM and its normalisation ship inside the package: its version pins the weights.
+        return {**super().identity(), "weights": f"brisque=={_package_version('brisque')}"}
+
+    def _load(self) -> None:
+        self._cv2 = require("cv2", "offline", "the BRISQUE scorer")
+        with warnings.catch_warnings():
+            # brisque imports the deprecated scipy.ndimage.filters module; that is not our user's concern.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            package = require("brisque", "offline", "the BRISQUE scorer")
+        self._model = package.BRISQUE(url=False)
+
+    def _score(self, items: list[tuple[Image.Image, str | None]]) -> list[ScoreResult]:
+        return [self._score_one(image) for image, _ in items]
+
+    def _score_one(self, image: Any) -> ScoreResult:
+        if isinstance(image, BaseException):
+            return ScoreResult(score=None, error=f"no image: {image}")
+        if not isinstance(image, Image.Image):
+            return ScoreResult(score=None, error=f"no image (got {type(image).__name__})")
+        if min(image.size) < MIN_SIDE:
+            return ScoreResult(score=None, error=f"image {image.size[0]}x{image.size[1]} is too small for "
+                                                 f"BRISQUE (needs at least {MIN_SIDE} px on each side)")
+        try:
+            features = brisque_features(to_rgb(image), self._cv2)
+        except Exception as exc:  # a bad item never fails the batch
+            return ScoreResult(score=None, error=f"BRISQUE features failed: {type(exc).__name__}: {exc}")
+        if not np.all(np.isfinite(features)):
+            return ScoreResult(score=None, error="BRISQUE is undefined for this image: its local contrast "
+                                                 "statistics are degenerate (e.g. a flat or constant image)")
+        return ScoreResult(score=float(self._model.calculate_image_quality_score(features)))

@@ -1,0 +1,72 @@
+"""The score stage: r(I, p) for the four combinations of every image pair, per scorer.
+
+Each (scorer, image, prompt) is one record, so work is shared wherever it repeats: a prompt-blind
+scorer scores each image once (prompt None) and that score serves all four combinations; pairs that
+share an image and a prompt share the record.
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from ..images.decode import decode_image
+from ..records import IMAGES, SCORE, score_key
+from ..registry import get
+from ..stage import StageSummary
+from ..store import Record, RunStore
+from ..ui import log, progress
+from .base import Scorer
+
+
+def score_items(store: RunStore, scorer: Scorer) -> list[tuple[str, str | None]]:
+    """Distinct (image, prompt) items the run's pairs need from this scorer, in first-seen order."""
+    items: dict[tuple[str, str | None], None] = {}
+    for r in store.records(IMAGES):
+        d = r.data
+        for image in (d["image_o"], d["image_a"]):
+            for prompt in ((d["p_o"], d["p_a"]) if scorer.prompt_aware else (None,)):
+                items.setdefault((image, prompt))
+    return list(items)
+
+
+def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16) -> StageSummary:
+    identity = scorer.identity()
+    items = score_items(store, scorer)
+    keys = {it: score_key(scorer=identity, image=it[0], prompt=it[1]) for it in items}
+    done = store.keys(SCORE)
+    todo = [it for it in items if keys[it] not in done]
+    summary = StageSummary(f"{SCORE}:{scorer.name}", total=len(items), cached=len(items) - len(todo))
+    if todo:
+        scorer.load()
+    base = {"scorer": scorer.name, "higher_is_better": scorer.higher_is_better}
+    for start in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc=scorer.name):
+        batch = todo[start:start + batch_size]
+        cache: dict[str, object] = {}
+        ready = []
+        for image, prompt in batch:
+            item = f"{image[:12]}|{(prompt or '')[:40]}"
+            if image not in cache:
+                try:
+                    cache[image] = decode_image(store.image_path(image), name=image[:12])
+                except InputError as exc:
+                    cache[image] = exc
+            if isinstance(cache[image], InputError):
+                summary.failed += store.put(Record.failed(keys[(image, prompt)], SCORE, item, str(cache[image]),
+                                                          image=image, prompt=prompt, **base))
+            else:
+                ready.append((image, prompt, item))
+        results = scorer.score([(cache[i], p) for i, p, _ in ready]) if ready else []
+        for (image, prompt, item), res in zip(ready, results):
+            key = keys[(image, prompt)]
+            if not res.ok:
+                log.warning("failed: %s on %s: %s", scorer.name, item, res.error)
+                summary.failed += store.put(Record.failed(key, SCORE, item, res.error or "no score",
+                                                          image=image, prompt=prompt, **base))
+                continue
+            summary.new += store.put(Record(key, SCORE, item, {
+                **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
+                "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})}))
+    return summary
+
+
+def make_scorer(name: str) -> Scorer:
+    return get("scorers", name)()

@@ -1,0 +1,46 @@
+"""Progress bars and logging: quiet and verbose modes, and a log file in the run directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("aesthetic_audit")
+_state = {"verbosity": 1}  # 0 quiet, 1 normal, 2 verbose
+
+
+def configure(verbosity: int = 1) -> None:
+    """Console logging: quiet shows warnings and errors only, verbose adds debug messages."""
+    _state["verbosity"] = verbosity
+    log.setLevel(logging.DEBUG)
+    for h in [h for h in log.handlers if getattr(h, "_aa_console", False)]:
+        log.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console._aa_console = True  # type: ignore[attr-defined]
+    console.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+
+
+def log_to_run(run_dir: Path) -> None:
+    """Append everything (debug included) to RUN/run.log."""
+    path = str(Path(run_dir) / "run.log")
+    if any(getattr(h, "baseFilename", None) == str(Path(path).resolve()) for h in log.handlers):
+        return
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    log.setLevel(logging.DEBUG)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterable[T]:
+    """A tqdm bar on stderr unless quiet."""
+    if _state["verbosity"] == 0 or total == 0:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="item", leave=False, dynamic_ncols=True)
