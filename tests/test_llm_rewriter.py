@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from aesthetic_audit import registry
-from aesthetic_audit.config import LLMConfig
+from aesthetic_audit.config import LLMConfig, PromptsConfig
 from aesthetic_audit.errors import ConfigError
 from aesthetic_audit.prompts.rewriters import llm
 from aesthetic_audit.prompts.rewriters.base import Effect, RewriteRequest
@@ -376,7 +376,8 @@ def test_over_limit_exhausting_reasks_fails_the_item(server):
 def test_truncated_reply_says_it_was_cut_off(server):
     server.script("item-01", default=content('{"prompt": "blurry', finish_reason="length"))
     result = make(server, max_reasks=0).rewrite(req("item-01"))
-    assert result.error == "no usable reply after 0 re-asks: the reply is not JSON (the reply was cut off at the token limit)"
+    assert result.error == ("no usable reply after 0 re-asks: the reply is not JSON "
+                            "(the reply was cut off at the token limit)")
     assert result.meta["finish_reason"] == "length"
 
 
@@ -441,6 +442,15 @@ def test_rewrite_iter_of_nothing_yields_nothing(server):
     assert server.received == {}
 
 
+def test_rewrite_iter_stops_sending_when_the_caller_stops_reading(server):
+    server.script("*", default=delay(0.1, ok("blurry dark dog")))
+    results = make(server, concurrency=1).rewrite_iter([RewriteRequest(f"caption {i}", EFFECTS) for i in range(6)])
+    next(results)
+    results.close()
+    time.sleep(0.3)
+    assert len(server.requests("*")) <= 2  # the first, and at most the one already in flight
+
+
 # --- identity and construction ---------------------------------------------------------------------------
 
 def test_identity_names_model_and_instruction(monkeypatch):
@@ -464,3 +474,9 @@ def test_constructor_contacts_nothing_and_checks_the_url():
 def test_registered_as_llm():
     assert registry.get("rewriters", "llm") is LLMRewriter
     assert LLMRewriter.name == "llm"
+
+
+
+def test_from_config_uses_the_llm_section():
+    rewriter = LLMRewriter.from_config(PromptsConfig(rewriter="llm", llm=LLMConfig(model="m9", concurrency=3)))
+    assert rewriter.config.model == "m9" and rewriter.config.concurrency == 3

@@ -105,6 +105,11 @@ class LLMRewriter(Rewriter):
         self._sleep = sleep
         self._rand = rand
 
+    @classmethod
+    def from_config(cls, prompts_config: Any) -> "LLMRewriter":
+        """Build from the ``prompts`` config section, whose ``llm`` subsection holds the endpoint settings."""
+        return cls(prompts_config.llm)
+
     def identity(self) -> dict[str, Any]:
         # The endpoint URL and the key are left out: the same model gives the same prompts wherever it is served.
         return {"name": self.name, "version": self.version, "model": self.config.model,
