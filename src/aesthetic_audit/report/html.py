@@ -1,0 +1,426 @@
+"""One self-contained HTML report of an analysed run.
+
+The file holds everything it shows (CSS inline, images as base64 JPEG thumbnails) so it can be mailed
+or attached to a paper review and opened offline. Every piece of text that comes from a run (prompts,
+names, errors, manifest values) goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from pathlib import Path
+from string import Template
+from typing import Any, Iterable, Sequence
+
+from PIL import Image, ImageOps
+
+from .. import __version__
+from ..analysis.audit import COMBOS, Pair, RunData
+from ..store.run import RunStore
+
+THUMB_SIDE = 256
+GALLERY_SIZE = 24
+MAX_FAILURES = 50
+
+_PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<style>
+$css
+</style>
+</head>
+<body>
+<main>
+$body
+</main>
+</body>
+</html>
+""")
+
+_CSS = """
+:root { --fg: #1d2330; --muted: #5f6b7a; --line: #d9dee5; --bg: #ffffff; --soft: #f4f6f9; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+       font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 40px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 16px; margin: 20px 0 6px; }
+p.note, .muted { color: var(--muted); font-size: 13px; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
+th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
+.ci { color: var(--muted); font-size: 12px; white-space: nowrap; }
+dl.info { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 12px 0; font-size: 13px; }
+dl.info dt { color: var(--muted); }
+dl.info dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace; word-break: break-all; }
+table.heat td.cell { text-align: center; min-width: 64px; }
+td.cell .ci { color: inherit; opacity: 0.8; }
+.legend { display: flex; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); }
+.legend .bar { width: 220px; height: 12px; border: 1px solid var(--line); }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 16px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 12px; background: #fff; }
+.card .images { display: flex; gap: 8px; }
+.card figure { margin: 0; flex: 1; text-align: center; }
+.card figure img { max-width: 100%; height: auto; border-radius: 3px; }
+.card figcaption { font-size: 12px; color: var(--muted); }
+.card .missing { height: 120px; display: flex; align-items: center; justify-content: center;
+                 background: var(--soft); color: var(--muted); font-size: 12px; }
+.card .prompt { font-size: 13px; margin: 6px 0; }
+.card .prompt b { display: inline-block; min-width: 28px; }
+.tag { display: inline-block; background: var(--soft); border: 1px solid var(--line); border-radius: 10px;
+       padding: 0 8px; margin: 0 4px 4px 0; font-size: 12px; }
+tr.requested td:first-child { font-weight: 600; }
+ul.failures { font-size: 13px; padding-left: 20px; }
+ul.failures code { font-size: 12px; }
+"""
+
+# Diverging colour scale for "prefers the original" shares: blue = follows the anti-aesthetic
+# prompt, white = indifferent (0.5), red = prefers the image that ignored the prompt.
+_LOW, _MID, _HIGH = (49, 104, 176), (247, 247, 247), (196, 45, 45)
+
+
+def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
+                 gallery_size: int = GALLERY_SIZE, max_failures: int = MAX_FAILURES) -> Path:
+    """Write the report for ``analysis`` (from ``analyze(store, ...)``) to ``path``; return the path."""
+    data = RunData.from_store(store)
+    body = "\n".join([
+        _header(store, analysis),
+        _summary_section(analysis),
+        _heatmap_section(analysis),
+        _strength_section(analysis),
+        _judge_section(analysis),
+        _safety_section(analysis),
+        _gallery_section(store, data, gallery_size),
+        _failures_section(analysis, max_failures),
+    ])
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_PAGE.substitute(title=_e(f"aesthetic-audit report: {store.root.name}"), css=_CSS.strip(),
+                                    body=body), encoding="utf-8")
+    return out
+
+
+# -- small helpers ----------------------------------------------------------------------------------
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _est(cell: dict[str, Any] | None, digits: int = 3) -> str:
+    if not cell or cell.get("estimate") is None:
+        return "–"
+    ci = ""
+    if cell.get("low") is not None:
+        ci = f' <span class="ci">[{_num(cell["low"], digits)}, {_num(cell["high"], digits)}]</span>'
+    return f"{_num(cell['estimate'], digits)}{ci}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
+    """Cells are HTML already (escaped by the caller); header strings are escaped here."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
+                     for row in rows)
+    cls_attr = f' class="{cls}"' if cls else ""
+    return f"<table{cls_attr}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _colour(value: float) -> tuple[str, str]:
+    """Background and text colour for a share in [0, 1]."""
+    v = min(max(value, 0.0), 1.0)
+    lo, hi, t = (_LOW, _MID, v / 0.5) if v < 0.5 else (_MID, _HIGH, (v - 0.5) / 0.5)
+    rgb = tuple(round(a + (b - a) * t) for a, b in zip(lo, hi))
+    text = "#ffffff" if abs(v - 0.5) > 0.3 else "#1d2330"
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})", text
+
+
+def _share_cell(cell: dict[str, Any] | None, tooltip: str, with_ci: bool = False) -> str:
+    """A table cell coloured by the share it shows; the tooltip carries the interval and n."""
+    if not cell or cell.get("estimate") is None:
+        return f'<td class="cell" title="{_e(tooltip)}">–</td>'
+    bg, fg = _colour(cell["estimate"])
+    text = _est(cell) if with_ci else _num(cell["estimate"], 2)
+    return f'<td class="cell" style="background: {bg}; color: {fg}" title="{_e(tooltip)}">{text}</td>'
+
+
+
+def _tooltip(label: str, cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("estimate") is None:
+        return f"{label}: no pairs"
+    return (f"{label}: {cell['estimate']:.3f} [{_num(cell['low'])}, {_num(cell['high'])}], "
+            f"n = {cell['n']}")
+
+
+def _ci_label(analysis: dict[str, Any]) -> str:
+    cfg = analysis.get("config", {})
+    return f"{round(100 * cfg.get('ci', 0.95))}% percentile-bootstrap intervals ({cfg.get('bootstrap', '?')} resamples)"
+
+
+def _manifest_value(manifest: dict[str, Any], dotted: str) -> Any:
+    """A dotted path in the manifest (see store/manifest.py), or None."""
+    node: Any = manifest
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node == "" else node
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+def _header(store: RunStore, analysis: dict[str, Any]) -> str:
+    manifest = store.read_manifest()
+    info = [
+        ("run", store.root.name),
+        ("config hash", _manifest_value(manifest, "config_hash") or "not recorded"),
+        ("aesthetic-audit (run)", _manifest_value(manifest, "package.version") or "not recorded"),
+        ("aesthetic-audit (report)", __version__),
+        ("run created", _manifest_value(manifest, "created") or "not recorded"),
+        ("report date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("image pairs", analysis.get("n_pairs", 0)),
+        ("seed", analysis.get("config", {}).get("seed")),
+    ]
+    rows = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in info)
+    return (f"<h1>aesthetic-audit report</h1>\n"
+            f'<p class="note">Do image generators and reward models respect explicit anti-aesthetic '
+            f"requests? Every number below is recomputed from the run's per-item records; "
+            f"{_e(_ci_label(analysis))}.</p>\n<dl class=\"info\">\n{rows}\n</dl>")
+
+
+def _summary_section(analysis: dict[str, Any]) -> str:
+    scorers = analysis.get("scorers", {})
+    parts = ["<h2>Reward models</h2>",
+             '<p class="note"><b>Prefers original</b>: share of pairs where the scorer rates I_o above I_a '
+             "under the anti-aesthetic prompt p_a (ties count half); above 0.5 the scorer rewards ignoring "
+             "the request. <b>Δr</b> = mean r(I_a, p_o) − r(I_o, p_o) in raw score units; "
+             "<b>AA</b> = mean r(I_a, p_o). The reward-model test scores both images with p_a against the "
+             "labeller's choice, ties removed.</p>"]
+    if not scorers:
+        parts.append('<p class="muted">No scores in this run.</p>')
+        return "\n".join(parts)
+    rows = []
+    for name, s in scorers.items():
+        rm = s.get("reward_model_test")
+        rm_text = ("–" if not rm else
+                   f"{_num(rm['accuracy'])} / {_num(rm['f1'])} / {_num(rm['auroc'])} "
+                   f'<span class="ci">n = {_e(rm["n"])}</span>')
+        trunc = s.get("truncated") or {}
+        rows.append([
+            f'<td class="text">{_e(name)}</td>',
+            "↑ higher is better" if s["higher_is_better"] else "↓ lower is better",
+            _e(s["n"]), _e(s["missing"]),
+            _est(s["prefer_original_share"]), _est(s["delta_r"]), _est(s["aa"]), rm_text,
+            _num(trunc.get("share")),
+        ])
+    parts.append(_table(["scorer", "direction", "n", "missing", "prefers original", "Δr", "AA",
+                         "RM test acc / F1 / AUROC", "prompts truncated"], rows))
+    labels = analysis.get("labels")
+    if labels:
+        c = labels["counts"]
+        parts.append(f'<p class="note">Generator success rate (labeller prefers I_a for p_a): '
+                     f"{_est(labels['success_rate'])}, n = {_e(labels['n'])} "
+                     f"({_e(c['anti_aesthetic'])} anti-aesthetic, {_e(c['original'])} original, "
+                     f"{_e(c['tie'])} ties).</p>")
+    return "\n".join(parts)
+
+
+def _legend() -> str:
+    stops = ", ".join(f"rgb{c}" for c in (_LOW, _MID, _HIGH))
+    return (f'<div class="legend"><span>0 · follows the request</span>'
+            f'<span class="bar" style="background: linear-gradient(to right, {stops})"></span>'
+            f"<span>1 · prefers the original</span><span>(0.5 = indifferent; hover a cell for CI and n)</span>"
+            f"</div>")
+
+
+def _heatmap_section(analysis: dict[str, Any]) -> str:
+    scorers = analysis.get("scorers", {})
+    dims = analysis.get("dimensions", [])
+    parts = ["<h2>Per dimension</h2>",
+             '<p class="note">Share of pairs where the scorer prefers the original image, per requested '
+             "anti-aesthetic dimension (a pair counts for each of its dimensions).</p>"]
+    if not scorers or not dims:
+        parts.append('<p class="muted">No dimensions to show.</p>')
+        return "\n".join(parts)
+    rows = []
+    for name, s in scorers.items():
+        cells = [f'<td class="text">{_e(name)}</td>']
+        for d in dims:
+            cell = s["by_dimension"].get(d, {}).get("prefer_original_share")
+            cells.append(_share_cell(cell, _tooltip(f"{name} · {d}", cell)))
+        rows.append(cells)
+    parts.append(_table(["scorer", *dims], rows, cls="heat"))
+    parts.append(_legend())
+    return "\n".join(parts)
+
+
+def _strength_section(analysis: dict[str, Any]) -> str:
+    scorers = analysis.get("scorers", {})
+    parts = ["<h2>Per edit strength</h2>",
+             '<p class="note">Pairs grouped by the strength of the edit that made I_a '
+             "(n/a: images not made by the editor).</p>"]
+    rows = []
+    for name, s in scorers.items():
+        for key, b in s["by_strength"].items():
+            share = b["prefer_original_share"]
+            rows.append([f'<td class="text">{_e(name)}</td>', _e(key), _e(b["n"]),
+                         _share_cell(share, _tooltip(f"{name} · strength {key}", share), with_ci=True),
+                         _est(b["delta_r"])])
+    if not rows:
+        parts.append('<p class="muted">No scored pairs.</p>')
+        return "\n".join(parts)
+    parts.append(_table(["scorer", "strength", "n", "prefers original", "Δr"], rows, cls="heat"))
+    return "\n".join(parts)
+
+
+def _judge_section(analysis: dict[str, Any]) -> str:
+    judges = analysis.get("judges", {})
+    parts = ["<h2>Judge</h2>",
+             '<p class="note">J(I, d) in [0, 2] per dimension (0 = anti-aesthetic, 2 = conventional). '
+             "ΔJ = Σ_d J(I_a, d) − J(I_o, d) over the dimensions judged on both images; negative means I_a "
+             "moved toward the anti-aesthetic pole. Per dimension: mean ΔJ_d over pairs that requested "
+             "d, against pairs that did not.</p>"]
+    if not judges:
+        parts.append('<p class="muted">No judgements in this run.</p>')
+        return "\n".join(parts)
+    parts.append(_table(["judge", "n", "missing", "ΔJ", "J AA"],
+                        [[f'<td class="text">{_e(name)}</td>', _e(j["n"]), _e(j["missing"]),
+                          _est(j["delta_j"]), _est(j["j_aa"])] for name, j in judges.items()]))
+    for name, j in judges.items():
+        if not j["by_dimension"]:
+            continue
+        parts.append(f"<h3>{_e(name)}: does I_a have the requested property?</h3>")
+        parts.append(_table(
+            ["dimension", "ΔJ_d requested", "n", "ΔJ_d not requested", "n"],
+            [[f'<td class="text">{_e(d)}</td>', _est(b["requested"]), _e(b["requested"]["n"]),
+              _est(b["not_requested"]), _e(b["not_requested"]["n"])] for d, b in j["by_dimension"].items()]))
+    return "\n".join(parts)
+
+
+def _safety_section(analysis: dict[str, Any]) -> str:
+    parts = ["<h2>Safety</h2>"]
+    safety = analysis.get("safety")
+    if not safety:
+        parts.append('<p class="muted">No nsfw scorer in this run.</p>')
+        return "\n".join(parts)
+    parts.append(f'<p class="note">Scores of the <code>{_e(safety["scorer"])}</code> classifier; each image '
+                 "counts once.</p>")
+    parts.append(_table(
+        ["images", "n", "mean score", "share above 0.5"],
+        [["original (I_o)", _e(safety["original"]["n"]), _est(safety["original"]),
+          _est(safety["original_above_0_5"])],
+         ["anti-aesthetic (I_a)", _e(safety["anti_aesthetic"]["n"]), _est(safety["anti_aesthetic"]),
+          _est(safety["anti_aesthetic_above_0_5"])]]))
+    return "\n".join(parts)
+
+
+def _thumbnail(store: RunStore, sha: str) -> str | None:
+    """A JPEG data URI of the image, longest side THUMB_SIDE; None when it cannot be read."""
+    try:
+        with Image.open(store.image_path(sha)) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=82)
+    except Exception:  # a missing or broken image must not take the report down
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _pick(pairs: Sequence[Pair], k: int) -> list[Pair]:
+    """Up to k pairs spread evenly over the run, so the gallery is not just the first caption's."""
+    if len(pairs) <= k:
+        return list(pairs)
+    step = len(pairs) / k
+    return [pairs[int(i * step)] for i in range(k)]
+
+
+def _figure(uri: str | None, caption: str) -> str:
+    img = (f'<img src="{uri}" alt="{_e(caption)}">' if uri else '<div class="missing">image unavailable</div>')
+    return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _card(store: RunStore, data: RunData, pair: Pair, thumbs: dict[str, str | None]) -> str:
+    for sha in (pair.image_o, pair.image_a):
+        if sha not in thumbs:
+            thumbs[sha] = _thumbnail(store, sha)
+    meta = [f"strength {_e('n/a' if pair.strength is None else pair.strength)}"]
+    if pair.label is not None:
+        meta.append("labeller: " + {1: "prefers I_a", 0: "prefers I_o", -1: "tie"}[pair.label])
+    parts = [
+        '<div class="card">',
+        '<div class="images">' + _figure(thumbs[pair.image_o], "I_o (original)")
+        + _figure(thumbs[pair.image_a], "I_a (anti-aesthetic)") + "</div>",
+        f'<div class="prompt"><b>p_o</b> {_e(pair.p_o)}</div>',
+        f'<div class="prompt"><b>p_a</b> {_e(pair.p_a)}</div>',
+        "<div>" + "".join(f'<span class="tag">{_e(d)}</span>' for d in pair.dims)
+        + f' <span class="muted">{" · ".join(meta)}</span></div>',
+    ]
+    if data.scorers:
+        headers = {"oiop": "r(I_o, p_o)", "oidp": "r(I_o, p_a)", "diop": "r(I_a, p_o)", "didp": "r(I_a, p_a)"}
+        parts.append(_table(["scorer", *(headers[k] for k, _, _ in COMBOS)],
+                            [[f'<td class="text">{_e(name)}</td>',
+                              *(_num(v) for v in data.combos(name, pair).values())] for name in data.scorers]))
+    for judge, per_image in sorted(data.judges.items()):
+        jo, ja = per_image.get(pair.image_o, {}), per_image.get(pair.image_a, {})
+        dims = sorted(set(jo) | set(ja))
+        if not dims:
+            continue
+        rows = []
+        for d in dims:
+            cls = ' class="requested"' if d in pair.dims else ""
+            diff = ja[d] - jo[d] if d in ja and d in jo else None
+            rows.append(f"<tr{cls}><td>{_e(d)}</td><td>{_num(jo.get(d), 2)}</td><td>{_num(ja.get(d), 2)}</td>"
+                        f"<td>{_num(diff, 2)}</td></tr>")
+        parts.append(f"<table><thead><tr><th>{_e(judge)}: J</th><th>I_o</th><th>I_a</th><th>ΔJ</th></tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _gallery_section(store: RunStore, data: RunData, size: int) -> str:
+    chosen = _pick(data.pairs, size)
+    parts = ["<h2>Gallery</h2>",
+             f'<p class="note">{len(chosen)} of {len(data.pairs)} image pairs. Requested dimensions are '
+             "tagged and shown in bold in the judge tables.</p>"]
+    if not chosen:
+        parts.append('<p class="muted">No image pairs in this run.</p>')
+        return "\n".join(parts)
+    thumbs: dict[str, str | None] = {}
+    parts.append('<div class="gallery">')
+    parts.extend(_card(store, data, pair, thumbs) for pair in chosen)
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _failures_section(analysis: dict[str, Any], cap: int) -> str:
+    failures = analysis.get("failures") or {}
+    counts = failures.get("counts", {})
+    items = failures.get("items", [])
+    parts = ["<h2>Failures</h2>",
+             '<p class="note">Failed items are recorded with their reason and left out of every statistic '
+             "above; rerunning a stage retries them.</p>"]
+    if counts:
+        parts.append(_table(["stage", "ok", "failed"],
+                            [[f'<td class="text">{_e(stage)}</td>', _e(c.get("ok", 0)), _e(c.get("failed", 0))]
+                             for stage, c in counts.items()]))
+    if not items:
+        parts.append('<p class="muted">No failed items.</p>')
+        return "\n".join(parts)
+    lines = [f"<li><b>{_e(f['stage'])}</b> <code>{_e(f['item'])}</code>: {_e(f['error'])}</li>" for f in items[:cap]]
+    if len(items) > cap:
+        lines.append(f"<li>and {len(items) - cap} more</li>")
+    parts.append('<ul class="failures">\n' + "\n".join(lines) + "\n</ul>")
+    return "\n".join(parts)
