@@ -165,10 +165,7 @@ class RunStore:
         path = self._image_path(sha, suffix)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            _atomic_write(path, data)
         return sha
 
     def put_image(self, image: Any) -> str:
@@ -197,11 +194,17 @@ class RunStore:
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, self.manifest_path)
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        _atomic_write(self.manifest_path, text.encode("utf-8"))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a killed process never leaves a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run outputs are meant to be shared
+    os.replace(tmp, path)
 
 
 def _row_to_record(row: tuple) -> Record:
