@@ -22,9 +22,11 @@ quick start:       aesthetic-audit demo            (the whole offline audit into
 """
 
 
-def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True, retry: bool = False) -> None:
     if run:
         p.add_argument("run", metavar="RUN", type=Path, help="run directory (created if missing)")
+    if retry:
+        p.add_argument("--retry-failed", action="store_true", help="try items recorded as failed again")
     if config:
         p.add_argument("-c", "--config", type=Path, help="YAML config (see `aesthetic-audit init`); "
                        "applied over the run's stored config")
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompts", help="captions -> prompt pairs (p_o, p_a, dims)",
                        description="Build wide-spectrum prompt pairs: sample captions, draw 2-4 dimensions "
                                    "per caption, rewrite into an anti-aesthetic prompt p_a. Or import pairs.")
-    _common(p)
+    _common(p, retry=True)
     p.add_argument("--source", help="'builtin', or a COCO captions JSON / CSV / TSV / JSONL / text file")
     p.add_argument("--format", choices=["auto", "coco", "csv", "tsv", "jsonl", "txt"], help="source format")
     p.add_argument("--column", help="caption column in CSV/TSV/JSONL (e.g. Prompt for PartiPrompts)")
@@ -66,12 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="import_path", type=Path,
                    help="import pairs instead: CSV/TSV/JSONL/Parquet in the study's layout "
                         "(original_prompt, disorted_long_prompt, selected) or the project's (p_o, p_a, dims)")
-    p.add_argument("--retry-failed", action="store_true", help="retry items recorded as failed")
 
     p = sub.add_parser("edit", help="photos -> image pairs: I_o the photo, I_a an anti-aesthetic edit",
                        description="Image-editing audit: for each photo draw dimensions the editor can realise, "
                                    "apply pixel transforms at each strength, write p_a naming those effects.")
-    _common(p)
+    _common(p, retry=True)
     p.add_argument("--photos", help="'builtin' or a folder of photos with captions.csv/.jsonl or <stem>.txt")
     p.add_argument("--strengths", help="comma-separated edit strengths in [0, 1]")
     p.add_argument("--dimensions", help="comma-separated dimension keys to edit")
@@ -82,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "or a dataset saved with save_to_disk")
 
     p = sub.add_parser("judge", help="per-dimension scores J(I, d) in [0, 2] for every image")
-    _common(p)
+    _common(p, retry=True)
     p.add_argument("--judges", help="comma-separated judge names (see `ls judges`)")
 
     p = sub.add_parser("score", help="reward-model scores for the four (image, prompt) combinations")
-    _common(p)
+    _common(p, retry=True)
     p.add_argument("--scorers", help="comma-separated scorer names (see `ls scorers`)")
     p.add_argument("--batch-size", type=int, help="items per model call")
 
@@ -197,13 +198,13 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             summary = run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
             return 1 if summary.failed else 0
         if cmd == "edit":
-            run.edit()
+            run.edit(retry_failed=args.retry_failed)
         elif cmd == "import":
             run.import_pairs(args.path)
         elif cmd == "judge":
-            run.judge()
+            run.judge(retry_failed=args.retry_failed)
         elif cmd == "score":
-            run.score()
+            run.score(retry_failed=args.retry_failed)
         elif cmd == "analyze":
             run.analyze()
         elif cmd == "report":

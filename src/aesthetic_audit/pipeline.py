@@ -61,11 +61,11 @@ class Run:
         return self._done(run_prompts(self.store, self.config, self.catalogue, rewriter=rewriter,
                                       retry_failed=retry_failed))
 
-    def edit(self) -> StageSummary:
+    def edit(self, *, retry_failed: bool = False) -> StageSummary:
         from .images.stage import run_edit
 
         record_stage(self.store, self.config, "images", {"images": {"name": "editor"}})
-        return self._done(run_edit(self.store, self.config, self.catalogue))
+        return self._done(run_edit(self.store, self.config, self.catalogue, retry_failed=retry_failed))
 
     def import_pairs(self, path: str | Path) -> StageSummary:
         from .images.importers import import_pairs
@@ -75,14 +75,15 @@ class Run:
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
                                        new=result.ok, cached=result.skipped_existing, failed=result.failed))
 
-    def judge(self, names: list[str] | None = None) -> list[StageSummary]:
+    def judge(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         from .judges.stage import make_judge, run_judge
 
         judges = [make_judge(n) for n in (names or self.config.judge.judges)]
         record_stage(self.store, self.config, "judge", {"judges": {j.name: j.identity() for j in judges}})
-        return [self._done(run_judge(self.store, j, self.catalogue)) for j in judges]
+        return [self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed))
+                for j in judges]
 
-    def score(self, names: list[str] | None = None) -> list[StageSummary]:
+    def score(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Score with each scorer; one whose dependencies are missing is reported and skipped."""
         from .scorers.stage import make_scorer, run_score
 
@@ -91,7 +92,8 @@ class Run:
         out = []
         for s in scorers:
             try:
-                out.append(self._done(run_score(self.store, s, batch_size=self.config.score.batch_size)))
+                out.append(self._done(run_score(self.store, s, batch_size=self.config.score.batch_size,
+                                                retry_failed=retry_failed)))
             except AuditError as exc:
                 log.error("error: scorer %s: %s", s.name, exc)
                 out.append(StageSummary(f"score:{s.name}", warnings=[str(exc)]))

@@ -80,7 +80,7 @@ def apply_plan(image: np.ndarray, plan: EditPlan, strength: float) -> tuple[np.n
     return image, applied
 
 
-def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue) -> StageSummary:
+def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retry_failed: bool = False) -> StageSummary:
     from .photos import iter_photos
 
     ec = config.images.editor
@@ -88,7 +88,7 @@ def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue) -> Stag
     if not supported:
         raise ConfigError("no dimension the editor can realise was selected")
     summary = StageSummary(IMAGES)
-    done = store.keys(IMAGES)
+    done = store.keys(IMAGES, "ok" if retry_failed else None)
     for photo in progress(list(iter_photos(ec.photos, max_side=ec.max_side)), desc="edit"):
         if isinstance(photo, InputError):
             where = str(photo).split(":", 1)[0]

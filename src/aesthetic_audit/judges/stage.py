@@ -22,12 +22,13 @@ def run_images(store: RunStore) -> list[str]:
     return list(seen)
 
 
-def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size: int = 16) -> StageSummary:
+def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size: int = 16,
+              retry_failed: bool = False) -> StageSummary:
     dims = catalogue.keys()
     identity = judge.identity()
     images = run_images(store)
     keys = {sha: judge_key(judge=identity, image=sha, dims=dims) for sha in images}
-    done = store.keys(JUDGE)
+    done = store.keys(JUDGE, "ok" if retry_failed else None)
     todo = [sha for sha in images if keys[sha] not in done]
     summary = StageSummary(f"{JUDGE}:{judge.name}", total=len(images), cached=len(images) - len(todo))
     for start in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc=judge.name):

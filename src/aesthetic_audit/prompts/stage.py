@@ -82,7 +82,7 @@ def run_prompts(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, r
     for w in warnings:
         log.warning("warning: %s", w)
     summary = StageSummary(PROMPTS, total=len(plan), warnings=warnings)
-    done = store.keys(PROMPTS) if not retry_failed else store.keys(PROMPTS, "ok")
+    done = store.keys(PROMPTS, "ok" if retry_failed else None)
     todo = [p for p in plan if p.key not in done]
     summary.cached = len(plan) - len(todo)
     identity = rewriter.identity()

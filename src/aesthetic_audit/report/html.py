@@ -411,7 +411,7 @@ def _failures_section(analysis: dict[str, Any], cap: int) -> str:
     items = failures.get("items", [])
     parts = ["<h2>Failures</h2>",
              '<p class="note">Failed items are recorded with their reason and left out of every statistic '
-             "above; rerunning a stage retries them.</p>"]
+             "above; rerun the stage with --retry-failed to try them again.</p>"]
     if counts:
         parts.append(_table(["stage", "ok", "failed"],
                             [[f'<td class="text">{_e(stage)}</td>', _e(c.get("ok", 0)), _e(c.get("failed", 0))]

@@ -28,11 +28,11 @@ def score_items(store: RunStore, scorer: Scorer) -> list[tuple[str, str | None]]
     return list(items)
 
 
-def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16) -> StageSummary:
+def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16, retry_failed: bool = False) -> StageSummary:
     identity = scorer.identity()
     items = score_items(store, scorer)
     keys = {it: score_key(scorer=identity, image=it[0], prompt=it[1]) for it in items}
-    done = store.keys(SCORE)
+    done = store.keys(SCORE, "ok" if retry_failed else None)
     todo = [it for it in items if keys[it] not in done]
     summary = StageSummary(f"{SCORE}:{scorer.name}", total=len(items), cached=len(items) - len(todo))
     if todo:

@@ -1,0 +1,79 @@
+"""The score stage: four combinations with reuse, failures as records, retry."""
+
+from PIL import Image
+
+from aesthetic_audit.records import IMAGES
+from aesthetic_audit.scorers.base import Scorer, ScoreResult
+from aesthetic_audit.scorers.stage import run_score
+from aesthetic_audit.store import Record, RunStore
+
+
+class Counting(Scorer):
+    """Score = mean red value + prompt length; records every call."""
+
+    name = "counting"
+    prompt_aware = True
+
+    def __init__(self, fail_prompts=(), **kw):
+        super().__init__(**kw)
+        self.calls, self.fail_prompts = [], set(fail_prompts)
+
+    def _score(self, items):
+        self.calls.append(len(items))
+        return [ScoreResult(None, error="boom") if p in self.fail_prompts else
+                ScoreResult(float(img.getpixel((0, 0))[0]) + len(p or "")) for img, p in items]
+
+
+class Blind(Counting):
+    name = "blind"
+    prompt_aware = False
+
+
+def _run_with_pairs(tmp_path):
+    store = RunStore(tmp_path)
+    shas = [store.put_image(Image.new("RGB", (8, 8), (v, 0, 0))) for v in (10, 20, 30)]
+    # two pairs sharing the original image and p_o
+    for i, (a, p_a) in enumerate(((shas[1], "dark cat"), (shas[2], "blurry cat!"))):
+        store.put(Record(f"pair{i}", IMAGES, f"p{i}", {"image_o": shas[0], "image_a": a, "p_o": "a cat",
+                                                       "p_a": p_a, "dims": ["clarity"]}))
+    return store, shas
+
+
+def test_prompt_aware_scores_each_distinct_image_prompt_once(tmp_path):
+    store, shas = _run_with_pairs(tmp_path)
+    scorer = Counting()
+    s = run_score(store, scorer, batch_size=3)
+    # pair 0: (o,"a cat") (o,"dark cat") (a0,"a cat") (a0,"dark cat"); pair 1 adds (o,"blurry cat!") + 2 for a1
+    assert (s.total, s.new, s.failed) == (7, 7, 0)
+    assert scorer.calls == [3, 3, 1]
+    got = {(r.data["image"], r.data["prompt"]): r.data["score"] for r in store.records("score")}
+    assert got[(shas[0], "a cat")] == 10 + 5 and got[(shas[2], "blurry cat!")] == 30 + 11
+    again = run_score(store, Counting())
+    assert (again.new, again.cached) == (0, 7)
+
+
+def test_prompt_blind_scores_each_image_once(tmp_path):
+    store, shas = _run_with_pairs(tmp_path)
+    s = run_score(store, Blind())
+    assert (s.total, s.new) == (3, 3)
+    assert {r.data["prompt"] for r in store.records("score")} == {None}
+
+
+def test_failed_items_are_records_and_retry_failed_tries_them_again(tmp_path):
+    store, _ = _run_with_pairs(tmp_path)
+    s = run_score(store, Counting(fail_prompts={"dark cat"}))
+    assert (s.new, s.failed) == (5, 2)
+    assert all(r.error == "boom" and r.data["prompt"] == "dark cat" for r in store.records("score", status="failed"))
+    assert run_score(store, Counting()).new == 0  # plain rerun: failures stay failures
+    retry = run_score(store, Counting(), retry_failed=True)
+    assert (retry.new, retry.cached) == (2, 5)
+    assert store.counts()["score"] == {"ok": 7, "failed": 0}
+
+
+def test_a_missing_image_file_fails_only_its_items(tmp_path):
+    store, shas = _run_with_pairs(tmp_path)
+    store.image_path(shas[2]).write_bytes(b"")  # damaged on disk
+    s = run_score(store, Counting())
+    assert (s.new, s.failed) == (5, 2)
+    (err,) = {r.error for r in store.records("score", status="failed")}
+    assert "file is empty" in err and shas[2][:12] in err
