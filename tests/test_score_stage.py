@@ -42,7 +42,7 @@ def _run_with_pairs(tmp_path):
 def test_prompt_aware_scores_each_distinct_image_prompt_once(tmp_path):
     store, shas = _run_with_pairs(tmp_path)
     scorer = Counting()
-    s = run_score(store, scorer, batch_size=3)
+    s = run_score(store, scorer, chunk_size=3)
     # pair 0: (o,"a cat") (o,"dark cat") (a0,"a cat") (a0,"dark cat"); pair 1 adds (o,"blurry cat!") + 2 for a1
     assert (s.total, s.new, s.failed) == (7, 7, 0)
     assert scorer.calls == [3, 3, 1]

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="reward-model scores for the four (image, prompt) combinations")
     _common(p, retry=True)
     p.add_argument("--scorers", help="comma-separated scorer names (see `ls scorers`)")
-    p.add_argument("--batch-size", type=int, help="items per model call")
+    p.add_argument("--chunk-size", type=int, help="(image, prompt) items per scorer call (default 64)")
 
     p = sub.add_parser("analyze", help="statistics with bootstrap CIs -> RUN/analysis.json and RUN/tables/")
     _common(p)
@@ -150,7 +150,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     elif cmd == "judge":
         out["judge.judges"] = _csv(args.judges)
     elif cmd == "score":
-        out.update({"score.scorers": _csv(args.scorers), "score.batch_size": args.batch_size})
+        out.update({"score.scorers": _csv(args.scorers), "score.chunk_size": args.chunk_size})
     out.update(parse_set(getattr(args, "sets", [])))
     return out
 

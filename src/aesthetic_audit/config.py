@@ -70,7 +70,11 @@ class ImagesConfig(_Section):
 
 class ScoreConfig(_Section):
     scorers: list[str] = Field(["composite", "brisque", "nsfw"], description="registered scorer names")
-    batch_size: int = Field(16, ge=1)
+    chunk_size: int = Field(64, ge=1, description="(image, prompt) items handed to a scorer per call; "
+                            "records are stored after each call")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-scorer options, e.g. {hpsv2: {device: cuda, dtype: bf16, "
+        "batch_size: 32, weights: /models/hps}}")
 
 
 class JudgeConfig(_Section):

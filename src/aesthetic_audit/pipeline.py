@@ -87,16 +87,20 @@ class Run:
         """Score with each scorer; one whose dependencies are missing is reported and skipped."""
         from .scorers.stage import make_scorer, run_score
 
-        scorers = [make_scorer(n) for n in (names or self.config.score.scorers)]
-        record_stage(self.store, self.config, "score", {"scorers": {s.name: s.identity() for s in scorers}})
+        opts = self.config.score.options
         out = []
-        for s in scorers:
+        for name in names or self.config.score.scorers:
             try:
-                out.append(self._done(run_score(self.store, s, batch_size=self.config.score.batch_size,
+                s = make_scorer(name, opts.get(name))
+                backend = {"identity": s.identity()}
+                if hasattr(s, "weights_manifest"):
+                    backend["files"] = s.weights_manifest()
+                record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
+                out.append(self._done(run_score(self.store, s, chunk_size=self.config.score.chunk_size,
                                                 retry_failed=retry_failed)))
             except AuditError as exc:
-                log.error("error: scorer %s: %s", s.name, exc)
-                out.append(StageSummary(f"score:{s.name}", warnings=[str(exc)]))
+                log.error("error: scorer %s: %s", name, exc)
+                out.append(StageSummary(f"score:{name}", warnings=[str(exc)]))
         return out
 
     def analyze(self) -> dict:

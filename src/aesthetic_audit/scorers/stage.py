@@ -7,7 +7,7 @@ share an image and a prompt share the record.
 
 from __future__ import annotations
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..images.decode import decode_image
 from ..records import IMAGES, SCORE, score_key
 from ..registry import get
@@ -28,7 +28,7 @@ def score_items(store: RunStore, scorer: Scorer) -> list[tuple[str, str | None]]
     return list(items)
 
 
-def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16, retry_failed: bool = False) -> StageSummary:
+def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
     identity = scorer.identity()
     items = score_items(store, scorer)
     keys = {it: score_key(scorer=identity, image=it[0], prompt=it[1]) for it in items}
@@ -38,8 +38,8 @@ def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16, retry_fa
     if todo:
         scorer.load()
     base = {"scorer": scorer.name, "higher_is_better": scorer.higher_is_better}
-    for start in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc=scorer.name):
-        batch = todo[start:start + batch_size]
+    for start in progress(range(0, len(todo), chunk_size), total=-(-len(todo) // chunk_size), desc=scorer.name):
+        batch = todo[start:start + chunk_size]
         cache: dict[str, object] = {}
         ready = []
         for image, prompt in batch:
@@ -68,5 +68,9 @@ def run_score(store: RunStore, scorer: Scorer, *, batch_size: int = 16, retry_fa
     return summary
 
 
-def make_scorer(name: str) -> Scorer:
-    return get("scorers", name)()
+def make_scorer(name: str, options: dict | None = None) -> Scorer:
+    cls = get("scorers", name)
+    try:
+        return cls(**(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"scorer {name}: bad options {sorted(options or {})}: {exc}") from None

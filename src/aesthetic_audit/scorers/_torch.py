@@ -1,0 +1,309 @@
+"""Shared machinery of the torch reward models: options, device/dtype, preprocessing, batching, reuse.
+
+Subclasses are one file per family; their variants (weights repo, revision, files, preprocessing)
+are rows of data in ``variants`` and each row is registered as its own scorer name by
+``register_variants``. Constructing a scorer loads nothing. ``_load`` resolves and reads weights.
+
+Four-combination reuse: a dual encoder (CLIP-like) embeds each distinct image and each distinct
+prompt of a call once, then scores every requested (image, prompt) from the embeddings: for a pair's
+four combinations that is 2 image + 2 text encodings instead of 4 + 4. A cross-encoder encodes each
+distinct image once and runs all its (image, prompt) combinations through the joint model in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, require
+from ..registry import register
+from ._weights import Resolver, WeightsSource
+from .base import Scorer, ScoreResult
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def torch():
+    return require("torch", "models", "the torch reward models")
+
+
+def resolve_device(device: str | None) -> str:
+    t = torch()
+    if device in (None, "auto"):
+        if t.cuda.is_available():
+            return "cuda"
+        if getattr(t.backends, "mps", None) is not None and t.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None):
+    if dtype is None:
+        return torch().float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(sorted(DTYPES))}")
+    return getattr(torch(), DTYPES[dtype])
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize + centre crop + normalise, reproducing torchvision's PIL path exactly without torchvision.
+
+    ``resize="shortest"``: the short side becomes ``size`` and the long side int(size * long / short)
+    (torchvision.transforms.Resize(int)); ``resize="square"``: resized to size x size
+    (Resize((size, size))). Resampling is PIL bicubic. Centre crop offsets are
+    int(round((h - size) / 2)) like torchvision's CenterCrop.
+    """
+
+    size: int = 224
+    resize: str = "shortest"
+    crop: bool = True
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def pil(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> float32 CHW array, normalised."""
+        image = image.convert("RGB")
+        w, h = image.size
+        if self.resize == "square":
+            new = (self.size, self.size)
+        elif self.resize == "shortest":
+            if w <= h:
+                new = (self.size, int(self.size * h / w))
+            else:
+                new = (int(self.size * w / h), self.size)
+        else:
+            raise ValueError(f"unknown resize mode {self.resize!r}")
+        if new != (w, h):
+            image = image.resize(new, Image.BICUBIC)
+        if self.crop:
+            w, h = image.size
+            top = int(round((h - self.size) / 2.0))
+            left = int(round((w - self.size) / 2.0))
+            image = image.crop((left, top, left + self.size, top + self.size))
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return arr.transpose(2, 0, 1)
+
+    def batch(self, images: Sequence[Image.Image]):
+        return torch().from_numpy(np.stack([self.pil(im) for im in images]))
+
+    def tensor(self, images):
+        """Differentiable path for a float tensor [B, 3, H, W] in [0, 1] (training loops).
+
+        Uses bicubic interpolation with antialiasing, so values are close to, not bit-equal with,
+        the PIL path.
+        """
+        t = torch()
+        F = t.nn.functional
+        _, _, h, w = images.shape
+        if self.resize == "square":
+            new = (self.size, self.size)
+        else:
+            new = (int(self.size * h / w), self.size) if w <= h else (self.size, int(self.size * w / h))
+            new = (max(new[0], self.size), max(new[1], self.size))
+        x = F.interpolate(images, size=new, mode="bicubic", antialias=True, align_corners=False)
+        if self.crop:
+            top = int(round((x.shape[2] - self.size) / 2.0))
+            left = int(round((x.shape[3] - self.size) / 2.0))
+            x = x[:, :, top:top + self.size, left:left + self.size]
+        mean = t.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = t.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x.clamp(0, 1) - mean) / std
+
+
+@dataclass(frozen=True)
+class TextEncoding:
+    """Token ids ready for a model, with the untruncated token count and whether it was cut."""
+
+    input_ids: Any
+    attention_mask: Any
+    tokens: list[int]
+    truncated: list[bool]
+
+
+class TorchScorer(Scorer):
+    """Base of the model-based scorers.
+
+    Options: ``variant`` (a row of ``variants``), ``weights`` (a local file/folder overriding the hub),
+    ``revision``, ``device`` (auto/cpu/cuda/mps), ``dtype`` (fp32/bf16/fp16), ``batch_size``,
+    ``allow_pickle``, ``offline``; ``model`` / ``processor`` / ``tokenizer`` inject ready objects
+    (tests, or two scorers sharing one backbone).
+    """
+
+    extra = "models"
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_variant: ClassVar[str | None] = None
+    IDENTITY_OPTIONS: ClassVar[tuple[str, ...]] = ("variant", "weights", "revision", "dtype")
+
+    def __init__(self, variant: str | None = None, *, weights: str | None = None, revision: str | None = None,
+                 device: str | None = None, dtype: str | None = None, batch_size: int = 16,
+                 allow_pickle: bool = False, offline: bool | None = None, model: Any = None,
+                 processor: Any = None, tokenizer: Any = None):
+        variant = variant or self.default_variant
+        if self.variants and variant not in self.variants:
+            raise ConfigError(f"{self.name}: unknown variant {variant!r}; variants: {', '.join(self.variants)}")
+        super().__init__(variant=variant, weights=weights, revision=revision, dtype=dtype)
+        self.variant = variant
+        self.spec: dict[str, Any] = dict(self.variants.get(variant, {})) if variant else {}
+        self.weights, self.revision = weights, revision or self.spec.get("revision")
+        self.device_option, self.dtype_option = device, dtype
+        self.batch_size, self.allow_pickle = int(batch_size), allow_pickle
+        self.resolver = Resolver(offline=offline)
+        self.model, self.processor, self.tokenizer = model, processor, tokenizer
+        self.injected = model is not None
+
+    # -- identity -------------------------------------------------------------------------------
+    def source(self, key: str = "repo") -> WeightsSource:
+        return WeightsSource(repo=self.spec.get(key), revision=self.revision if key == "repo" else None,
+                             local=self.weights if key == "repo" else None)
+
+    def weight_files(self) -> list[tuple[WeightsSource, str]]:
+        """The files this scorer reads: by default the variant's ``files`` from its repo (or ``weights``)."""
+        return [(self.source(), f) for f in self.spec.get("files", ())]
+
+    def identity(self) -> dict[str, Any]:
+        """Name, version, variant, dtype and the SHA-256 of every weight file (no model is built)."""
+        ident = {"name": self.name, "version": self.version, "variant": self.variant,
+                 "dtype": self.dtype_option or "fp32"}
+        if self.injected:
+            ident["weights"] = {"injected": parameters_hash(self.model)}
+        else:
+            for source, filename in self.weight_files():
+                self.resolver.file(source, filename)
+            ident["weights"] = {k: v["sha256"] for k, v in self.resolver.manifest().items()}
+        return ident
+
+    def weights_manifest(self) -> dict[str, Any]:
+        return self.resolver.manifest()
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self) -> "TorchScorer":
+        if not self._loaded:
+            self.device = resolve_device(self.device_option)
+            self.dtype = resolve_dtype(self.dtype_option)
+            self._load()
+            if self.model is not None:
+                self.model.to(device=self.device, dtype=self.dtype).eval()
+            self._loaded = True
+        return self
+
+    # -- scoring --------------------------------------------------------------------------------
+    def _score(self, items: list[tuple[Image.Image, str | None]]) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(items)
+        good = []
+        for i, (img, prompt) in enumerate(items):
+            if not isinstance(img, Image.Image):
+                results[i] = ScoreResult(None, error=f"no image ({img!r})" if not isinstance(img, Exception)
+                                         else f"image failed: {img}")
+            elif self.prompt_aware and not (prompt or "").strip():
+                results[i] = ScoreResult(None, error="empty prompt")
+            else:
+                good.append(i)
+        if good:
+            t = torch()
+            with t.inference_mode():
+                scored = self.score_batch([items[i][0] for i in good], [items[i][1] for i in good])
+            for i, res in zip(good, scored):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def score_batch(self, images: list[Image.Image], prompts: list[str | None]) -> list[ScoreResult]:
+        raise NotImplementedError
+
+
+def parameters_hash(model: Any) -> str:
+    """A content hash of an injected model's parameters (small models: tests, custom backbones)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def unique(seq: Sequence[Any], key=id) -> tuple[list[Any], list[int]]:
+    """Distinct elements (by ``key``) in first-seen order, and each element's index among them."""
+    index: dict[Any, int] = {}
+    distinct, where = [], []
+    for x in seq:
+        k = key(x)
+        if k not in index:
+            index[k] = len(distinct)
+            distinct.append(x)
+        where.append(index[k])
+    return distinct, where
+
+
+def batched(seq: Sequence[Any], size: int):
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+class DualEncoderScorer(TorchScorer):
+    """Scores from separately computed image and text embeddings, each distinct input encoded once."""
+
+    def encode_images(self, images: list[Image.Image]):
+        raise NotImplementedError
+
+    def encode_texts(self, prompts: list[str]) -> tuple[Any, list[int], list[bool]]:
+        raise NotImplementedError
+
+    def combine(self, image_emb, text_emb):
+        """Per-row score from matched image/text embeddings (both [N, D])."""
+        raise NotImplementedError
+
+    def score_batch(self, images, prompts):
+        t = torch()
+        imgs, img_idx = unique(images)
+        img_emb = t.cat([self.encode_images(list(b)) for b in batched(imgs, self.batch_size)])
+        if not self.prompt_aware:
+            scores = self.combine(img_emb[img_idx], None)
+            return [ScoreResult(float(s)) for s in scores.float().cpu()]
+        texts, txt_idx = unique(prompts, key=lambda p: p)
+        parts = [self.encode_texts(list(b)) for b in batched(texts, self.batch_size)]
+        txt_emb = t.cat([p[0] for p in parts])
+        tokens = [n for p in parts for n in p[1]]
+        truncated = [c for p in parts for c in p[2]]
+        scores = self.combine(img_emb[img_idx], txt_emb[txt_idx]).float().cpu()
+        return [ScoreResult(float(s), tokens=tokens[j], truncated=truncated[j]) for s, j in zip(scores, txt_idx)]
+
+    def __call__(self, images, prompts: Sequence[str] | None = None):
+        """Training-loop API: PIL images or a float tensor [B, 3, H, W] in [0, 1] -> a score tensor [B].
+
+        With a tensor input the graph is kept (no inference mode), so the score can be a reward to
+        back-propagate through; preprocessing then uses the differentiable tensor path.
+        """
+        self.load()
+        t = torch()
+        if isinstance(images, t.Tensor):
+            img_emb = self.encode_pixels(self.preprocess.tensor(images.to(self.device, self.dtype)))
+        else:
+            with t.inference_mode():
+                img_emb = self.encode_images(list(images))
+        if not self.prompt_aware:
+            return self.combine(img_emb, None)
+        with t.inference_mode():
+            txt_emb = self.encode_texts(list(prompts or []))[0]
+        return self.combine(img_emb, txt_emb.clone())
+
+
+def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
+    """Register one scorer name per variant row: the default under ``cls.name``, others under their key."""
+    register("scorers", cls.name)(cls)
+    for key in cls.variants:
+        if key != cls.default_variant and key != cls.name:
+            sub = type(cls.__name__ + "_" + "".join(c if c.isalnum() else "_" for c in key), (cls,),
+                       {"name": key, "default_variant": key, "__module__": cls.__module__,
+                        "description": cls.variants[key].get("description", cls.description)})
+            register("scorers", key)(sub)
+    return cls
+
