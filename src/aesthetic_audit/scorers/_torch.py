@@ -59,7 +59,9 @@ class ImagePreprocess:
     ``resize="shortest"``: the short side becomes ``size`` and the long side int(size * long / short)
     (torchvision.transforms.Resize(int)); ``resize="square"``: resized to size x size
     (Resize((size, size))). Resampling is PIL bicubic. Centre crop offsets are
-    int(round((h - size) / 2)) like torchvision's CenterCrop.
+    int(round((h - size) / 2)) like torchvision's CenterCrop (``crop_offset="round"``), or
+    (h - size) // 2 like transformers' image processors (``crop_offset="floor"``); the two differ by
+    one pixel when h - size is odd.
     """
 
     size: int = 224
@@ -67,6 +69,15 @@ class ImagePreprocess:
     crop: bool = True
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
+    crop_offset: str = "round"
+
+    def offset(self, extent: int) -> int:
+        """Where a centre crop of ``size`` starts along an axis of length ``extent``."""
+        if self.crop_offset == "floor":
+            return (extent - self.size) // 2
+        if self.crop_offset == "round":
+            return int(round((extent - self.size) / 2.0))
+        raise ValueError(f"unknown crop_offset {self.crop_offset!r}")
 
     def pil(self, image: Image.Image) -> np.ndarray:
         """One PIL image -> float32 CHW array, normalised."""
@@ -85,8 +96,7 @@ class ImagePreprocess:
             image = image.resize(new, Image.BICUBIC)
         if self.crop:
             w, h = image.size
-            top = int(round((h - self.size) / 2.0))
-            left = int(round((w - self.size) / 2.0))
+            top, left = self.offset(h), self.offset(w)
             image = image.crop((left, top, left + self.size, top + self.size))
         arr = np.asarray(image, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
@@ -111,8 +121,7 @@ class ImagePreprocess:
             new = (max(new[0], self.size), max(new[1], self.size))
         x = F.interpolate(images, size=new, mode="bicubic", antialias=True, align_corners=False)
         if self.crop:
-            top = int(round((x.shape[2] - self.size) / 2.0))
-            left = int(round((x.shape[3] - self.size) / 2.0))
+            top, left = self.offset(x.shape[2]), self.offset(x.shape[3])
             x = x[:, :, top:top + self.size, left:left + self.size]
         mean = t.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = t.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -307,3 +316,57 @@ def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
             register("scorers", key)(sub)
     return cls
 
+
+
+class CrossEncoderScorer(TorchScorer):
+    """Scores from a joint image-text model (BLIP-like): the image tower runs once per distinct image,
+    the tokenizer once per distinct prompt, and every distinct (image, prompt) combination of a call
+    goes through the joint part in batches of ``batch_size``, attending to its image's cached states.
+
+    Subclasses implement ``encode_images`` and ``joint``; set ``self.max_length`` (tokens kept per
+    prompt, special tokens included) and, to pad every batch to a fixed length the way the official
+    code does, ``pad_to``.
+    """
+
+    max_length: int = 512
+    pad_to: int | None = None  # None: pad each batch to its longest prompt
+
+    def encode_images(self, images: list[Image.Image]):
+        """Distinct images -> the states the joint part attends to, [N, ...] on the model's device."""
+        raise NotImplementedError
+
+    def joint(self, image_states, input_ids, attention_mask):
+        """Per-row score [N] of matched image states and token ids."""
+        raise NotImplementedError
+
+    def tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+        """Distinct prompts -> (ids cut at max_length, untruncated counts incl. special tokens, cut flags)."""
+        full = self.tokenizer(prompts, verbose=False)["input_ids"]  # no warning: over-long is expected
+        cut = self.tokenizer(prompts, truncation=True, max_length=self.max_length)["input_ids"]
+        return [list(c) for c in cut], [len(f) for f in full], [len(f) > self.max_length for f in full]
+
+    def collate(self, rows: list[list[int]]):
+        t = torch()
+        length = self.pad_to or max(len(r) for r in rows)
+        ids = t.full((len(rows), length), self.tokenizer.pad_token_id or 0, dtype=t.long)
+        mask = t.zeros((len(rows), length), dtype=t.long)
+        for k, row in enumerate(rows):
+            ids[k, :len(row)] = t.tensor(row, dtype=t.long)
+            mask[k, :len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def score_batch(self, images, prompts):
+        t = torch()
+        imgs, img_idx = unique(images)
+        states = t.cat([self.encode_images(list(b)) for b in batched(imgs, self.batch_size)])
+        texts, txt_idx = unique(prompts, key=lambda p: p)
+        ids, tokens, truncated = self.tokenize(texts)
+        combos, combo_idx = unique(list(zip(img_idx, txt_idx)), key=lambda c: c)
+        scores = []
+        for chunk in batched(combos, self.batch_size):
+            input_ids, mask = self.collate([ids[j] for _, j in chunk])
+            rows = t.tensor([i for i, _ in chunk], dtype=t.long, device=states.device)
+            scores.append(self.joint(states[rows], input_ids, mask).float().cpu())
+        flat = t.cat(scores)
+        return [ScoreResult(float(flat[c]), tokens=tokens[j], truncated=truncated[j])
+                for c, j in zip(combo_idx, txt_idx)]
