@@ -1,6 +1,11 @@
+import os
 import sys
 
 import pytest
+
+# Tests never reach a model hub: fail fast instead of retrying downloads.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from aesthetic_audit.cli import main
 

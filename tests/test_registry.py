@@ -60,20 +60,29 @@ SCORERS = sorted(n for n in available("scorers") if n != "dup-test")
 
 
 @pytest.mark.parametrize("name", SCORERS)
-def test_scorer_contract(name):
+def test_scorer_contract(name, tmp_path):
     cls = available("scorers")[name]
     assert isinstance(cls.higher_is_better, bool) and isinstance(cls.prompt_aware, bool)
     lo, hi = cls.score_range
     assert lo is None or hi is None or lo < hi
-    scorer = cls()
+    options = {}
+    if cls.extra == "models":  # model scorers run on a tiny model written in their official layout
+        from tiny import builders
+
+        assert name in builders(), f"scorer {name} needs a tiny-model builder in tests/tiny/"
+        options = {**builders()[name](tmp_path), "device": "cpu"}
+    scorer = cls(**options)
     assert scorer._loaded is False  # constructing loads nothing
     json.dumps(scorer.identity())
     results = scorer.score([(img, "a photo of a gradient") for img in _images()])
     assert len(results) == 2 and all(isinstance(r, ScoreResult) for r in results)
     assert all(r.ok and np.isfinite(r.score) for r in results)
-    bad = scorer.score([(None, "x"), (_images()[1], "x")])
+    bad = scorer.score([(None, "a photo of a gradient"), (_images()[1], "a photo of a gradient")])
     assert bad[0].error and bad[0].score is None and bad[1].ok
     assert bad[1].score == pytest.approx(results[1].score, rel=1e-6, abs=1e-9)
+    if cls.prompt_aware:
+        (empty,) = scorer.score([(_images()[0], "  ")])
+        assert empty.error and empty.score is None
 
 
 @pytest.mark.parametrize("name", sorted(available("judges")))
