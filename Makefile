@@ -4,6 +4,9 @@
 # Both create .venv and install the package with the extras they need the first time.
 
 PYTHON ?= python3
+# torch is installed first so pip keeps this build; the CPU wheel by default. On a GPU machine pick
+# the build you want, e.g. `make test TORCH=torch` (pip's default CUDA build on Linux).
+TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,7 +16,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[offline,test]'
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[offline,models,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
