@@ -1,0 +1,244 @@
+"""HPSv2 and HPSv2.1 (Wu et al. 2023, "Human Preference Score v2"): one class, two variant rows.
+
+Official weights: Hugging Face repo ``xswu/HPSv2`` (unpinned revision; the file's SHA-256 enters every
+record key), files ``HPS_v2_compressed.pt`` (variant ``hpsv2``) and ``HPS_v2.1_compressed.pt``
+(variant ``hpsv2.1``): ``torch.save({"state_dict": ...})`` of an open_clip ViT-H-14 CLIP. A pickle, so
+loading it needs ``allow_pickle=true`` (read with ``torch.load(weights_only=True)``), or convert it once
+with ``aesthetic-audit convert`` (``_openclip.convert_checkpoint``) into config.json +
+model.safetensors and pass that folder as ``weights``. Tokenizer files (vocab.json, merges.txt) come
+from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the standard CLIP BPE vocabulary open_clip ships), from
+the ``weights`` folder when it holds them, or from a ``tokenizer`` folder option.
+
+Architecture (open_clip ``ViT-H-14``): vision 32 blocks, width 1280, 16 heads (head width 80), patch
+14, 224 px, class-token pooling with ln_post; text 24 blocks, width 1024, 16 heads, context 77, vocab
+49,408, causal mask, pooled at the argmax token id (the end token); both projected to 1024; exact GELU;
+LayerNorm eps 1e-5. Mapped onto transformers' ``CLIPModel`` by ``_openclip.openclip_to_transformers``.
+
+Preprocessing (the official ``hpsv2.score``: ``create_model_and_transforms(..., light_augmentation=True)``
+-> open_clip ``image_transform(224, is_train=False, resize_longest_max=True)`` of HPSv2's vendored
+open_clip): convert to RGB, ToTensor (/255), then ``ResizeMaxSize``: the LONGER side is scaled to 224
+(new size ``round(side * 224 / longer)``) by torchvision's tensor resize, i.e. ``F.interpolate(bicubic,
+align_corners=False, antialias=True)`` on floats, without clamping, then zero-padded (black, before
+normalisation) to 224 x 224, left/top getting ``pad // 2``; then OpenAI mean/std. Not resize-shortest
+plus centre crop: the whole image is seen. ``antialias`` follows torchvision >= 0.17, whose default is
+True; torchvision < 0.17 resized tensors without antialiasing (scorer option ``antialias=false``
+reproduces that).
+
+Score: ``diag(image_features @ text_features.T)`` with both L2-normalised and no logit scale, i.e. the
+raw cosine (≈ 0.2-0.35 for matching pairs; the HPD benchmark reports it ×100).
+
+Deviations from the official code, only where it fails: an RGBA image is converted to RGB (alpha
+dropped) where the official transform keeps 4 channels and the model then fails; an image whose longer
+side is already 224 but is not square is zero-padded to a square, where the official transform leaves
+it unpadded and the model fails. The official ``score()`` runs under ``torch.cuda.amp.autocast`` (fp16)
+on a GPU; ``dtype=fp16`` comes closest to that, the default fp32 differs from it by ~1e-3.
+
+Parity: how a user checks our scores against the official implementation on the same weights (it
+needs torchvision and the ``hpsv2`` package, which cannot run in this project's test environment, so it
+has not been run here)::
+
+    pip install hpsv2 ftfy           # official code; ftfy is what open_clip cleans prompts with
+    python - <<'EOF'
+    import hpsv2, torch
+    from PIL import Image
+    from aesthetic_audit.registry import get
+    imgs, prompt = ["a.png", "b.jpg"], "a blurry photo of a cat"
+    ours = get("scorers", "hpsv2")(allow_pickle=True, device="cuda")
+    for path in imgs:
+        ref = float(hpsv2.score(path, prompt, hps_version="v2.0")[0])   # fp16 autocast on CUDA
+        mine = ours.score([(Image.open(path).convert("RGB"), prompt)])[0].score
+        print(path, ref, mine, abs(ref - mine))                      # expect < 2e-3 (fp16 vs fp32)
+    EOF
+
+Run both on CPU (``CUDA_VISIBLE_DEVICES=``) for an fp32-to-fp32 comparison (expect < 1e-5), and use
+``hps_version="v2.1"`` with scorer ``hpsv2.1`` for the second variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, register_variants, torch
+from ._weights import WeightsSource
+
+TOKENIZER_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+CONVERTED_FILES = ("config.json", "model.safetensors")
+
+
+@dataclass(frozen=True)
+class LetterboxPreprocess:
+    """HPSv2's eval transform: longer side to ``size`` (tensor bicubic), zero-pad to a square, normalise."""
+
+    size: int = 224
+    antialias: bool = True
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def fit(self, x):
+        """[B, 3, H, W] floats in [0, 1] -> [B, 3, size, size], before normalisation."""
+        F = torch().nn.functional
+        h, w = x.shape[-2:]
+        scale = self.size / max(h, w)
+        if scale != 1.0:
+            h, w = round(h * scale), round(w * scale)
+            x = F.interpolate(x, size=[h, w], mode="bicubic", align_corners=False, antialias=self.antialias)
+        pad_h, pad_w = self.size - h, self.size - w
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+        return x
+
+    def normalise(self, x):
+        t = torch()
+        mean = t.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = t.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def pil(self, image: Image.Image):
+        """One PIL image -> float32 [3, size, size], as ToTensor then the tensor transforms."""
+        arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        x = torch().from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+        return self.normalise(self.fit(x[None]))[0]
+
+    def batch(self, images: list[Image.Image]):
+        return torch().stack([self.pil(im) for im in images])
+
+    def tensor(self, images):
+        """Differentiable path for floats [B, 3, H, W] in [0, 1]: the same operations as for PIL input."""
+        return self.normalise(self.fit(images))
+
+
+@register_variants
+class HPSv2Scorer(DualEncoderScorer):
+    """HPSv2 / HPSv2.1: cosine of open_clip ViT-H-14 image and prompt embeddings.
+
+    Options (besides TorchScorer's): ``weights`` = the official .pt (file or folder holding it; needs
+    ``allow_pickle``) or a converted folder (config.json + model.safetensors; preferred when a folder
+    holds both) or its model.safetensors file; ``tokenizer`` = a folder
+    with vocab.json + merges.txt (or an injected tokenizer object); ``antialias`` (default true, as
+    torchvision >= 0.17 resizes tensors).
+    """
+
+    name: ClassVar[str] = "hpsv2"
+    description: ClassVar[str] = "HPSv2 human preference score: cosine of open_clip ViT-H-14 image/prompt features"
+    score_range: ClassVar[tuple[float | None, float | None]] = (-1.0, 1.0)
+    max_prompt_tokens: ClassVar[int | None] = 77
+    version: ClassVar[str] = "1"
+    default_variant: ClassVar[str | None] = "hpsv2"
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "hpsv2": {"repo": "xswu/HPSv2", "files": ["HPS_v2_compressed.pt"], "tokenizer_repo": TOKENIZER_REPO,
+                  "vision_head_width": 80, "text_head_width": 64,
+                  "description": "HPSv2 human preference score: cosine of open_clip ViT-H-14 image/prompt features"},
+        "hpsv2.1": {"repo": "xswu/HPSv2", "files": ["HPS_v2.1_compressed.pt"], "tokenizer_repo": TOKENIZER_REPO,
+                    "vision_head_width": 80, "text_head_width": 64,
+                    "description": "HPSv2.1 human preference score (retrained HPSv2 weights), cosine of features"},
+    }
+
+    def __init__(self, variant: str | None = None, *, antialias: bool = True, tokenizer: Any = None, **options: Any):
+        folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
+        super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
+        self.tokenizer_dir = str(folder) if folder else None
+        self.tokenizer_injected = self.tokenizer is not None
+        self.antialias = bool(antialias)
+
+    # -- files ----------------------------------------------------------------------------------
+    def _local(self) -> Path | None:
+        return Path(self.weights).expanduser() if self.weights else None
+
+    def _checkpoint(self) -> tuple[WeightsSource, list[str], bool]:
+        """(source, files, converted): a converted safetensors folder/file, or the official .pt."""
+        p = self._local()
+        if p is not None and p.is_file():
+            if p.suffix == ".safetensors":
+                return WeightsSource(local=str(p.parent)), ["config.json", p.name], True
+            return WeightsSource(local=str(p.parent)), [p.name], False
+        if p is not None and all((p / f).is_file() for f in CONVERTED_FILES):
+            return WeightsSource(local=str(p)), list(CONVERTED_FILES), True
+        return self.source(), list(self.spec["files"]), False
+
+    def _tokenizer_source(self) -> WeightsSource:
+        if self.tokenizer_dir:
+            return WeightsSource(local=self.tokenizer_dir)
+        p = self._local()
+        folder = p.parent if p is not None and p.is_file() else p
+        if folder is not None and all((folder / f).is_file() for f in TOKENIZER_FILES):
+            return WeightsSource(local=str(folder))
+        return WeightsSource(repo=self.spec["tokenizer_repo"], revision=self.spec.get("tokenizer_revision"))
+
+    def weight_files(self) -> list[tuple[WeightsSource, str]]:
+        files = []
+        if not self.injected:
+            source, names, _ = self._checkpoint()
+            files += [(source, f) for f in names]
+        if not self.tokenizer_injected:
+            files += [(self._tokenizer_source(), f) for f in TOKENIZER_FILES]
+        return files
+
+    def identity(self) -> dict[str, Any]:
+        from ._openclip import text_fixer
+
+        ident = super().identity()
+        if self.injected:  # the base hashed the parameters only; the tokenizer files still decide the tokens
+            for source, filename in self.weight_files():
+                self.resolver.file(source, filename)
+            ident["tokenizer"] = {k: v["sha256"] for k, v in self.resolver.manifest().items()}
+        if self.tokenizer_injected:
+            ident["tokenizer"] = f"injected {type(self.tokenizer).__name__}"
+        ident["text_fix"] = text_fixer()[1]
+        ident["preprocess"] = {"resize": "longest side bicubic, zero pad", "antialias": self.antialias}
+        return ident
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load(self) -> None:
+        from ._openclip import (OpenClipTokenizer, build_clip_model, openclip_to_transformers,
+                                read_openclip_checkpoint)
+        from ._weights import load_state_dict
+
+        if self.model is None:
+            source, files, converted = self._checkpoint()
+            paths = [self.resolver.file(source, f) for f in files]
+            if converted:
+                from transformers import CLIPConfig
+
+                config = CLIPConfig.from_json_file(str(paths[0]))
+                state = load_state_dict(paths[1])
+            else:
+                config, state = openclip_to_transformers(
+                    read_openclip_checkpoint(paths[0], allow_pickle=self.allow_pickle),
+                    vision_head_width=self.spec.get("vision_head_width"),
+                    text_head_width=self.spec.get("text_head_width"))
+            self.model = build_clip_model(config, state)
+        if self.tokenizer is None:
+            source = self._tokenizer_source()
+            vocab, merges = (self.resolver.file(source, f) for f in TOKENIZER_FILES)
+            self.tokenizer = OpenClipTokenizer.from_files(
+                vocab, merges, context_length=self.model.config.text_config.max_position_embeddings)
+        self.preprocess = LetterboxPreprocess(size=self.model.config.vision_config.image_size,
+                                              antialias=self.antialias)
+
+    # -- encoders -------------------------------------------------------------------------------
+    def encode_pixels(self, pixel_values):
+        out = self.model.vision_model(pixel_values=pixel_values)
+        features = self.model.visual_projection(out.pooler_output)
+        return torch().nn.functional.normalize(features, dim=-1)
+
+    def encode_images(self, images: list[Image.Image]):
+        return self.encode_pixels(self.preprocess.batch(images).to(device=self.device, dtype=self.dtype))
+
+    def encode_texts(self, prompts: list[str]):
+        t = torch()
+        ids, counts, truncated = self.tokenizer(prompts)
+        ids = ids.to(self.device)
+        hidden = self.model.text_model(input_ids=ids).last_hidden_state  # after ln_final
+        # open_clip pools at the highest token id: the end token.
+        pooled = hidden[t.arange(hidden.shape[0], device=hidden.device), ids.argmax(dim=-1)]
+        features = self.model.text_projection(pooled)
+        return t.nn.functional.normalize(features, dim=-1), counts, truncated
+
+    def combine(self, image_emb, text_emb):
+        return (image_emb * text_emb).sum(dim=-1)
