@@ -302,10 +302,12 @@ def test_identity_hashes_every_source_without_loading(built):
         ident = scorer.identity()
         assert scorer.model is None and not scorer._loaded
         assert [Path(k).name for k in ident["weights"]] == expected
+        files = {Path(v["path"]).name: v["path"] for v in scorer.weights_manifest().values()}
         for key, digest in ident["weights"].items():
-            assert hashlib.sha256(Path(key).read_bytes()).hexdigest() == digest
-    folders = {str(Path(k).parent) for k in get("scorers", "pickscore")(**built["pickscore"]).identity()["weights"]}
-    assert folders == {built["pickscore"]["weights"], built["pickscore"]["processor_weights"]}
+            assert hashlib.sha256(Path(files[Path(key).name]).read_bytes()).hexdigest() == digest
+    # keyed by repo and file name, not by where the files sit, so moving them keeps the record keys
+    repos = {str(Path(k).parent) for k in get("scorers", "pickscore")(**built["pickscore"]).identity()["weights"]}
+    assert repos == {"yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 
 
 def test_default_sources_are_the_pinned_official_repos():

@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected")
     p.add_argument("--ok-only", action="store_true", help="leave failed records out")
 
+    p = sub.add_parser("convert", help="convert a pickle checkpoint to safetensors once",
+                       description="Read a pickle checkpoint (.pt/.pth/.bin) with torch.load(weights_only=True) and "
+                                   "write its tensors as safetensors, so scorers load it without allow_pickle. "
+                                   "With --openclip (HPSv2/HPSv2.1 files), write a transformers CLIP folder "
+                                   "(config.json + model.safetensors) instead.")
+    p.add_argument("src", type=Path, help="the checkpoint, e.g. ImageReward.pt or HPS_v2.1_compressed.pt")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="output .safetensors file, or a folder (the file is named after the source)")
+    p.add_argument("--key", help="entry of the pickle holding the state dict (e.g. state_dict)")
+    p.add_argument("--openclip", action="store_true", help="an open_clip checkpoint: write a CLIP folder")
+    p.add_argument("--vision-head-width", type=int,
+                   help="open_clip only: vision attention head width when the checkpoint's width is not a known one")
+
     p = sub.add_parser("ls", help="list dimensions, scorers, judges, transforms or rewriters")
     p.add_argument("what", choices=["dimensions", "scorers", "judges", "transforms", "rewriters"])
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
@@ -187,6 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         _status(args)
     elif cmd == "export":
         _export(args)
+    elif cmd == "convert":
+        _convert(args)
     elif cmd == "demo":
         run = _open(args)
         run.prompts()
@@ -253,6 +268,18 @@ def _status(args: argparse.Namespace) -> None:
             print(f"  [{r.stage}] {r.item}: {r.error}")
         if len(failed) > args.limit:
             print(f"  ... and {len(failed) - args.limit} more (--limit)")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    if args.openclip:
+        from .scorers._openclip import convert_checkpoint
+
+        out = convert_checkpoint(args.src, args.out, allow_pickle=True, vision_head_width=args.vision_head_width)
+    else:
+        from .scorers._weights import convert_to_safetensors
+
+        out = convert_to_safetensors(args.src, args.out, key=args.key)
+    log.info("wrote %s", out)
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -185,10 +185,13 @@ class TorchScorer(Scorer):
         if self.injected:
             ident["weights"] = {"injected": parameters_hash(self.model)}
         else:
-            for source, filename in self.weight_files():
-                self.resolver.file(source, filename)
-            ident["weights"] = {k: v["sha256"] for k, v in self.resolver.manifest().items()}
+            ident["weights"] = self.files_identity(self.weight_files())
         return ident
+
+    def files_identity(self, files: list[tuple[WeightsSource, str]]) -> dict[str, str]:
+        """``{repo/file: sha256}``: content, not location, so the same files moved to another folder, or
+        taken from the hub cache instead of a local copy, keep their records' keys."""
+        return {f"{src.repo}/{name}" if src.repo else name: self.resolver.sha256(src, name) for src, name in files}
 
     def weights_manifest(self) -> dict[str, Any]:
         return self.resolver.manifest()

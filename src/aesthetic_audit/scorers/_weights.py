@@ -81,6 +81,11 @@ class Resolver:
         self.resolved[key] = ResolvedFile(path, file_sha256(path), key)
         return path
 
+    def sha256(self, source: WeightsSource, filename: str) -> str:
+        """The SHA-256 of a file, resolving it first if needed."""
+        self.file(source, filename)
+        return self.resolved[f"{source.describe()}/{filename}"].sha256
+
     def _hub(self, source: WeightsSource, filename: str) -> Path:
         if not source.repo:
             raise WeightsError(f"no hub repository or local path given for {filename!r}")
@@ -154,3 +159,24 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False, key: str | None =
     if not isinstance(state, dict):
         raise WeightsError(f"{path.name}: expected a state dict, got {type(state).__name__}")
     return state
+
+
+def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None = None) -> Path:
+    """Write a pickle checkpoint's tensors as safetensors (read with ``torch.load(weights_only=True)``).
+
+    Running this is the explicit opt-in to reading the pickle once; afterwards the scorers load the
+    safetensors file without ``allow_pickle``. ``key`` names the entry holding the state dict, if any.
+    """
+    st = require("safetensors.torch", "models", "writing safetensors")
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if not src.is_file():
+        raise WeightsError(f"no checkpoint file at {src}")
+    state = load_state_dict(src, allow_pickle=True, key=key)
+    if dst.suffix != ".safetensors":
+        dst = dst / (src.stem + ".safetensors")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    st.save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp),
+                 metadata={"format": "pt", "converted_from": src.name, "source_sha256": file_sha256(src)})
+    tmp.replace(dst)
+    return dst

@@ -184,9 +184,7 @@ class HPSv2Scorer(DualEncoderScorer):
 
         ident = super().identity()
         if self.injected:  # the base hashed the parameters only; the tokenizer files still decide the tokens
-            for source, filename in self.weight_files():
-                self.resolver.file(source, filename)
-            ident["tokenizer"] = {k: v["sha256"] for k, v in self.resolver.manifest().items()}
+            ident["tokenizer"] = self.files_identity(self.weight_files())
         if self.tokenizer_injected:
             ident["tokenizer"] = f"injected {type(self.tokenizer).__name__}"
         ident["text_fix"] = text_fixer()[1]

@@ -125,9 +125,7 @@ class LaionAestheticScorer(DualEncoderScorer):
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
         if self.injected:  # the backbone is hashed by its parameters; the head still comes from a file
-            source, filename = self.head_file()
-            self.resolver.file(source, filename)
-            ident["weights"].update({k: v["sha256"] for k, v in self.resolver.manifest().items()})
+            ident["weights"].update(self.files_identity([self.head_file()]))
         return ident
 
     # -- loading ----------------------------------------------------------------------------------
