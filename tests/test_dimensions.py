@@ -94,3 +94,12 @@ def test_visionreward_csv_errors(tmp_path):
 def test_cli_ls_dimensions(cli):
     code, out, _ = cli("ls", "dimensions")
     assert code == 0 and out.count("[study]") == 11 and "lighting aesthetic" in out
+
+
+def test_user_file_read_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="dimensions file .*nope.yaml does not exist"):
+        load_catalogue(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"dimensions:\n  - key: x\n    name: \xff\n")
+    with pytest.raises(InputError, match=r"bad.yaml:3: bytes that are not UTF-8"):
+        load_catalogue(bad)

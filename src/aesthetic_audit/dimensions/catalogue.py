@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError, InputError
+from ..textio import read_text
 
 LEVELS = (0, 1, 2)
 
@@ -89,11 +90,11 @@ class Catalogue:
 
 def _read_yaml(path: Path | None, text: str | None = None) -> list[dict[str, Any]]:
     where = str(path) if path else "built-in catalogue"
+    if text is None:
+        text = read_text(path, "dimensions file")
     try:
-        doc = yaml.safe_load(text if text is not None else Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"dimensions file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
         raise InputError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or set(doc) != {"dimensions"} or not isinstance(doc["dimensions"], list):
         raise InputError(f"{where}: expected a mapping with one key 'dimensions' holding a list")

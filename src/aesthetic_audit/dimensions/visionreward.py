@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
+from ..textio import read_text
 
 _HEADER = ("Dimension", "Option", "Score", "Description")
 _NAME_KEY = re.compile(r"^(?P<name>.*?)\s*\((?P<key>[^()]+)\)\s*$")
@@ -26,12 +27,7 @@ def load_visionreward_rubric(path: str | Path) -> dict[str, dict]:
     in the file gets an empty string so a judge can still ask for all three.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"VisionReward guideline file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc})") from None
+    text = read_text(path, "VisionReward guideline file")
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or any(col not in reader.fieldnames for col in _HEADER):
         raise InputError(f"{path}: expected columns {', '.join(_HEADER)}; found {reader.fieldnames}")

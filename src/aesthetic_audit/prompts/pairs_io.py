@@ -20,6 +20,7 @@ from ..hashing import bytes_hash
 from ..records import PROMPTS, prompt_key
 from ..stage import StageSummary
 from ..store import Record, RunStore
+from ..textio import read_text
 from .rewriters.base import word_count
 
 STUDY = ("original_prompt", "disorted_long_prompt", "selected")
@@ -51,14 +52,13 @@ def _parse_dims(value: Any, where: str) -> list[str]:
 
 
 def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"prompt pairs file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not text.strip():
-        raise InputError(f"prompt pairs file {path} is empty")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise InputError(f"prompt pairs file {path} does not exist")
+        return [(f"{path.name}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+    text = read_text(path, "prompt pairs file")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         out = []
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -68,10 +68,6 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         return out
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [(f"{path.name}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     return [(f"{path.name}:line {i + 2}", row) for i, row in enumerate(reader)]

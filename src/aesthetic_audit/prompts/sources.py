@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from ..textio import read_text
 
 MAX_CAPTION_CHARS = 10_000
 DEFAULT_COLUMNS = ("caption", "Prompt", "prompt", "text", "original_prompt")
@@ -44,28 +45,13 @@ def read_captions(source: str, *, format: str = "auto", column: str | None = Non
         name = "builtin"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise InputError(f"caption source {path} does not exist" if not path.exists()
-                             else f"caption source {path} is not a file")
-        raw = path.read_bytes()
-        if not raw.strip():
-            raise InputError(f"caption source {path} is empty")
-        text = _decode(raw, path)
+        text = read_text(path, "caption source")
         fmt = _detect(path, text) if format == "auto" else format
         name = path.name
         if filter and fmt in ("coco", "txt"):
             raise InputError(f"{path}: a filter needs a CSV, TSV or JSONL source, not {fmt}")
         rows = _READERS[fmt](text, name, column=column, filter=filter or {})
     return _clean(name, rows)
-
-
-def _decode(raw: bytes, path: Path) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: bytes that are not UTF-8 ({exc.reason} at byte {exc.start}); "
-                         "re-save the file as UTF-8") from None
 
 
 def _detect(path: Path, text: str) -> str:
