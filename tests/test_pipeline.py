@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from aesthetic_audit.store import RunStore
 from test_resume import _env, _rows, kill_when
 
@@ -52,3 +54,13 @@ def test_edit_stage_resumes_after_sigkill(tmp_path):
     files = {p.stem for p in (killed / "images").rglob("*.png")}
     referenced = {json.loads(d)[k] for _, stage, _, d in got if stage == "images" for k in ("image_o", "image_a")}
     assert files == referenced
+
+
+@pytest.mark.slow
+def test_full_default_demo(tmp_path, cli):
+    """The README's main job at its defaults: 9 photos x 3 draws x 3 strengths."""
+    code, _, err = cli("demo", tmp_path / "demo")
+    assert code == 0, err
+    analysis = json.loads((tmp_path / "demo" / "analysis.json").read_text())
+    assert analysis["n_pairs"] == 81 and analysis["failures"]["n_failed"] == 0
+    assert analysis["scorers"]["composite"]["prefer_original_share"]["estimate"] > 0.5
