@@ -14,7 +14,11 @@ class ConfigError(AuditError):
 
 
 class InputError(AuditError):
-    """Bad user input: a file, a line, a caption, an image."""
+    """Bad user input: a file, a line, a caption, an image. ``item`` names it when a stage records it."""
+
+    def __init__(self, message: str, item: str | None = None):
+        super().__init__(message)
+        self.item = item
 
 
 class MissingExtraError(AuditError, ImportError):

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError, require
+from ..textio import read_text
 from .decode import decode_image, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -97,15 +98,6 @@ def _builtin(sk, mpl, max_side: int | None) -> Iterator[Photo | InputError]:
         yield Photo(name, caption, downscale(img, max_side), origin, licence)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-
-
 def _caption_table(folder: Path) -> tuple[dict[str, tuple[str, str]], list[InputError]]:
     """Captions (and licences) by file name from captions.csv and captions.jsonl; bad rows become errors."""
     table: dict[str, tuple[str, str]] = {}
@@ -124,13 +116,13 @@ def _caption_table(folder: Path) -> tuple[dict[str, tuple[str, str]], list[Input
 
     csv_path, jsonl_path = folder / "captions.csv", folder / "captions.jsonl"
     if csv_path.is_file():
-        reader = csv.DictReader(io.StringIO(_read_text(csv_path), newline=""))
+        reader = csv.DictReader(io.StringIO(read_text(csv_path, "captions file", allow_empty=True), newline=""))
         if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
             raise InputError(f"{csv_path}: needs the columns file,caption; found {reader.fieldnames}")
         for row in reader:
             add(f"{csv_path}:{reader.line_num}", row)
     if jsonl_path.is_file():
-        for lineno, line in enumerate(_read_text(jsonl_path).splitlines(), start=1):
+        for lineno, line in enumerate(read_text(jsonl_path, "captions file", allow_empty=True).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -151,24 +143,25 @@ def _folder(folder: Path, table: dict[str, tuple[str, str]], errors: list[InputE
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     names = {p.name for p in files}
     for missing in sorted(set(table) - names):
-        yield InputError(f"photo {folder / missing}: named in the captions file but not found in the folder")
+        yield InputError(f"photo {folder / missing}: named in the captions file but not found in the folder",
+                         item=missing)
     for path in files:
         caption, licence = table.get(path.name, ("", ""))
         sidecar = path.with_suffix(".txt")
         if not caption and sidecar.is_file():
             try:
-                caption = _read_text(sidecar).strip()
+                caption = read_text(sidecar, "caption file", allow_empty=True).strip()
             except InputError as exc:
-                yield exc
+                yield InputError(str(exc), item=path.name)
                 continue
         if not caption:
             yield InputError(f"photo {path}: no caption; add it to captions.csv or captions.jsonl, "
-                             f"or write it to {sidecar.name}")
+                             f"or write it to {sidecar.name}", item=path.name)
             continue
         try:
             img = decode_image(path)
         except InputError as exc:
-            yield exc
+            yield InputError(str(exc), item=path.name)
             continue
         yield Photo(path.name, caption, downscale(img, max_side), str(path), licence or "unspecified")
 

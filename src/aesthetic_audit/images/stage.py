@@ -91,7 +91,7 @@ def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retr
     done = store.keys(IMAGES, "ok" if retry_failed else None)
     for photo in progress(list(iter_photos(ec.photos, max_side=ec.max_side)), desc="edit"):
         if isinstance(photo, InputError):
-            where = str(photo).split(":", 1)[0]
+            where = photo.item or "photos"
             key = spec_hash({"stage": IMAGES, "failed_photo": str(photo)})
             summary.total += 1
             summary.failed += store.put(Record.failed(key, IMAGES, where, str(photo)))
