@@ -38,13 +38,18 @@ class Transform:
         return {"name": self.name, "version": self.version}
 
 
+def _first_sentence(doc: str) -> str:
+    text = " ".join(doc.split())
+    return text.split(". ", 1)[0].rstrip(".") + "." if text else ""
+
+
 def transform(name: str, dimension: str, phrasings: tuple[str, ...] | list[str], *, version: str = "1",
               description: str = "") -> Callable[[TransformFn], TransformFn]:
     """Register ``fn`` as the editor transform ``name`` realising ``dimension``."""
 
     def deco(fn: TransformFn) -> TransformFn:
         register("transforms", name)(Transform(name, dimension, tuple(phrasings), fn, version,
-                                               description or (fn.__doc__ or "").strip().split("\n")[0]))
+                                               description or _first_sentence(fn.__doc__ or "")))
         return fn
 
     return deco
