@@ -77,3 +77,14 @@ def test_a_missing_image_file_fails_only_its_items(tmp_path):
     assert (s.new, s.failed) == (5, 2)
     (err,) = {r.error for r in store.records("score", status="failed")}
     assert "file is empty" in err and shas[2][:12] in err
+
+
+def test_a_scorer_that_cannot_load_is_reported_and_the_others_run(tmp_path, cli):
+    run = tmp_path / "run"
+    assert cli("edit", run, "--set", "images.editor.pairs_per_photo=1", "--strengths", "1.0",
+               "--set", "images.editor.max_side=96")[0] == 0
+    code, _, err = cli("score", run, "--scorers", "imagereward,composite",
+                       "--set", "score.options={imagereward: {weights: /nonexistent/folder}}")
+    assert code == 1
+    assert "error: scorer imagereward" in err and "not found at /nonexistent/folder" in err
+    assert "score:composite: 18 items, 18 new" in err

@@ -207,6 +207,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         run.prompts()
         run.audit()
         log.info("open %s in a browser", run.store.root / "report.html")
+        return 1 if run.errors else 0
     else:
         run = _open(args)
         if cmd == "prompts":
@@ -226,6 +227,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             run.report()
         elif cmd == "run":
             run.audit()
+        return 1 if run.errors else 0
     return None
 
 

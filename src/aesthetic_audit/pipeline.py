@@ -24,6 +24,7 @@ class Run:
     def __init__(self, store: RunStore, config: AuditConfig):
         self.store, self.config = store, config
         self._catalogue: Catalogue | None = None
+        self.errors: list[str] = []  # backends that could not run; the others went on
 
     @classmethod
     def open(cls, run_dir: str | Path, config_file: str | Path | None = None,
@@ -100,6 +101,7 @@ class Run:
                                                 retry_failed=retry_failed)))
             except AuditError as exc:
                 log.error("error: scorer %s: %s", name, exc)
+                self.errors.append(f"scorer {name}: {exc}")
                 out.append(StageSummary(f"score:{name}", warnings=[str(exc)]))
         return out
 
