@@ -17,8 +17,9 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path):
 def test_file_then_overrides_then_validation(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 3\nprompts:\n  n: 10\n  k_max: 3\n")
-    cfg = load_config(path, {"prompts.n": 20, "prompts.k_min": None})
+    cfg = load_config(path, {"prompts.n": 20})
     assert (cfg.seed, cfg.prompts.n, cfg.prompts.k_max, cfg.prompts.k_min) == (3, 20, 3, 2)
+    assert load_config(path, {"prompts.n": None}).prompts.n is None  # --set prompts.n=null: all captions
     with pytest.raises(ConfigError, match="k_min .4. is greater than k_max .3."):
         load_config(path, {"prompts.k_min": 4})
 
@@ -39,6 +40,15 @@ def test_bad_yaml_and_missing_file(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad)
+
+
+def test_editor_section_is_validated():
+    with pytest.raises(ConfigError, match="images.editor: Value error, k_min .3. is greater than k_max .2."):
+        load_config(None, {"images.editor.k_min": 3, "images.editor.k_max": 2})
+    with pytest.raises(ConfigError, match=r"images.editor.strengths.1: Input should be less than or equal to 1"):
+        load_config(None, {"images.editor.strengths": [0.5, 1.5]})
+    with pytest.raises(ConfigError, match="images.editor.strengths: List should have at least 1 item"):
+        load_config(None, {"images.editor.strengths": []})
 
 
 def test_parse_set():

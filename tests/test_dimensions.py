@@ -103,3 +103,12 @@ def test_user_file_read_errors_name_the_file(tmp_path):
     bad.write_bytes(b"dimensions:\n  - key: x\n    name: \xff\n")
     with pytest.raises(InputError, match=r"bad.yaml:3: bytes that are not UTF-8"):
         load_catalogue(bad)
+
+
+def test_visionreward_multiline_cells_keep_their_newlines(tmp_path):
+    path = tmp_path / "guide.csv"
+    path.write_text('Dimension,Option,Score,Description\n'
+                    'Overall Clarity (clarity),blurry,-1,"Edges smeared.\nText unreadable."\n'
+                    ',sharp,1,Crisp.\n')
+    rubric = load_visionreward_rubric(path)["clarity"]["rubric"]
+    assert rubric[0] == "blurry: Edges smeared.\nText unreadable." and rubric[2] == "sharp: Crisp."

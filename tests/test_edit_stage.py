@@ -86,3 +86,34 @@ def test_a_bad_photo_is_a_failed_record_and_the_rest_go_on(tmp_path):
     assert (summary.new, summary.failed) == (1, 1)
     (failed,) = run.store.records("images", status="failed")
     assert failed.item == "p1.png" and "p1.png" in failed.error
+
+
+def test_a_caption_over_the_word_limit_fails_its_draws_only_and_a_fix_clears_it(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    long_caption = " ".join(["word"] * 80)
+    (photos / "captions.csv").write_text(f"file,caption\np0.png,A short caption.\np1.png,{long_caption}\n")
+    overrides = {"images.editor.photos": str(photos), "images.editor.strengths": [1.0],
+                 "images.editor.pairs_per_photo": 1}
+    run = Run.open(tmp_path / "run", overrides=overrides)
+    summary = run.edit()
+    assert (summary.new, summary.failed) == (1, 1)
+    (failed,) = run.store.records("images", status="failed")
+    assert failed.item == "p1.png#0" and "caption too long" in failed.error
+    # the user shortens the caption: the failure is gone, the pair is there
+    (photos / "captions.csv").write_text("file,caption\np0.png,A short caption.\np1.png,A shorter one.\n")
+    again = Run.open(tmp_path / "run", overrides=overrides).edit()
+    assert (again.new, again.cached, again.failed) == (1, 1, 0)
+    assert run.store.counts()["images"] == {"ok": 2, "failed": 0}
+
+
+def test_a_fixed_photo_leaves_no_stale_failure(tmp_path):
+    photos = _photos(tmp_path / "photos")
+    good = (photos / "p1.png").read_bytes()
+    (photos / "p1.png").write_bytes(b"broken")
+    overrides = {"images.editor.photos": str(photos), "images.editor.strengths": [1.0],
+                 "images.editor.pairs_per_photo": 1}
+    run = Run.open(tmp_path / "run", overrides=overrides)
+    assert run.edit().failed == 1
+    (photos / "p1.png").write_bytes(good)
+    assert run.edit().new == 1
+    assert run.store.counts()["images"] == {"ok": 2, "failed": 0}

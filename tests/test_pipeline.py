@@ -64,3 +64,79 @@ def test_full_default_demo(tmp_path, cli):
     analysis = json.loads((tmp_path / "demo" / "analysis.json").read_text())
     assert analysis["n_pairs"] == 81 and analysis["failures"]["n_failed"] == 0
     assert analysis["scorers"]["composite"]["prefer_original_share"]["estimate"] > 0.5
+
+
+def _manifest_pairs(tmp_path, n=2):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    lines = ["image_o,image_a,p_o,p_a,dims"]
+    for i in range(n):
+        for side in ("o", "a"):
+            arr = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / f"{i}{side}.png")
+        lines.append(f"{i}o.png,{i}a.png,A cat {i}.,A blurry cat {i}.,clarity")
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "pairs.csv"
+
+
+def test_run_after_import_scores_the_imported_pairs_only(tmp_path, cli):
+    manifest = _manifest_pairs(tmp_path)
+    run = tmp_path / "run"
+    assert cli("import", run, manifest)[0] == 0
+    code, _, err = cli("run", run, "--set", "score.scorers=[composite]", "--set", "analysis.bootstrap=200")
+    assert code == 0, err
+    assert RunStore(run).counts()["images"] == {"ok": 2, "failed": 0}
+    assert json.loads((run / "analysis.json").read_text())["n_pairs"] == 2
+
+
+def test_report_is_never_stale(tmp_path, cli):
+    manifest = _manifest_pairs(tmp_path)
+    run = tmp_path / "run"
+    cli("import", run, manifest)
+    cli("score", run, "--scorers", "composite")
+    cli("analyze", run)
+    cli("score", run, "--scorers", "brisque")
+    assert cli("report", run)[0] == 0
+    assert set(json.loads((run / "analysis.json").read_text())["scorers"]) == {"composite", "brisque"}
+
+
+def test_reading_commands_do_not_create_runs(tmp_path, cli):
+    for cmd in ("analyze", "report", "status"):
+        code, _, err = cli(cmd, tmp_path / "typo")
+        assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_exit_status_says_when_items_failed(tmp_path, cli):
+    manifest = _manifest_pairs(tmp_path)
+    (tmp_path / "1a.png").write_bytes(b"")  # one pair's anti-aesthetic image is broken
+    run = tmp_path / "run"
+    assert cli("import", run, manifest)[0] == 1
+    assert cli("import", run, manifest)[0] == 1  # still failed on a rerun: the status does not forget
+    assert cli("score", run, "--scorers", "composite")[0] == 0
+
+
+def test_analysis_uses_the_scores_of_the_scorer_as_it_last_ran(tmp_path):
+    from aesthetic_audit.pipeline import Run
+    from aesthetic_audit.registry import register
+    from aesthetic_audit.scorers.base import Scorer, ScoreResult
+
+    @register("scorers", "offset-test")
+    class Offset(Scorer):
+        name = "offset-test"
+        prompt_aware = False
+
+        def _score(self, items):
+            return [ScoreResult(float(self.options.get("offset", 0))) for _ in items]
+
+    manifest = _manifest_pairs(tmp_path)
+    run = Run.open(tmp_path / "run", overrides={"score.scorers": ["offset-test"], "analysis.bootstrap": 200})
+    run.import_pairs(manifest)
+    run.score()
+    run = Run.open(tmp_path / "run", overrides={"score.options": {"offset-test": {"offset": 5}}})
+    run.score()
+    assert run.store.counts()["score"]["ok"] == 8  # both option sets' scores are kept...
+    analysis = run.analyze()
+    assert analysis["scorers"]["offset-test"]["aa"]["estimate"] == 5.0  # ...but only the current ones count

@@ -9,7 +9,7 @@ from aesthetic_audit.errors import ConfigError
 from aesthetic_audit.pipeline import Run
 from aesthetic_audit.prompts.rewriters.base import Effect, RewriteRequest
 from aesthetic_audit.prompts.rewriters.template import FRAMES, TemplateRewriter, embed_caption, join_effects
-from aesthetic_audit.prompts.stage import draw_dims, run_prompts, sample_captions
+from aesthetic_audit.prompts.stage import draw_dims, plan_prompts, run_prompts, sample_captions
 from aesthetic_audit.store import RunStore
 
 CAT = load_catalogue()
@@ -166,3 +166,40 @@ def test_run_open_keeps_the_stored_config(tmp_path):
     run.prompts()
     again = Run.open(tmp_path)
     assert (again.config.prompts.n, again.config.seed) == (7, 5)
+
+
+def test_keys_follow_what_determines_a_rewrite(tmp_path):
+    src = tmp_path / "c.txt"
+    src.write_text("A cat on a mat.\nA dog in the rain.\n")
+    store = RunStore(tmp_path / "run")
+    cfg = load_config(None, {"prompts.source": str(src), "prompts.n": None})
+    assert run_prompts(store, cfg, CAT).new == 2
+    # a caption added at the top shifts every position: only the new caption is rewritten
+    src.write_text("A bus at night.\nA cat on a mat.\nA dog in the rain.\n")
+    again = run_prompts(store, cfg, CAT)
+    assert (again.new, again.cached) == (1, 2)
+    # new wording for a dimension changes the prompts that use it, and only those
+    dims_file = tmp_path / "dims.yaml"
+    dims_file.write_text("dimensions:\n" + "".join(
+        f"  - key: {d}\n    phrasings: [a reworded {d} effect]\n" for d in CAT.study_keys[:1]))
+    reworded = load_catalogue(dims_file)
+    third = run_prompts(store, cfg, reworded)
+    uses = sum(CAT.study_keys[0] in p.dims for p in plan_prompts(cfg, reworded, TemplateRewriter())[0])
+    assert (third.new, third.cached) == (uses, 3 - uses)
+
+
+def test_import_is_keyed_by_content_and_fixed_rows_leave_no_failure(tmp_path, cli):
+    path = tmp_path / "pairs.csv"
+    path.write_text("original_prompt,disorted_long_prompt,selected\n"
+                    "A cat.,A blurry cat.,\"['clarity']\"\n"
+                    "A dog.,,\"['clarity']\"\n")
+    run = tmp_path / "r"
+    assert cli("prompts", run, "--import", path)[0] == 1
+    path.write_text("original_prompt,disorted_long_prompt,selected\n"
+                    "A hen.,A dark hen.,\"['color brightness']\"\n"
+                    "A cat.,A blurry cat.,\"['clarity']\"\n"
+                    "A dog.,A dark dog.,\"['color brightness']\"\n")
+    code, _, err = cli("prompts", run, "--import", path)
+    assert code == 0 and "2 new, 1 cached, 0 failed" in err
+    store = RunStore(run)
+    assert store.counts()["prompts"] == {"ok": 3, "failed": 0}

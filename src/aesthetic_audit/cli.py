@@ -18,6 +18,8 @@ DEMO_DIR = "runs/demo"
 EPILOG = """
 stages, in order:  prompts -> edit | import -> judge -> score -> analyze -> report
   every stage reads and writes RUN (a directory); rerunning a stage computes only what is missing.
+exit status:       0 all done; 1 done, but some items failed or a backend could not run
+                   (see `aesthetic-audit status RUN`); 2 an error stopped the command.
 quick start:       aesthetic-audit demo            (the whole offline audit into runs/demo)
 """
 
@@ -145,6 +147,8 @@ def _csv(value: str | None) -> list[str] | None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": getattr(args, "seed", None)}
     cmd = args.command
+    if cmd == "import":
+        out.update({"images.backend": "import", "images.import_path": str(args.path.resolve())})
     if cmd == "prompts":
         filters = {}
         for f in args.filter:
@@ -164,14 +168,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["judge.judges"] = _csv(args.judges)
     elif cmd == "score":
         out.update({"score.scorers": _csv(args.scorers), "score.chunk_size": args.chunk_size})
-    out.update(parse_set(getattr(args, "sets", [])))
+    out = {k: v for k, v in out.items() if v is not None}  # flags not given change nothing
+    out.update(parse_set(getattr(args, "sets", [])))  # an explicit --set key=null does
     return out
 
 
 def _open(args: argparse.Namespace):
     from .pipeline import Run
 
-    return Run.open(args.run, args.config, _overrides(args))
+    # Reading commands must not create a run for a mistyped path.
+    return Run.open(args.run, args.config, _overrides(args), create=args.command not in ("analyze", "report"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,13 +213,12 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         run.prompts()
         run.audit()
         log.info("open %s in a browser", run.store.root / "report.html")
-        return 1 if run.errors else 0
+        return run.exit_code()
     else:
         run = _open(args)
         if cmd == "prompts":
-            summary = run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
-            return 1 if summary.failed else 0
-        if cmd == "edit":
+            run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
+        elif cmd == "edit":
             run.edit(retry_failed=args.retry_failed)
         elif cmd == "import":
             run.import_pairs(args.path)
@@ -227,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             run.report()
         elif cmd == "run":
             run.audit()
-        return 1 if run.errors else 0
+        return run.exit_code()
     return None
 
 

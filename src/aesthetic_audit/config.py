@@ -6,7 +6,7 @@ Unknown keys are errors that name the key. ``aesthetic-audit init`` writes a com
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,14 @@ from .hashing import spec_hash
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _KRange(_Section):
+    @model_validator(mode="after")
+    def _k_range(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) is greater than k_max ({self.k_max})")
+        return self
 
 
 class LLMConfig(_Section):
@@ -31,7 +39,7 @@ class LLMConfig(_Section):
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
 
 
-class PromptsConfig(_Section):
+class PromptsConfig(_KRange):
     source: str = Field("builtin", description="'builtin' or a path: COCO captions JSON, CSV, TSV, JSONL or text")
     format: Literal["auto", "coco", "csv", "tsv", "jsonl", "txt"] = "auto"
     column: str | None = Field(None, description="caption column for CSV/TSV/JSONL (default: caption or Prompt)")
@@ -45,20 +53,15 @@ class PromptsConfig(_Section):
     max_words: int = Field(70, ge=5, description="the anti-aesthetic prompt must stay under this many words")
     llm: LLMConfig = Field(default_factory=LLMConfig)
 
-    @model_validator(mode="after")
-    def _k_range(self) -> "PromptsConfig":
-        if self.k_min > self.k_max:
-            raise ValueError(f"k_min ({self.k_min}) is greater than k_max ({self.k_max})")
-        return self
 
-
-class EditorConfig(_Section):
+class EditorConfig(_KRange):
     photos: str = Field("builtin", description="'builtin' (bundled photographs) or a folder of photos + captions")
-    strengths: list[float] = Field([0.35, 0.7, 1.0], description="edit strengths in [0, 1]")
+    strengths: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.35, 0.7, 1.0], min_length=1, description="edit strengths in [0, 1]")
     pairs_per_photo: int = Field(3, ge=1, description="prompt pairs (dimension draws) per photo")
     dimensions: list[str] | None = Field(None, description="dimensions to edit (default: all the editor supports)")
-    k_min: int = Field(1, ge=1)
-    k_max: int = Field(2, ge=1)
+    k_min: int = Field(1, ge=1, description="fewest dimensions per edit")
+    k_max: int = Field(2, ge=1, description="most dimensions per edit")
     max_side: int = Field(384, ge=32, description="photos are downscaled to this longest side first")
 
 
@@ -133,8 +136,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = _deep_merge(data, loaded)
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:

@@ -34,7 +34,10 @@ def require(module: str, extra: str, feature: str):
     """Import an optional dependency, or raise an error naming the extra that provides it."""
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
-        if getattr(exc, "name", module) and not str(getattr(exc, "name", "")).startswith(module.split(".")[0]):
+    except ModuleNotFoundError as exc:
+        # Only the module itself (or a parent package) missing means the extra is not installed; a
+        # broken install (a missing shared library, a dependency of the package) surfaces as it is.
+        parts = module.split(".")
+        if exc.name not in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
             raise
         raise MissingExtraError(module, extra, feature) from exc

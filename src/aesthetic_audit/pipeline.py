@@ -17,7 +17,7 @@ from .errors import AuditError
 from .stage import StageSummary
 from .store import RunStore
 from .store.manifest import record_stage
-from .ui import log, log_to_run
+from .ui import log, log_to_run, progress_counter
 
 
 class Run:
@@ -25,6 +25,7 @@ class Run:
         self.store, self.config = store, config
         self._catalogue: Catalogue | None = None
         self.errors: list[str] = []  # backends that could not run; the others went on
+        self.summaries: list[StageSummary] = []
 
     @classmethod
     def open(cls, run_dir: str | Path, config_file: str | Path | None = None,
@@ -48,7 +49,12 @@ class Run:
 
     def _done(self, summary: StageSummary) -> StageSummary:
         log.info(summary.line())
+        self.summaries.append(summary)
         return summary
+
+    def exit_code(self) -> int:
+        """1 when any item failed or a backend could not run in this session's stages, else 0."""
+        return 1 if self.errors or any(s.failed for s in self.summaries) else 0
 
     def prompts(self, *, retry_failed: bool = False, import_path: str | Path | None = None) -> StageSummary:
         from .prompts.pairs_io import import_prompt_pairs
@@ -56,7 +62,7 @@ class Run:
 
         if import_path is not None:
             record_stage(self.store, self.config, "prompts", {"rewriter": {"name": "import", "file": str(import_path)}})
-            return self._done(import_prompt_pairs(self.store, import_path, self.catalogue, seed=self.config.seed))
+            return self._done(import_prompt_pairs(self.store, import_path, self.catalogue))
         rewriter = make_rewriter(self.config)
         record_stage(self.store, self.config, "prompts", {"rewriter": rewriter.identity()})
         return self._done(run_prompts(self.store, self.config, self.catalogue, rewriter=rewriter,
@@ -72,7 +78,8 @@ class Run:
         from .images.importers import import_pairs
 
         record_stage(self.store, self.config, "images", {"images": {"name": "import", "path": str(path)}})
-        result = import_pairs(path, self.store, seed=self.config.seed)
+        with progress_counter(desc="import") as bar:
+            result = import_pairs(path, self.store, progress=bar)
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
                                        new=result.ok, cached=result.skipped_existing, failed=result.failed))
 
@@ -118,9 +125,8 @@ class Run:
     def report(self, analysis: dict | None = None) -> Path:
         from .report.html import write_report
 
-        if analysis is None:
-            path = self.store.root / "analysis.json"
-            analysis = json.loads(path.read_text("utf-8")) if path.exists() else self.analyze()
+        if analysis is None:  # always from the records as they are now, never a stale analysis.json
+            analysis = self.analyze()
         out = write_report(self.store, analysis, self.store.root / "report.html")
         log.info("report: %s", out)
         return out

@@ -23,13 +23,21 @@ from typing import Any, Sequence
 from .hashing import spec_hash
 
 PROMPTS, IMAGES, JUDGE, SCORE = "prompts", "images", "judge", "score"
-STAGES = (PROMPTS, IMAGES, JUDGE, SCORE)
 
 
-def prompt_key(*, source: str, index: int, caption: str, dims: Sequence[str], rewriter: dict[str, Any],
-               max_words: int, seed: int) -> str:
-    return spec_hash({"stage": PROMPTS, "source": source, "index": index, "caption": caption,
-                      "dims": list(dims), "rewriter": rewriter, "max_words": max_words, "seed": seed})
+def prompt_key(*, caption: str, effects: Sequence[Any], rewriter: dict[str, Any], max_words: int,
+               seed: int | None) -> str:
+    """What a rewrite depends on: the caption, the effects with the words that describe them, the
+    rewriter and its limits, the seed. Not the caption's position or file, so adding captions to a
+    source, or moving it, recomputes nothing."""
+    return spec_hash({"stage": PROMPTS, "caption": caption, "effects": list(effects), "rewriter": rewriter,
+                      "max_words": max_words, "seed": seed})
+
+
+def failed_item_key(stage: str, source: str, item: str) -> str:
+    """The key of an item that failed before its content could be read (a bad row, an undecodable
+    photo): where it came from. When the item later succeeds, the stage discards this record."""
+    return spec_hash({"stage": stage, "failed": source, "item": item})
 
 
 def image_pair_key(*, backend: dict[str, Any], inputs: dict[str, Any], seed: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 
 @dataclass
@@ -13,6 +14,20 @@ class StageSummary:
     cached: int = 0
     failed: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    def pending(self, keys: Iterable[str], store, retry_failed: bool = False) -> set[str]:
+        """Which keys still need computing; counts the others as cached (ok) or failed (stored failed,
+        skipped unless ``retry_failed``)."""
+        ok, failed = store.keys(self.stage.split(":")[0], "ok"), store.keys(self.stage.split(":")[0], "failed")
+        todo = set()
+        for key in keys:
+            if key in ok:
+                self.cached += 1
+            elif key in failed and not retry_failed:
+                self.failed += 1
+            else:
+                todo.add(key)
+        return todo
 
     def line(self) -> str:
         parts = [f"{self.stage}: {self.total} items", f"{self.new} new", f"{self.cached} cached",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 import sys
 from pathlib import Path
 from typing import Iterable, TypeVar
@@ -26,11 +28,15 @@ def configure(verbosity: int = 1) -> None:
 
 
 def log_to_run(run_dir: Path) -> None:
-    """Append everything (debug included) to RUN/run.log."""
-    path = str(Path(run_dir) / "run.log")
-    if any(getattr(h, "baseFilename", None) == str(Path(path).resolve()) for h in log.handlers):
-        return
+    """Append everything (debug included) to RUN/run.log; one run's log at a time."""
+    path = os.path.abspath(Path(run_dir) / "run.log")
+    for h in [h for h in log.handlers if getattr(h, "_aa_run", False)]:
+        if h.baseFilename == path:
+            return
+        log.removeHandler(h)
+        h.close()
     fh = logging.FileHandler(path, encoding="utf-8")
+    fh._aa_run = True  # type: ignore[attr-defined]
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(fh)
@@ -44,3 +50,15 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "")
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="item", leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def progress_counter(desc: str = ""):
+    """A bar for work whose size is not known up front; yields ``update(n)`` (a no-op when quiet)."""
+    if _state["verbosity"] == 0:
+        yield lambda n=1: None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit="item", leave=False, dynamic_ncols=True) as bar:
+        yield bar.update

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..config import AnalysisConfig
+from ..hashing import spec_hash
 from ..records import IMAGES, JUDGE, SCORE
 from ..store.run import RunStore
 from .stats import bootstrap_ci, reward_model_test
@@ -42,6 +43,7 @@ class Pair:
     image_a: str
     strength: float | None = None
     label: int | None = None
+    label_source: str | None = None
 
     def image(self, which: str) -> str:
         return self.image_o if which == "o" else self.image_a
@@ -73,11 +75,13 @@ class RunData:
                 dims=tuple(d.get("dims") or ()), image_o=d["image_o"], image_a=d["image_a"],
                 strength=d.get("strength"),
                 label=int(value) if value in (-1, 0, 1) else None,
+                label_source=label.get("source") if isinstance(label, dict) else None,
             ))
+        current = _current_ids(store)
         # Scorers that only ever failed still get a row: their pairs all count as missing.
         for rec in store.records(SCORE, status=None):
             name = rec.data.get("scorer")
-            if name is None:
+            if name is None or not _is_current(current, f"scorer:{name}", rec.data.get("scorer_id")):
                 continue
             if name not in data.higher_is_better:
                 data.scorers.append(name)
@@ -89,6 +93,8 @@ class RunData:
             if rec.data.get("prompt") is not None and rec.data.get("truncated") is not None:
                 data.truncated.setdefault(name, []).append(bool(rec.data["truncated"]))
         for rec in store.records(JUDGE):
+            if not _is_current(current, f"judge:{rec.data['judge']}", rec.data.get("judge_id")):
+                continue
             per_image = data.judges.setdefault(rec.data["judge"], {}).setdefault(rec.data["image"], {})
             for dim, value in (rec.data.get("scores") or {}).items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -139,9 +145,28 @@ class _Bootstrap:
         return {"estimate": est, "low": low, "high": high, "n": len(values)}
 
 
+def _current_ids(store: RunStore) -> dict[str, str]:
+    """``{"scorer:NAME" | "judge:NAME": identity hash}`` of the backends the manifest says ran last."""
+    backends = store.read_manifest().get("backends", {})
+    out = {key: spec_hash(value["identity"]) for key, value in backends.items()
+           if key.startswith("scorer:") and isinstance(value, dict) and "identity" in value}
+    for name, identity in (backends.get("judges") or {}).items():
+        out[f"judge:{name}"] = spec_hash(identity)
+    return out
+
+
+def _is_current(current: dict[str, str], backend: str, record_id: str | None) -> bool:
+    """A record counts unless it carries an identity other than the one the backend last ran with:
+    scores of an older checkpoint or other options in the same run never mix into the tables."""
+    return record_id is None or backend not in current or current[backend] == record_id
+
+
 def _labels(data: RunData, boot: _Bootstrap) -> dict[str, Any] | None:
-    """Generator success rate (design §6): share of labelled pairs where I_a is preferred for p_a."""
-    labels = [p.label for p in data.pairs if p.label is not None]
+    """Generator success rate (design §6): share of labelled pairs where I_a is preferred for p_a.
+
+    Labels that hold by construction (the editor's pairs) are not a labeller's judgement and are left out.
+    """
+    labels = [p.label for p in data.pairs if p.label is not None and p.label_source != "construction"]
     if not labels:
         return None
     return {

@@ -16,6 +16,10 @@ A user file has the same shape as the built-in one::
 
 from __future__ import annotations
 
+import ast
+import json
+import math
+
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -120,3 +124,30 @@ def load_catalogue(user_file: str | Path | None = None) -> Catalogue:
             merged[entry["key"]] = {**merged.get(entry["key"], {}), **entry}
     where = str(user_file) if user_file else "built-in catalogue"
     return Catalogue(_build(entry, where) for entry in merged.values())
+
+
+def parse_dims(value: Any) -> list[str]:
+    """A list of dimension keys from a list, a JSON or Python list literal, or a ';'-separated string.
+
+    Published prompt sets write the list as JSON or as Python's ``str(list)``; empty and missing
+    values (None, NaN) are no dimensions. Raises ``InputError`` for anything else.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                try:
+                    value = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    raise InputError(f"dims {text!r} is neither a JSON list nor ';'-separated") from None
+        else:
+            value = text.split(";")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(d, str) for d in value):
+        raise InputError(f"dims {value!r} must be a list of dimension names")
+    return [d.strip() for d in value if d.strip()]

@@ -10,6 +10,7 @@ uses for its targets: level = sign(score) + 1.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def load_visionreward_rubric(path: str | Path) -> dict[str, dict]:
     """
     path = Path(path)
     text = read_text(path, "VisionReward guideline file")
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps newlines inside quoted cells
     if reader.fieldnames is None or any(col not in reader.fieldnames for col in _HEADER):
         raise InputError(f"{path}: expected columns {', '.join(_HEADER)}; found {reader.fieldnames}")
     out: dict[str, dict] = {}

@@ -27,18 +27,20 @@ raises ``InputError`` before any row of that file is stored.
 
 from __future__ import annotations
 
-import ast
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
+from ..dimensions import parse_dims
 from ..errors import InputError
 from ..hashing import spec_hash
-from ..records import IMAGES, image_pair_key
+from ..records import IMAGES, failed_item_key, image_pair_key
 from ..store.run import Record, RunStore
+from ..textio import read_text
 from .decode import decode_image, read_bytes
 
 IMPORT_BACKEND = {"name": "import", "version": "1"}
@@ -77,24 +79,28 @@ class _Row:
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> the source's column name
 
 
-def import_pairs(path: str | Path, store: RunStore, *, seed: int = 0,
+def import_pairs(path: str | Path, store: RunStore, *,
                  progress: Callable[[int], Any] | None = None) -> ImportSummary:
     """Import every pair found at ``path`` into ``store``; rows are processed in file order.
 
     ``progress`` is called with 1 after each row (``tqdm.update`` fits). ``failed`` counts bad rows
-    on every import, also when their failed record was already stored.
+    on every import, also when their failed record was already stored. A row that failed before and
+    imports now has its failed record removed.
     """
     source = Path(path)
     ok = failed = skipped = 0
     for row in _rows(source):
-        record = _record(row, store, source, seed)
+        failed_key = failed_item_key(IMAGES, source.name, row.item)
+        record = _record(row, store, failed_key)
         stored = store.put(record)
         if record.status == "failed":
             failed += 1
-        elif stored:
-            ok += 1
         else:
-            skipped += 1
+            store.discard_failed([failed_key])
+            if stored:
+                ok += 1
+            else:
+                skipped += 1
         if progress is not None:
             progress(1)
     return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped)
@@ -128,32 +134,31 @@ def detect_format(path: str | Path) -> str:
 
 # -- one row -> one record --------------------------------------------------------------------------
 
-def _record(row: _Row, store: RunStore, source: Path, seed: int) -> Record:
+def _record(row: _Row, store: RunStore, failed_key: str) -> Record:
     try:
         if row.error is not None:
             raise InputError(row.error)
-        return _ok_record(row, store, seed)
+        return _ok_record(row, store)
     except InputError as exc:
-        # A failed row has no content hashes; its key is where it came from, so importing the same
-        # bad row again adds nothing.
-        key = image_pair_key(backend=IMPORT_BACKEND,
-                             inputs={"failed": str(source.resolve()), "item": row.item}, seed=seed)
-        return Record.failed(key, IMAGES, row.item, str(exc), source_item=row.item)
+        # A failed row has no content hashes; its key is where it came from (file name and row), so
+        # importing the same bad row again adds nothing.
+        return Record.failed(failed_key, IMAGES, row.item, str(exc), source_item=row.item)
 
 
-def _ok_record(row: _Row, store: RunStore, seed: int) -> Record:
+def _ok_record(row: _Row, store: RunStore) -> Record:
     f = row.fields
     p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
-    dims = _dims(f.get("dims"))
+    dims = parse_dims(f.get("dims"))
     label = _label(f)
     model = _text(f.get("model"))
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
     image_o = _decode(f.get("image_o"), "image_o", row)
     image_a = _decode(f.get("image_a"), "image_a", row)
     sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
+    # The pair's content only: no seed (nothing random happens) and no location.
     key = image_pair_key(backend=IMPORT_BACKEND,
                          inputs={"image_o": sha_o, "image_a": sha_a, "p_o": p_o, "p_a": p_a, "dims": dims},
-                         seed=seed)
+                         seed=None)
     data = {
         "image_pair_id": key,
         # No prompts-stage record exists for imported pairs; hashing the prompt pair gives the same
@@ -201,28 +206,6 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def _dims(value: Any) -> list[str]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                try:  # exports written with Python's str(list) use single quotes
-                    value = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise InputError(f"dims {text!r} is neither a JSON list nor ';'-separated") from None
-        else:
-            value = text.split(";")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(d, str) for d in value):
-        raise InputError(f"dims {value!r} must be a list of dimension names")
-    return [d.strip() for d in value if d.strip()]
 
 
 def _label(fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -297,26 +280,28 @@ def _check_columns(columns: list[str], required: tuple[str, ...], where: str) ->
 
 def _table_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(row number from 1, canonical fields or None, error) for each data row of a CSV/JSONL file."""
+    text = read_text(path, "import manifest")
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             _check_columns(list(reader.fieldnames or []), required, path.name)
             for n, raw in enumerate(reader, start=1):
                 yield n, _canonical({k: (v if v != "" else None) for k, v in raw.items() if k is not None}), None
+        except csv.Error as exc:
+            raise InputError(f"{path.name}:{reader.line_num}: malformed CSV ({exc})") from None
         return
-    with path.open(encoding="utf-8-sig") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, None, f"line is not valid JSON ({exc.msg})"
-                continue
-            if not isinstance(raw, dict):
-                yield n, None, "line is not a JSON object"
-                continue
-            yield n, _canonical(raw), None
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield n, None, f"line is not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(raw, dict):
+            yield n, None, "line is not a JSON object"
+            continue
+        yield n, _canonical(raw), None
 
 
 def _manifest_rows(path: Path) -> Iterator[_Row]:

@@ -19,17 +19,17 @@ import numpy as np
 from ..config import AuditConfig
 from ..dimensions import Catalogue
 from ..errors import ConfigError, InputError
-from ..hashing import bytes_hash, canonical_json, spec_hash
-from ..records import IMAGES, PROMPTS, image_pair_key, prompt_key
+from ..hashing import canonical_json, spec_hash
+from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key, prompt_key
 from ..registry import available
 from ..stage import StageSummary
 from ..store import Record, RunStore
 from ..ui import log, progress
-from .decode import from_array, to_array
-from .editor.base import Transform
 from ..prompts.rewriters.base import Effect, RewriteRequest, word_count
 from ..prompts.rewriters.template import TemplateRewriter
-from ..prompts.stage import draw_dims
+from ..prompts.stage import draw_dims, effect_spec
+from .decode import from_array, to_array
+from .editor.base import Transform
 
 
 def editable_dimensions(catalogue: Catalogue, wanted: Sequence[str] | None = None) -> dict[str, list[Transform]]:
@@ -53,6 +53,7 @@ def editable_dimensions(catalogue: Catalogue, wanted: Sequence[str] | None = Non
 class EditPlan:
     dims: tuple[str, ...]
     transforms: tuple[Transform, ...]
+    effects: tuple[Effect, ...]
     p_a: str
     rng_seed: int
 
@@ -62,13 +63,13 @@ def plan_edit(photo_name: str, caption: str, draw: int, supported: dict[str, lis
     dims = tuple(draw_dims(list(supported), k_min, k_max, seed, f"{photo_name}#{draw}"))
     rng = random.Random(canonical_json({"seed": seed, "photo": photo_name, "draw": draw, "what": "transforms"}))
     chosen = tuple(rng.choice(supported[d]) for d in dims)
-    request = RewriteRequest(caption, tuple(Effect(d, t.description, t.phrasings) for d, t in zip(dims, chosen)),
-                             max_words, seed)
+    effects = tuple(Effect(d, t.description, t.phrasings) for d, t in zip(dims, chosen))
+    request = RewriteRequest(caption, effects, max_words, seed)
     result = TemplateRewriter().rewrite(request)
     if result.prompt is None:
         raise InputError(f"photo {photo_name}: {result.error}")
     rng_seed = int(spec_hash({"seed": seed, "photo": photo_name, "draw": draw})[:15], 16)
-    return EditPlan(dims, chosen, result.prompt, rng_seed)
+    return EditPlan(dims, chosen, effects, result.prompt, rng_seed)
 
 
 def apply_plan(image: np.ndarray, plan: EditPlan, strength: float) -> tuple[np.ndarray, list[dict]]:
@@ -88,22 +89,32 @@ def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retr
     if not supported:
         raise ConfigError("no dimension the editor can realise was selected")
     summary = StageSummary(IMAGES)
-    done = store.keys(IMAGES, "ok" if retry_failed else None)
-    for photo in progress(list(iter_photos(ec.photos, max_side=ec.max_side)), desc="edit"):
+    ok, failed = store.keys(IMAGES, "ok"), store.keys(IMAGES, "failed")
+    for photo in progress(iter_photos(ec.photos, max_side=ec.max_side), desc="edit"):
         if isinstance(photo, InputError):
-            where = photo.item or "photos"
-            key = spec_hash({"stage": IMAGES, "failed_photo": str(photo)})
             summary.total += 1
-            summary.failed += store.put(Record.failed(key, IMAGES, where, str(photo)))
+            summary.failed += 1
+            store.put(Record.failed(failed_item_key(IMAGES, "photos", photo.item or str(photo)), IMAGES,
+                                    photo.item or "photos", str(photo)))
             continue
+        store.discard_failed([failed_item_key(IMAGES, "photos", photo.name)])
         original = to_array(photo.image)
         image_o = store.put_image(photo.image)
         for draw in range(ec.pairs_per_photo):
-            plan = plan_edit(photo.name, photo.caption, draw, supported, ec.k_min, ec.k_max, config.seed)
+            draw_item = f"{photo.name}#{draw}"
+            try:
+                plan = plan_edit(photo.name, photo.caption, draw, supported, ec.k_min, ec.k_max, config.seed,
+                                 config.prompts.max_words)
+            except InputError as exc:
+                summary.total += 1
+                summary.failed += 1
+                store.put(Record.failed(failed_item_key(IMAGES, "photos", draw_item), IMAGES, draw_item, str(exc)))
+                continue
+            store.discard_failed([failed_item_key(IMAGES, "photos", draw_item)])
             rewriter = {**TemplateRewriter().identity(), "transforms": [t.identity() for t in plan.transforms]}
-            pair_id = prompt_key(source="photos", index=draw, caption=photo.caption, dims=plan.dims,
-                                 rewriter=rewriter, max_words=config.prompts.max_words, seed=config.seed)
-            store.put(Record(pair_id, PROMPTS, f"{photo.name}#{draw}", {
+            pair_id = prompt_key(caption=photo.caption, effects=effect_spec(plan.effects), rewriter=rewriter,
+                                 max_words=config.prompts.max_words, seed=config.seed)
+            store.put(Record(pair_id, PROMPTS, draw_item, {
                 "pair_id": pair_id, "index": None, "source": "photos", "caption_id": photo.name,
                 "p_o": photo.caption, "p_a": plan.p_a, "dims": list(plan.dims), "rewriter": "template",
                 "seed": config.seed, "words": word_count(plan.p_a)}))
@@ -111,15 +122,20 @@ def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retr
                 summary.total += 1
                 backend = {"name": "editor", "transforms": [t.identity() for t in plan.transforms]}
                 key = image_pair_key(backend=backend, inputs={"photo": image_o, "pair_id": pair_id,
-                                                              "strength": strength}, seed=config.seed)
-                if key in done:
+                                                              "draw": plan.rng_seed, "strength": strength},
+                                     seed=config.seed)
+                if key in ok:
                     summary.cached += 1
                     continue
-                item = f"{photo.name}#{draw}@{strength:g}"
+                if key in failed and not retry_failed:
+                    summary.failed += 1
+                    continue
+                item = f"{draw_item}@{strength:g}"
                 try:
                     edited, applied = apply_plan(original, plan, strength)
                 except Exception as exc:  # a transform bug must not take the run down
-                    summary.failed += store.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
+                    store.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
+                    summary.failed += 1
                     log.warning("failed: %s: %r", item, exc)
                     continue
                 image_a = store.put_image(from_array(edited))

@@ -24,7 +24,6 @@ class Judge:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     covers: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str | None] = None
 
     def __init__(self, **options: Any):
         self.options = options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..dimensions import Catalogue
 from ..errors import InputError
+from ..hashing import spec_hash
 from ..images.decode import decode_image
 from ..records import IMAGES, JUDGE, judge_key
 from ..registry import get
@@ -27,28 +28,40 @@ def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size
     dims = catalogue.keys()
     identity = judge.identity()
     images = run_images(store)
-    keys = {sha: judge_key(judge=identity, image=sha, dims=dims) for sha in images}
-    done = store.keys(JUDGE, "ok" if retry_failed else None)
-    todo = [sha for sha in images if keys[sha] not in done]
-    summary = StageSummary(f"{JUDGE}:{judge.name}", total=len(images), cached=len(images) - len(todo))
+    # A judge's records depend on the dimensions it judges, not on every dimension in the catalogue.
+    judged = [d for d in dims if d in judge.covers] if judge.covers else dims
+    keys = {sha: judge_key(judge=identity, image=sha, dims=judged) for sha in images}
+    judge_id = spec_hash(identity)  # tells apart judgements of one judge name under other options
+    summary = StageSummary(f"{JUDGE}:{judge.name}", total=len(images))
+    pending = summary.pending(keys.values(), store, retry_failed)
+    todo = [sha for sha in images if keys[sha] in pending]
     for start in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc=judge.name):
         batch = todo[start:start + batch_size]
         decoded, ok = [], []
+
+        def fail(sha: str, reason: str) -> None:
+            log.warning("failed: judge %s on %s: %s", judge.name, sha[:12], reason)
+            store.put(Record.failed(keys[sha], JUDGE, sha[:12], reason, judge=judge.name, image=sha))
+            summary.failed += 1
+
         for sha in batch:
             try:
                 decoded.append(decode_image(store.image_path(sha), name=sha[:12]))
                 ok.append(sha)
             except InputError as exc:
-                summary.failed += store.put(Record.failed(keys[sha], JUDGE, sha[:12], str(exc), judge=judge.name,
-                                                          image=sha))
-        for sha, result in zip(ok, judge.judge(decoded, dims) if decoded else []):
+                fail(sha, str(exc))
+        try:
+            results = judge.judge(decoded, dims) if decoded else []
+        except Exception as exc:  # a model error fails this batch's items, not the run
+            for sha in ok:
+                fail(sha, f"judge error: {exc!r}")
+            continue
+        for sha, result in zip(ok, results):
             if result.error:
-                log.warning("failed: judge %s on %s: %s", judge.name, sha[:12], result.error)
-                summary.failed += store.put(Record.failed(keys[sha], JUDGE, sha[:12], result.error,
-                                                          judge=judge.name, image=sha))
+                fail(sha, result.error)
                 continue
             summary.new += store.put(Record(keys[sha], JUDGE, sha[:12], {
-                "judge": judge.name, "image": sha, "scores": result.scores,
+                "judge": judge.name, "judge_id": judge_id, "image": sha, "scores": result.scores,
                 "covered": [d for d, v in result.scores.items() if v is not None], **result.extra}))
     return summary
 

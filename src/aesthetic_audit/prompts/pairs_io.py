@@ -7,17 +7,15 @@ project's own layout has ``p_o``, ``p_a`` and ``dims``.
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
-from ..dimensions import Catalogue
+from ..dimensions import Catalogue, parse_dims
 from ..errors import InputError
-from ..hashing import bytes_hash
-from ..records import PROMPTS, prompt_key
+from ..records import PROMPTS, failed_item_key, prompt_key
 from ..stage import StageSummary
 from ..store import Record, RunStore
 from ..textio import read_text
@@ -31,24 +29,6 @@ def study_layout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Export rows of prompt records in the study's layout (ok records only)."""
     return [{"original_prompt": r["p_o"], "disorted_long_prompt": r["p_a"], "selected": r["dims"]}
             for r in rows if r.get("status") == "ok"]
-
-
-def _parse_dims(value: Any, where: str) -> list[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    text = str(value or "").strip()
-    if not text:
-        return []
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            parsed = parse(text)
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(parsed, (list, tuple)):
-            return [str(v) for v in parsed]
-    if text.startswith("["):
-        raise InputError(f"{where}: cannot read the dimension list {text!r}")
-    return [d.strip() for d in text.split(";") if d.strip()]
 
 
 def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -73,31 +53,35 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{path.name}:line {i + 2}", row) for i, row in enumerate(reader)]
 
 
-def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue, *, seed: int = 0) -> StageSummary:
+def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue) -> StageSummary:
     """Import pairs as prompt records; a row with a missing prompt or unknown dimension fails alone."""
     path = Path(path)
     rows = _rows(path)
-    file_hash = bytes_hash(path.read_bytes())
     summary = StageSummary(PROMPTS, total=len(rows))
-    rewriter = {"name": "import", "file": path.name, "sha256": file_hash}
     for index, (where, row) in enumerate(rows):
         cols = STUDY if "original_prompt" in row else OWN
         p_o, p_a = (str(row.get(cols[0]) or "").strip(), str(row.get(cols[1]) or "").strip())
-        key = prompt_key(source=path.name, index=index, caption=p_o, dims=[], rewriter={**rewriter, "p_a": p_a},
-                         max_words=0, seed=seed)
+        failed_key = failed_item_key(PROMPTS, path.name, where)
         try:
             if not p_o or not p_a:
                 raise InputError(f"{where}: missing {cols[0] if not p_o else cols[1]}")
-            dims = _parse_dims(row.get(cols[2]), where)
+            try:
+                dims = parse_dims(row.get(cols[2]))
+            except InputError as exc:
+                raise InputError(f"{where}: {exc}") from None
             unknown = [d for d in dims if d not in catalogue]
             if unknown:
                 raise InputError(f"{where}: unknown dimension {', '.join(map(repr, unknown))}; "
                                  "add it in a dimensions file")
         except InputError as exc:
-            summary.failed += store.put(Record.failed(key, PROMPTS, where, str(exc), index=index))
+            store.put(Record.failed(failed_key, PROMPTS, where, str(exc), index=index))
+            summary.failed += 1
             continue
+        # An imported pair is its content: the same (p_o, p_a, dims) from another file or row is the same pair.
+        key = prompt_key(caption=p_o, effects=dims, rewriter={"name": "import", "p_a": p_a}, max_words=0, seed=None)
+        store.discard_failed([failed_key])
         data = {"pair_id": key, "index": index, "source": path.name, "caption_id": where, "p_o": p_o,
-                "p_a": p_a, "dims": dims, "rewriter": "import", "seed": seed, "words": word_count(p_a)}
+                "p_a": p_a, "dims": dims, "rewriter": "import", "seed": None, "words": word_count(p_a)}
         if store.put(Record(key, PROMPTS, where, data)):
             summary.new += 1
         else:

@@ -55,6 +55,11 @@ def effects_for(catalogue: Catalogue, dims: Sequence[str]) -> tuple[Effect, ...]
     return tuple(Effect(d, catalogue[d].anti, catalogue[d].phrasings) for d in dims)
 
 
+def effect_spec(effects: Sequence[Effect]) -> list[list]:
+    """The part of the effects a rewrite reads: key, description and phrasings (for record keys)."""
+    return [[e.dimension, e.anti, list(e.phrasings)] for e in effects]
+
+
 def make_rewriter(config: AuditConfig) -> Rewriter:
     return get("rewriters", config.prompts.rewriter).from_config(config.prompts)
 
@@ -68,9 +73,9 @@ def plan_prompts(config: AuditConfig, catalogue: Catalogue, rewriter: Rewriter) 
     plan = []
     for index, cap in enumerate(chosen):
         dims = tuple(draw_dims(pool, pc.k_min, pc.k_max, config.seed, cap.text))
-        key = prompt_key(source=captions.source, index=index, caption=cap.text, dims=dims, rewriter=identity,
-                         max_words=pc.max_words, seed=config.seed)
         req = RewriteRequest(cap.text, effects_for(catalogue, dims), pc.max_words, config.seed)
+        key = prompt_key(caption=cap.text, effects=effect_spec(req.effects), rewriter=identity,
+                         max_words=pc.max_words, seed=config.seed)
         plan.append(PlannedPair(key, index, cap, dims, req, captions.source))
     return plan, captions.warnings
 
@@ -82,9 +87,8 @@ def run_prompts(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, r
     for w in warnings:
         log.warning("warning: %s", w)
     summary = StageSummary(PROMPTS, total=len(plan), warnings=warnings)
-    done = store.keys(PROMPTS, "ok" if retry_failed else None)
-    todo = [p for p in plan if p.key not in done]
-    summary.cached = len(plan) - len(todo)
+    todo = summary.pending([p.key for p in plan], store, retry_failed)
+    todo = [p for p in plan if p.key in todo]
     identity = rewriter.identity()
     results = rewriter.rewrite_iter([p.request for p in todo])
     for i, result in progress(results, total=len(todo), desc="prompts"):

@@ -8,6 +8,7 @@ share an image and a prompt share the record.
 from __future__ import annotations
 
 from ..errors import ConfigError, InputError
+from ..hashing import spec_hash
 from ..images.decode import decode_image
 from ..records import IMAGES, SCORE, score_key
 from ..registry import get
@@ -32,12 +33,19 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
     identity = scorer.identity()
     items = score_items(store, scorer)
     keys = {it: score_key(scorer=identity, image=it[0], prompt=it[1]) for it in items}
-    done = store.keys(SCORE, "ok" if retry_failed else None)
-    todo = [it for it in items if keys[it] not in done]
-    summary = StageSummary(f"{SCORE}:{scorer.name}", total=len(items), cached=len(items) - len(todo))
+    summary = StageSummary(f"{SCORE}:{scorer.name}", total=len(items))
+    pending = summary.pending(keys.values(), store, retry_failed)
+    todo = [it for it in items if keys[it] in pending]
     if todo:
         scorer.load()
-    base = {"scorer": scorer.name, "higher_is_better": scorer.higher_is_better}
+    # scorer_id tells apart scores of one scorer name under different weights/options in one run
+    base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": scorer.higher_is_better}
+
+    def fail(key: str, item: str, image: str, prompt: str | None, reason: str) -> None:
+        log.warning("failed: %s on %s: %s", scorer.name, item, reason)
+        store.put(Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base))
+        summary.failed += 1
+
     for start in progress(range(0, len(todo), chunk_size), total=-(-len(todo) // chunk_size), desc=scorer.name):
         batch = todo[start:start + chunk_size]
         cache: dict[str, object] = {}
@@ -50,17 +58,19 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
                 except InputError as exc:
                     cache[image] = exc
             if isinstance(cache[image], InputError):
-                summary.failed += store.put(Record.failed(keys[(image, prompt)], SCORE, item, str(cache[image]),
-                                                          image=image, prompt=prompt, **base))
+                fail(keys[(image, prompt)], item, image, prompt, str(cache[image]))
             else:
                 ready.append((image, prompt, item))
-        results = scorer.score([(cache[i], p) for i, p, _ in ready]) if ready else []
+        try:
+            results = scorer.score([(cache[i], p) for i, p, _ in ready]) if ready else []
+        except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
+            for image, prompt, item in ready:
+                fail(keys[(image, prompt)], item, image, prompt, f"scorer error: {exc!r}")
+            continue
         for (image, prompt, item), res in zip(ready, results):
             key = keys[(image, prompt)]
             if not res.ok:
-                log.warning("failed: %s on %s: %s", scorer.name, item, res.error)
-                summary.failed += store.put(Record.failed(key, SCORE, item, res.error or "no score",
-                                                          image=image, prompt=prompt, **base))
+                fail(key, item, image, prompt, res.error or "no score")
                 continue
             summary.new += store.put(Record(key, SCORE, item, {
                 **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,

@@ -92,7 +92,7 @@ class RunStore:
         """Store a record; return False when its key was already stored.
 
         An ok record is final. A failed record is replaced by a later attempt with the same key
-        (see ``retry_failed``), never the other way round.
+        (see ``retry_failed``): by its result, or by the newer failure's reason.
         """
         return self.put_many([record]) == 1
 
@@ -112,7 +112,7 @@ class RunStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET status=excluded.status, data=excluded.data, "
                 "error=excluded.error, created=excluded.created, worker=excluded.worker "
-                "WHERE records.status = 'failed' AND excluded.status = 'ok'",
+                "WHERE records.status = 'failed'",
                 rows,
             )
             db.execute("COMMIT")
@@ -120,6 +120,15 @@ class RunStore:
             db.execute("ROLLBACK")
             raise
         return db.total_changes - before
+
+    def discard_failed(self, keys: Iterable[str]) -> int:
+        """Delete failed records with these keys: an item that now succeeds under another key (a fixed
+        photo, a corrected row) must not stay listed as failed."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        cur = self.db.executemany("DELETE FROM records WHERE key = ? AND status = 'failed'", [(k,) for k in keys])
+        return cur.rowcount
 
     def keys(self, stage: str, status: str | None = None) -> set[str]:
         sql, args = "SELECT key FROM records WHERE stage = ?", [stage]
