@@ -356,7 +356,8 @@ def _is_estimate(cell: Any) -> bool:
     return isinstance(cell, dict) and "estimate" in cell
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int = 3) -> str:
+    """Numbers as the tables print them: floats to ``digits`` places, None as an en dash."""
     if value is None:
         return "–"
     if isinstance(value, bool) or isinstance(value, int):
@@ -370,7 +371,7 @@ def format_estimate(cell: dict[str, Any], digits: int = 3) -> str:
     """``0.750 [0.500, 1.000]``, or ``–`` when undefined."""
     if cell.get("estimate") is None:
         return "–"
-    return f"{_num(cell['estimate'], digits)} [{_num(cell['low'], digits)}, {_num(cell['high'], digits)}]"
+    return f"{format_number(cell['estimate'], digits)} [{format_number(cell['low'], digits)}, {format_number(cell['high'], digits)}]"
 
 
 def _csv(table: _Table, fh: Any) -> None:
@@ -392,7 +393,7 @@ def _csv(table: _Table, fh: Any) -> None:
 
 
 def _cells(row: Iterable[Any]) -> list[str]:
-    return [format_estimate(c) if _is_estimate(c) else _num(c) for c in row]
+    return [format_estimate(c) if _is_estimate(c) else format_number(c) for c in row]
 
 
 def _markdown(table: _Table, fh: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from PIL import Image, ImageOps
 
 from .. import __version__
-from ..analysis.audit import COMBOS, Pair, RunData
+from ..analysis.audit import COMBOS, Pair, RunData, format_number
 from ..store.run import RunStore
 
 THUMB_SIDE = 256
@@ -115,11 +115,7 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _e(value)
+    return _e(format_number(value, digits))
 
 
 def _est(cell: dict[str, Any] | None, digits: int = 3) -> str:
