@@ -91,8 +91,9 @@ def ir(ir_opts):
     return get("scorers", "imagereward")(**ir_opts, batch_size=4, device="cpu").load()
 
 
-def ir_reference(folder, pil_images, id_rows):
-    """ImageReward scores of every (image, ids) combination via transformers' BLIP modules."""
+def ir_reference(folder, pil_images, id_rows, pixels=None):
+    """ImageReward scores of every (image, ids) combination via transformers' BLIP modules (pixels from
+    transformers' CLIP image processor unless given)."""
     from transformers import (BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel,
                               CLIPImageProcessorPil)
 
@@ -128,7 +129,8 @@ def ir_reference(folder, pil_images, id_rows):
     proc = CLIPImageProcessorPil(size={"shortest_edge": vit["image"]}, crop_size={"height": vit["image"],
                                  "width": vit["image"]}, do_center_crop=True, resample=3,
                                  image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
-    pixels = proc(images=pil_images, return_tensors="pt")["pixel_values"]
+    if pixels is None:
+        pixels = proc(images=pil_images, return_tensors="pt")["pixel_values"]
     ids, mask = padded(id_rows, 35)  # official: padding="max_length", max_length=35
     with torch.no_grad():
         image_states = vision(pixel_values=pixels).last_hidden_state
@@ -153,6 +155,42 @@ def test_imagereward_matches_an_independent_blip_forward(ir, ir_opts):
     assert np.std([r.score for r in results]) > 0.05  # the tiny model is not degenerate
     assert [r.tokens for r in results[:3]] == [len(hand_ids(p, 99)) for p in PROMPTS]
     assert not any(r.truncated for r in results)
+
+
+def test_imagereward_crops_with_torchvisions_rounded_offset(ir, ir_opts):
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (64, 70, 3), dtype=np.uint8))  # -> 35 x 32: offset (35-32)/2 = 1.5
+
+    def by_hand(left):  # Resize(32) bicubic, CenterCrop(32) at column `left`, ToTensor, Normalize
+        arr = np.asarray(img.resize((35, 32), Image.BICUBIC), dtype=np.float64)[:, left:left + 32] / 255
+        return ((arr - OPENAI_MEAN) / OPENAI_STD).transpose(2, 0, 1)
+
+    # torchvision: int(round(1.5)) = 2; transformers' processors: 1
+    np.testing.assert_allclose(ir.preprocess.pil(img), by_hand(2), rtol=0, atol=1e-6)
+    assert not np.allclose(by_hand(1), by_hand(2), atol=1e-3)
+    res = ir.score([(img, PROMPTS[0])])[0]
+    pixels = torch.tensor(by_hand(2), dtype=torch.float32)[None]
+    ref = ir_reference(ir_opts["weights"], [img], [hand_ids(PROMPTS[0], 35)], pixels=pixels)
+    assert res.score == pytest.approx(float(ref[0, 0]), **APPROX)
+    shifted = ir_reference(ir_opts["weights"], [img], [hand_ids(PROMPTS[0], 35)],
+                           pixels=torch.tensor(by_hand(1), dtype=torch.float32)[None])
+    assert abs(float(shifted[0, 0]) - float(ref[0, 0])) > 1e-4  # the check tells the two offsets apart
+
+
+def test_imagereward_bf16_keeps_the_head_in_float32(ir_opts):
+    low = get("scorers", "imagereward")(**ir_opts, device="cpu", dtype="bf16").load()
+    assert low.model.blip.visual_encoder.pos_embed.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in low.model.mlp.parameters())
+    feats = {}
+    low.model.blip.text_encoder.register_forward_hook(lambda m, a, out: feats.update(x=out.detach()))
+    res = low.score([(images()[1], PROMPTS[1])])[0]
+    assert feats["x"].dtype == torch.bfloat16
+    state = torch.load(f"{ir_opts['weights']}/ImageReward.pt", weights_only=True)
+    h = feats["x"][0, 0].double()
+    for layer in (0, 2, 4, 6, 7):
+        h = h @ state[f"mlp.layers.{layer}.weight"].double().T + state[f"mlp.layers.{layer}.bias"].double()
+    # a float32 head on the bf16 feature: exact to ~1e-6; a bf16 head rounds to ~1e-2
+    assert res.score == pytest.approx((float(h[0]) - IR_MEAN) / IR_STD, abs=1e-5)
 
 
 def test_imagereward_cuts_prompts_at_35_tokens_and_records_it(ir, ir_opts):
@@ -230,6 +268,23 @@ def test_imagereward_identity_is_cheap_and_stable(ir_opts):
     assert {k.rsplit("/", 1)[1] for k in before["weights"]} == {"ImageReward.pt", "med_config.json", "vocab.txt"}
     scorer.load()
     assert scorer.identity() == before
+
+
+def test_injected_parts_replace_only_their_files_in_the_identity(ir, ir_opts, itm, itm_opts):
+    shared = get("scorers", "imagereward")(**ir_opts, model=ir.model)
+    assert set(shared.identity()["weights"]) == {"injected", "tokenizer/vocab.txt"}
+    own = get("scorers", "imagereward")(**ir_opts).identity()["weights"]
+    assert shared.identity()["weights"]["tokenizer/vocab.txt"] == own["tokenizer/vocab.txt"]
+    item = [(images()[0], PROMPTS[2])]
+    assert shared.score(item)[0].score == pytest.approx(ir.score(item)[0].score, abs=1e-6)
+    blip = get("scorers", "blip-itm")(**itm_opts, model=itm.model)
+    assert set(blip.identity()["weights"]) == {"injected", "processor/preprocessor_config.json",
+                                               "tokenizer/tokenizer_config.json", "tokenizer/vocab.txt"}
+    both = get("scorers", "blip-itm")(**itm_opts, model=itm.model, processor=itm.preprocess, tokenizer=itm.tokenizer)
+    ident = both.identity()
+    assert set(ident["weights"]) == {"injected"} and ident["processor"]["resize"] == "square"
+    assert ident["tokenizer"].startswith("injected BertTokenizer get_vocab sha256:")
+    assert both.score(item)[0].score == pytest.approx(itm.score(item)[0].score, abs=1e-6)
 
 
 def test_imagereward_low_precision_runs_and_a_wrong_config_is_refused(ir, ir_opts, tmp_path):

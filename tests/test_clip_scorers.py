@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from aesthetic_audit.errors import ConfigError  # noqa: E402
 from aesthetic_audit.registry import get  # noqa: E402
 from aesthetic_audit.scorers._weights import WeightsError  # noqa: E402
 from tiny.clip import (BUILDERS, HEAD_FILE, IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD, build_clip,  # noqa: E402
@@ -243,11 +244,15 @@ def test_batched_equals_one_at_a_time(built, name):
 def test_a_bad_item_fails_alone(built, name):
     scorer = get("scorers", name)(**built[name])
     good = _images()[0]
-    results = scorer.score([(None, "a cat"), (good, "a cat"), (good, ""), (good, "a cat")])
+    empty = Image.new("RGB", (0, 8))  # decodes, but its resize divides by a zero width inside the model step
+    results = scorer.score([(None, "a cat"), (good, "a cat"), (good, ""), (empty, "a cat"), (good, "a cat")])
     assert results[0].error and results[0].score is None
-    assert results[1].ok and results[3].ok and results[1].score == pytest.approx(results[3].score, abs=1e-6)
+    assert results[3].score is None and "ZeroDivisionError" in results[3].error
+    assert results[1].ok and results[4].ok and results[1].score == pytest.approx(results[4].score, abs=1e-6)
+    assert results[1].score == pytest.approx(scorer.score([(good, "a cat")])[0].score, abs=1e-6)
     if scorer.prompt_aware:
         assert results[2].error == "empty prompt"
+        assert results[1].tokens == scorer.score([(good, "a cat")])[0].tokens
     else:
         assert results[2].ok  # a prompt-blind scorer does not need one
 
@@ -305,9 +310,10 @@ def test_identity_hashes_every_source_without_loading(built):
         files = {Path(v["path"]).name: v["path"] for v in scorer.weights_manifest().values()}
         for key, digest in ident["weights"].items():
             assert hashlib.sha256(Path(files[Path(key).name]).read_bytes()).hexdigest() == digest
-    # keyed by repo and file name, not by where the files sit, so moving them keeps the record keys
-    repos = {str(Path(k).parent) for k in get("scorers", "pickscore")(**built["pickscore"]).identity()["weights"]}
-    assert repos == {"yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+    # keyed by role and file name, not by where the files sit or which repo they came from, so moving them
+    # (or reading them from the hub cache or a mirror) keeps the record keys
+    roles = {str(Path(k).parent) for k in get("scorers", "pickscore")(**built["pickscore"]).identity()["weights"]}
+    assert roles == {"model", "tokenizer", "processor"}
 
 
 def test_default_sources_are_the_pinned_official_repos():
@@ -349,3 +355,89 @@ def test_a_tensor_batch_gives_a_differentiable_score(clip):
     score.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert float(score[0].detach()) == pytest.approx(clip.score([(image, "a photo of a cat")])[0].score, abs=1e-4)
+
+
+def test_a_shared_backbone_is_never_cast_and_its_identity_is_stable(built, clip):
+    head = built["laion-aesthetic"]
+    before = {p.dtype for p in clip.model.parameters()}
+    with pytest.raises(ConfigError, match="injected model is fp32 but dtype=bf16"):
+        get("scorers", "laion-aesthetic")(**head, model=clip.model, dtype="bf16")
+    shared = get("scorers", "laion-aesthetic")(**head, model=clip.model)
+    ident = shared.identity()
+    assert ident["dtype"] == "fp32"
+    shared.score([(_images()[0], None)])
+    assert {p.dtype for p in clip.model.parameters()} == before == {torch.float32}
+    assert shared.identity() == ident
+    elsewhere = "cpu" if clip.model.device.type != "cpu" else "cuda"
+    with pytest.raises(ConfigError, match=f"injected model is on {clip.model.device.type}.* but device={elsewhere}"):
+        get("scorers", "laion-aesthetic")(**head, model=clip.model, device=elsewhere).load()
+
+
+def test_an_injected_bf16_model_runs_as_it_is_with_a_stable_identity(built, clip):
+    import copy
+
+    model = copy.deepcopy(clip.model).to(torch.bfloat16)
+    scorer = get("scorers", "clip")(**built["clip"], model=model)
+    ident = scorer.identity()
+    assert ident["dtype"] == "bf16" and "injected" in ident["weights"]
+    assert get("scorers", "clip")(**built["clip"], model=model, dtype="bfloat16").identity() == ident
+    items = _grid(_images()[:2], PROMPTS[:2])
+    low = scorer.score(items)
+    assert scorer.identity() == ident  # loading and scoring do not change the record key
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # bf16 rounding of a random tiny model: ~0.3 on the x100 scale
+    assert [r.score for r in low] == pytest.approx([r.score for r in clip.score(items)], abs=1.0)
+
+
+def test_equivalent_dtype_names_give_one_identity(built):
+    def ident(dtype):
+        return get("scorers", "clip")(**built["clip"], dtype=dtype).identity()
+
+    assert ident("bfloat16") == ident("bf16") and ident("bf16")["dtype"] == "bf16"
+    assert ident("float32") == ident("fp32") == ident(None) and ident(None)["dtype"] == "fp32"
+    assert ident("float16") == ident("fp16") != ident("fp32")
+    with pytest.raises(ConfigError, match="dtype 'int8'"):
+        ident("int8")
+
+
+def test_injected_parts_are_in_the_identity_and_replace_only_their_files(built, clip):
+    opts = built["clip"]
+    files = get("scorers", "clip")(**opts).identity()["weights"]
+    assert set(files) == {"model/config.json", "model/model.safetensors", "tokenizer/vocab.json",
+                          "tokenizer/merges.txt", "processor/preprocessor_config.json"}
+    shared = get("scorers", "clip")(**opts, model=clip.model).identity()
+    # the tokenizer and preprocessor files are still read, so still hashed
+    assert {k: v for k, v in shared["weights"].items() if k != "injected"} == {
+        k: v for k, v in files.items() if not k.startswith("model/")}
+    everything = get("scorers", "clip")(**opts, model=clip.model, tokenizer=clip.tokenizer,
+                                        processor=clip.preprocess).identity()
+    assert set(everything["weights"]) == {"injected"}  # no unused hub file is hashed
+    assert everything["processor"]["size"] == IMAGE_SIZE and everything["processor"]["crop_offset"] == "floor"
+    assert everything["tokenizer"].startswith("injected CLIPTokenizer")
+    other = get("scorers", "clip")(**opts, model=clip.model, processor=clip.preprocess.__class__(size=IMAGE_SIZE))
+    assert other.identity()["processor"] != everything["processor"]
+
+
+@pytest.mark.parametrize("name", ["clip", "laion-aesthetic"])
+def test_the_tensor_path_runs_in_bf16(built, clip, name):
+    image = _images()[2]  # 47 x 61: resized, so the antialiased bicubic runs (no bf16 kernel on CPU)
+    x = torch.tensor(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].requires_grad_(True)
+    prompts = ["a photo of a cat"] if name == "clip" else None
+    low = get("scorers", name)(**built[name], dtype="bf16")
+    score = low(x.to(torch.bfloat16), prompts)
+    score.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    full = float(get("scorers", name)(**built[name])(x.detach(), prompts).detach()[0])
+    # bf16 rounding of the tiny random models: ~0.35 on CLIP's x100 scale, ~0.01 for the aesthetic head
+    assert float(score.detach().float()[0]) == pytest.approx(full, abs=1.0 if name == "clip" else 0.05)
+
+
+def test_the_aesthetic_head_takes_pil_images_in_the_training_api(built):
+    scorer = get("scorers", "laion-aesthetic")(**built["laion-aesthetic"])
+    images = _images()[:3]
+    out = scorer(images)
+    assert out.shape == (3,) and out.requires_grad  # the head's own weights stay trainable
+    out.sum().backward()
+    assert scorer.head.layers[0].weight.grad is not None
+    assert out.detach().tolist() == pytest.approx([r.score for r in scorer.score([(im, None) for im in images])],
+                                                  abs=1e-5)

@@ -270,6 +270,55 @@ def test_bad_items_fail_alone(hps):
     assert "image" in results[1].error and "prompt" in results[2].error and "prompt" in results[3].error
 
 
+def test_a_sliver_image_is_scored_and_a_broken_one_fails_alone(hps):
+    scorer, options = hps
+    sliver, broken = image(1, 400, 7), Image.new("RGB", (0, 8))
+    results = scorer.score([(IMAGES[1], "a red cat"), (sliver, "a red cat"), (broken, "a red cat"),
+                            (IMAGES[0], "a red cat")])
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert "RuntimeError" in results[2].error
+    sd = load_official(f"{options['weights']}/{FILES['hpsv2']}")
+    expected = ref_scores(sd, [(IMAGES[1], "a red cat"), (IMAGES[0], "a red cat")])
+    np.testing.assert_allclose([results[0].score, results[3].score], expected, atol=1e-5, rtol=0)
+    # 1 x 400 -> 1 x 42 (the width would round to 0), centred on black: column 20 of 42
+    pixels = scorer.preprocess.pil(sliver).numpy()
+    black = (-MEAN[0] / STD[0]).numpy()
+    content = np.ones(VISION["image"], bool)
+    content[20] = False
+    np.testing.assert_allclose(pixels[:, :, content], np.broadcast_to(black, pixels[:, :, content].shape), atol=1e-6)
+    assert not np.allclose(pixels[:, :, 20], black[:, 0][:, None])
+
+
+def test_bf16_features_are_normalised_and_compared_in_float32(tmp_path):
+    options = BUILDERS["hpsv2"](tmp_path)
+    scorer = get("scorers", "hpsv2")(dtype="bf16", **options).load()
+    feats = {}
+
+    def keep(kind):
+        def hook(module, args, output):
+            feats[kind] = output.detach()
+        return hook
+
+    scorer.model.visual_projection.register_forward_hook(keep("image"))
+    scorer.model.text_projection.register_forward_hook(keep("text"))
+    result = scorer.score([(IMAGES[1], "a red cat")])[0]
+    assert feats["image"].dtype == feats["text"].dtype == torch.bfloat16
+    img, txt = (F.normalize(feats[k].double(), dim=-1)[0] for k in ("image", "text"))
+    # in float32 the cosine of the bf16 features is exact to ~1e-7; normalised in bf16 it is off by ~1e-4 here
+    assert result.score == pytest.approx(float(img @ txt), abs=1e-6)
+
+
+def test_tensor_path_runs_in_bf16(hps):
+    scorer, options = hps
+    low = get("scorers", "hpsv2")(dtype="bf16", **options)
+    pixels = torch.tensor(np.array(IMAGES[2]), dtype=torch.float32).permute(2, 0, 1)[None] / 255
+    pixels.requires_grad_(True)
+    reward = low(pixels.to(torch.bfloat16), ["a red cat"])  # resized: the antialiased bicubic runs in float32
+    reward.float().sum().backward()
+    assert pixels.grad is not None and torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+    assert float(reward.detach()[0]) == pytest.approx(scorer.score([(IMAGES[2], "a red cat")])[0].score, abs=0.01)
+
+
 def test_tensor_path_matches_pil_and_keeps_the_graph(hps):
     scorer, _ = hps
     img = IMAGES[1]
@@ -410,7 +459,8 @@ def test_injected_model_and_tokenizer(hps):
     expected = scorer.score(pair)[0].score
     shared = get("scorers", "hpsv2")(model=scorer.model, tokenizer=options["weights"])
     ident = shared.identity()
-    assert "injected" in ident["weights"] and len(ident["tokenizer"]) == 2  # vocab.json + merges.txt hashes
+    # the parameters' hash and the files still read: the tokenizer's vocab.json + merges.txt
+    assert set(ident["weights"]) == {"injected", "tokenizer/vocab.json", "tokenizer/merges.txt"}
     assert shared.score(pair)[0].score == pytest.approx(expected, abs=1e-6)
     both = get("scorers", "hpsv2")(model=scorer.model, tokenizer=scorer.tokenizer)
     assert both.score(pair)[0].score == pytest.approx(expected, abs=1e-6)

@@ -291,3 +291,20 @@ def test_injected_backbone_and_tokenizer(scorer):
     assert shared.weight_files() == [] and "injected" in shared.identity()["weights"]
     item = [(GREY, PROMPTS[1])]
     assert shared.score(item)[0].score == pytest.approx(scorer.score(item)[0].score, abs=1e-6)
+
+
+def test_an_injected_model_keeps_its_dtype_and_identity(files, scorer):
+    from aesthetic_audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="injected model is fp32 but dtype=bf16"):
+        make(model=scorer.model, tokenizer=scorer.tokenizer, dtype="bf16")
+    # no dtype given: the injected model's own (fp32 here), not HPSv3's bf16 default, and it is not cast
+    shared = make(model=scorer.model, tokenizer=scorer.tokenizer, base=files["base"])
+    ident = shared.identity()
+    assert ident["dtype"] == "fp32"
+    # the base's preprocessor config is still read (no processor was injected), so it is hashed
+    assert set(ident["weights"]) == {"injected", "processor/preprocessor_config.json"}
+    item = [(SQUARE, PROMPTS[0])]
+    assert shared.score(item)[0].score == pytest.approx(scorer.score(item)[0].score, abs=1e-6)
+    assert shared.identity() == ident
+    assert all(p.dtype == torch.float32 for p in scorer.model.parameters())

@@ -85,6 +85,38 @@ def test_scorer_contract(name, tmp_path):
         assert empty.error and empty.score is None
 
 
+class _Poisoned:
+    """A scorer's preprocessing that raises inside the model step for one image, as a model error would."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad = inner, bad
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def pil(self, image):
+        if image is self.bad:
+            raise RuntimeError("boom in the model step")
+        return self.inner.pil(image)
+
+    def batch(self, images):
+        return self.inner.batch(images) if all(im is not self.bad for im in images) else self.pil(self.bad)
+
+
+@pytest.mark.parametrize("name", [n for n in SCORERS if available("scorers")[n].extra == "models"])
+def test_an_item_that_breaks_the_model_step_fails_alone(name, tmp_path):
+    from tiny import builders
+
+    scorer = available("scorers")[name](**builders()[name](tmp_path), device="cpu").load()
+    good, bad = _images()
+    alone = [scorer.score([(good, p)])[0] for p in ("a photo of a gradient", "a noisy photo")]
+    scorer.preprocess = _Poisoned(scorer.preprocess, bad)
+    results = scorer.score([(good, "a photo of a gradient"), (bad, "a photo of a gradient"), (good, "a noisy photo")])
+    assert results[1].score is None and "RuntimeError: boom in the model step" in results[1].error
+    assert [r.score for r in (results[0], results[2])] == pytest.approx([r.score for r in alone], rel=1e-6, abs=1e-9)
+    assert (results[0].tokens, results[2].tokens) == (alone[0].tokens, alone[1].tokens)
+
+
 @pytest.mark.parametrize("name", sorted(available("judges")))
 def test_judge_contract(name):
     from aesthetic_audit.dimensions import load_catalogue

@@ -81,3 +81,36 @@ def test_cli_convert_openclip_checkpoint_loads_as_hpsv2(tmp_path, cli):
     official = get("scorers", "hpsv2")(**opts).score([(img, "a cat")])[0].score
     converted = get("scorers", "hpsv2")(weights=str(tmp_path / "converted")).score([(img, "a cat")])[0].score
     assert converted == pytest.approx(official, abs=1e-6)
+
+
+LOCATION_OPTIONS = ("weights", "clip_weights", "processor_weights", "base")
+
+
+@pytest.mark.parametrize("name", ["clip", "pickscore", "laion-aesthetic", "hpsv2", "hpsv2.1", "imagereward",
+                                  "blip-itm", "hpsv3"])
+def test_hub_cache_and_local_folder_give_one_identity(tmp_path, monkeypatch, name):
+    """The same bytes read from the hub cache (every file from its default repo) or from local folders (where
+    tokenizers sit next to the weights, with no repo named) must key records the same way."""
+    from aesthetic_audit.scorers._weights import Resolver
+    from tiny import builders
+
+    opts = builders()[name](tmp_path)
+    found: dict[str, list] = {}
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            found.setdefault(path.name, []).append(path)
+    asked = []
+
+    def hub(self, source, filename):  # a warm hub cache holding the built files
+        asked.append((source.repo, filename))
+        (path,) = found[filename]
+        return path
+
+    monkeypatch.setattr(Resolver, "_hub", hub)
+    local = get("scorers", name)(**opts).identity()
+    assert asked == []
+    from_hub = get("scorers", name)(**{k: v for k, v in opts.items() if k not in LOCATION_OPTIONS}).identity()
+    assert asked and all(repo for repo, _ in asked)
+    assert from_hub == local
+    if name == "clip":  # a local processor folder names no repo at all
+        assert get("scorers", name)(**opts, processor_weights=opts["weights"]).identity() == local

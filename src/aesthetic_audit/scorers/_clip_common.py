@@ -19,14 +19,14 @@ Nothing here imports torch or transformers at import time.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, require
-from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, ImagePreprocess, TextEncoding, torch
+from ._torch import (OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, ImagePreprocess, TextEncoding, pad_rows,
+                     skip_init, torch, unit)
 from ._weights import WeightsError, WeightsSource, load_state_dict
 
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
@@ -34,6 +34,10 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 PIL_BICUBIC = 3
+# OpenCLIP ViT-H/14's tokenizer and processor files, pinned at a revision that has merges.txt (PickScore's
+# processor, HPSv2's tokenizer).
+LAION_VIT_H_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+LAION_VIT_H_REVISION = "94a64189c3535c1cb44acfcccd7b0908c1c8eb23"
 
 
 def transformers():
@@ -51,16 +55,6 @@ def model_file(source: WeightsSource, hub_default: str = MODEL_FILES[0]) -> str:
     return hub_default
 
 
-def _no_init():
-    """transformers' context that skips random initialisation (every tensor is loaded right after)."""
-    for where in ("transformers.initialization", "transformers.modeling_utils"):
-        try:
-            return getattr(__import__(where, fromlist=["no_init_weights"]), "no_init_weights")()
-        except (ImportError, AttributeError):
-            continue
-    return contextlib.nullcontext()
-
-
 def load_clip(config_path: Path, weights_path: Path, *, allow_pickle: bool, vision_only: bool = False):
     """A transformers CLIPModel (or only its vision tower + projection) from config.json + weights file."""
     tf = transformers()
@@ -71,10 +65,10 @@ def load_clip(config_path: Path, weights_path: Path, *, allow_pickle: bool, visi
         state = {k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))}
         vision = config.vision_config
         vision.projection_dim = config.projection_dim
-        with _no_init():
+        with skip_init():
             model = tf.CLIPVisionModelWithProjection(vision)
     else:
-        with _no_init():
+        with skip_init():
             model = tf.CLIPModel(config)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -107,19 +101,13 @@ def load_tokenizer(vocab_path: Path, merges_path: Path):
 
 def tokenize(tokenizer, prompts: list[str], max_tokens: int, device: Any) -> TextEncoding:
     """Token ids padded to the longest prompt, cut at ``max_tokens`` keeping the end token."""
-    t = torch()
     ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     counts = [len(x) for x in ids]
     eos = tokenizer.eos_token_id
     cut = [x if len(x) <= max_tokens else x[:max_tokens - 1] + [eos] for x in ids]
-    width = max(len(x) for x in cut)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    input_ids = t.full((len(cut), width), pad, dtype=t.long)
-    mask = t.zeros((len(cut), width), dtype=t.long)
-    for row, x in enumerate(cut):
-        input_ids[row, :len(x)] = t.tensor(x, dtype=t.long)
-        mask[row, :len(x)] = 1
-    return TextEncoding(input_ids.to(device), mask.to(device), counts, [n > max_tokens for n in counts])
+    input_ids, mask = pad_rows(cut, pad, max(len(x) for x in cut), device)
+    return TextEncoding(input_ids, mask, counts, [n > max_tokens for n in counts])
 
 
 def _side(value: Any, what: str, path: Path) -> tuple[str, int]:
@@ -180,13 +168,14 @@ def image_features(model: Any, pixel_values: Any):
     return model(pixel_values=pixel_values).image_embeds
 
 
-def unit(x):
-    """Float32, L2-normalised rows (the cosine is taken in float32 whatever the model dtype)."""
-    x = x.float()
-    return x / x.norm(dim=-1, keepdim=True)
+class CLIPImageTower(DualEncoderScorer):
+    """A dual encoder whose image side is a transformers CLIP vision tower + projection, L2-normalised."""
+
+    def encode_pixels(self, pixel_values):
+        return unit(image_features(self.model, pixel_values))
 
 
-class CLIPDualEncoder(DualEncoderScorer):
+class CLIPDualEncoder(CLIPImageTower):
     """A transformers CLIPModel + its tokenizer and preprocessing; the score is ``scale * cos``.
 
     Sources: the model repo (``repo``/``revision`` in the variant, or the options; ``weights`` for a
@@ -205,25 +194,24 @@ class CLIPDualEncoder(DualEncoderScorer):
         if repo is not None:
             self.spec["repo"] = repo
             self.revision = options.get("revision")  # a pinned revision belongs to the variant's repo
-            self.options["repo"] = repo
         self.processor_weights = processor_weights
-        if processor_weights is not None:
-            self.options["processor_weights"] = processor_weights
 
     # -- sources ----------------------------------------------------------------------------------
     def model_source(self) -> WeightsSource:
-        return WeightsSource(repo=self.spec.get("repo"), revision=self.revision, local=self.weights)
+        return self.source("model")
 
-    def processor_source(self) -> WeightsSource:
+    def processor_source(self, role: str) -> WeightsSource:
+        """Where the tokenizer (``role="tokenizer"``) and preprocessor (``"processor"``) files come from."""
         if self.processor_weights:
-            return WeightsSource(repo=self.spec.get("processor_repo"), local=self.processor_weights)
+            return WeightsSource(repo=self.spec.get("processor_repo"), local=self.processor_weights, role=role)
         if self.spec.get("processor_repo"):
-            return WeightsSource(repo=self.spec["processor_repo"], revision=self.spec.get("processor_revision"))
-        return self.model_source()
+            return WeightsSource(repo=self.spec["processor_repo"], revision=self.spec.get("processor_revision"),
+                                 role=role)
+        return self.source(role)
 
     def _preprocessor_file(self) -> tuple[WeightsSource, str] | None:
         """The processor config: always read from the hub; from a local folder when it is there."""
-        source = self.processor_source()
+        source = self.processor_source("processor")
         if source.local and not (Path(source.local).expanduser() / PREPROCESSOR_FILE).is_file():
             return None
         return source, PREPROCESSOR_FILE
@@ -233,9 +221,9 @@ class CLIPDualEncoder(DualEncoderScorer):
         return (source, "config.json"), (source, model_file(source, self.spec.get("weights_file", MODEL_FILES[0])))
 
     def tokenizer_files(self) -> list[tuple[WeightsSource, str]]:
-        return [(self.processor_source(), name) for name in TOKENIZER_FILES]
+        return [(self.processor_source("tokenizer"), name) for name in TOKENIZER_FILES]
 
-    def weight_files(self) -> list[tuple[WeightsSource, str]]:
+    def files(self) -> list[tuple[WeightsSource, str]]:
         extra = self._preprocessor_file()
         return [*self.model_files(), *self.tokenizer_files(), *([extra] if extra else [])]
 
@@ -261,12 +249,6 @@ class CLIPDualEncoder(DualEncoderScorer):
         self.logit_scale = float(self.model.logit_scale.detach().float().exp())
 
     # -- encoding ---------------------------------------------------------------------------------
-    def encode_pixels(self, pixel_values):
-        return unit(image_features(self.model, pixel_values.to(self.device, self.dtype)))
-
-    def encode_images(self, images):
-        return self.encode_pixels(self.preprocess.batch(images))
-
     def encode_texts(self, prompts):
         enc = tokenize(self.tokenizer, prompts, self.max_tokens, self.device)
         feats = pooled(self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))

@@ -12,6 +12,11 @@ distinct image once and runs all its (image, prompt) combinations through the jo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -25,8 +30,8 @@ from .base import Scorer, ScoreResult
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
+DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def torch():
@@ -44,12 +49,71 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def resolve_dtype(dtype: str | None):
+def dtype_name(dtype: str | None) -> str | None:
+    """The canonical short name of a dtype option: "float32" and "fp32" are one setting, so one record key."""
     if dtype is None:
-        return torch().float32
+        return None
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(sorted(DTYPES))}")
-    return getattr(torch(), DTYPES[dtype])
+    return DTYPES[dtype]
+
+
+def resolve_dtype(dtype: str | None):
+    return getattr(torch(), TORCH_DTYPES[dtype_name(dtype) or "fp32"])
+
+
+def torch_dtype_name(dtype: Any) -> str:
+    """fp32/bf16/fp16 for a torch dtype (its own name for any other)."""
+    name = str(dtype).removeprefix("torch.")
+    return next((short for short, full in TORCH_DTYPES.items() if full == name), name)
+
+
+def unit(x):
+    """Float32, L2-normalised rows: the cosine is taken in float32 whatever the model dtype (a bf16
+    normalisation would round every score to ~3 significant digits)."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, length: int, device: Any):
+    """Token id rows right-padded to ``length`` with ``pad_id``, and their attention mask (1 = token)."""
+    t = torch()
+    ids = t.full((len(rows), length), pad_id, dtype=t.long)
+    mask = t.zeros((len(rows), length), dtype=t.long)
+    for k, row in enumerate(rows):
+        ids[k, :len(row)] = t.tensor(list(row), dtype=t.long)
+        mask[k, :len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def skip_init():
+    """transformers' context that skips random initialisation (every weight is loaded right after it);
+    where this transformers has none, weights are initialised first (slower, same result)."""
+    for where in ("transformers.initialization", "transformers.modeling_utils"):
+        try:
+            return getattr(importlib.import_module(where), "no_init_weights")()
+        except (ImportError, AttributeError):
+            continue
+    return contextlib.nullcontext()
+
+
+AESTHETIC_MLP_LINEARS = (0, 2, 4, 6, 7)  # nn.Sequential indices of the Linear layers
+AESTHETIC_MLP_DROPOUTS = {1: 0.2, 3: 0.2, 5: 0.1}
+
+
+def aesthetic_mlp(dims: Sequence[int]):
+    """The LAION improved-aesthetic-predictor MLP, which ImageReward reuses: ``layers`` = Linear, Dropout(0.2),
+    Linear, Dropout(0.2), Linear, Dropout(0.1), Linear, Linear (no activations; the official code has its
+    ReLUs commented out), state-dict keys ``layers.{0,2,4,6,7}.{weight,bias}``; ``dims`` are the 6 widths."""
+    nn = torch().nn
+    if len(dims) != len(AESTHETIC_MLP_LINEARS) + 1:
+        raise ValueError(f"the aesthetic MLP has {len(AESTHETIC_MLP_LINEARS)} linear layers; got widths {dims}")
+    widths = iter(zip(dims[:-1], dims[1:]))
+    head = nn.Module()
+    head.layers = nn.Sequential(*(nn.Linear(*next(widths)) if i in AESTHETIC_MLP_LINEARS
+                                  else nn.Dropout(AESTHETIC_MLP_DROPOUTS[i])
+                                  for i in range(AESTHETIC_MLP_LINEARS[-1] + 1)))
+    return head
 
 
 @dataclass(frozen=True)
@@ -142,15 +206,22 @@ class TorchScorer(Scorer):
     """Base of the model-based scorers.
 
     Options: ``variant`` (a row of ``variants``), ``weights`` (a local file/folder overriding the hub),
-    ``revision``, ``device`` (auto/cpu/cuda/mps), ``dtype`` (fp32/bf16/fp16), ``batch_size``,
-    ``allow_pickle``, ``offline``; ``model`` / ``processor`` / ``tokenizer`` inject ready objects
-    (tests, or two scorers sharing one backbone).
+    ``revision``, ``device`` (auto/cpu/cuda/mps), ``dtype`` (fp32/bf16/fp16; default ``default_dtype``),
+    ``batch_size``, ``allow_pickle``, ``offline``; ``model`` / ``processor`` / ``tokenizer`` inject ready
+    objects (tests, or two scorers sharing one backbone).
+
+    An injected model is used as it is: it is put in eval mode but never cast or moved, since another
+    scorer (or a training loop) may hold it. It runs in its own dtype and on its own device, and a
+    ``dtype`` or ``device`` option that disagrees with them is an error. The modules named in
+    ``fp32_modules`` (attribute paths from the scorer, e.g. ``model.mlp``) stay float32 when a loaded
+    model is cast to a lower precision, as the official reward heads do.
     """
 
     extra = "models"
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
     default_variant: ClassVar[str | None] = None
-    IDENTITY_OPTIONS: ClassVar[tuple[str, ...]] = ("variant", "weights", "revision", "dtype")
+    default_dtype: ClassVar[str] = "fp32"
+    fp32_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, variant: str | None = None, *, weights: str | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
@@ -163,49 +234,126 @@ class TorchScorer(Scorer):
         self.variant = variant
         self.spec: dict[str, Any] = dict(self.variants.get(variant, {})) if variant else {}
         self.weights, self.revision = weights, revision or self.spec.get("revision")
-        self.device_option, self.dtype_option = device, dtype
+        self.device_option, self.dtype_option = device, dtype_name(dtype)
         self.batch_size, self.allow_pickle = int(batch_size), allow_pickle
         self.resolver = Resolver(offline=offline)
         self.model, self.processor, self.tokenizer = model, processor, tokenizer
         self.injected = model is not None
+        self.tokenizer_injected = tokenizer is not None
+        self.processor_injected = processor is not None
+        self._injected_identity: dict[str, Any] | None = None
+        if self.injected:
+            self._check_injected_dtype()
 
     # -- identity -------------------------------------------------------------------------------
-    def source(self, key: str = "repo") -> WeightsSource:
-        return WeightsSource(repo=self.spec.get(key), revision=self.revision if key == "repo" else None,
-                             local=self.weights if key == "repo" else None)
+    def source(self, role: str = "model") -> WeightsSource:
+        """The variant's repo at its revision, or the ``weights`` folder, as the source of ``role``'s files."""
+        return WeightsSource(repo=self.spec.get("repo"), revision=self.revision, local=self.weights, role=role)
+
+    def files(self) -> list[tuple[WeightsSource, str]]:
+        """Every file this scorer reads when nothing is injected: by default the variant's ``files``
+        ({role: names}) from its repo (or ``weights``)."""
+        return [(self.source(role), name) for role, names in self.spec.get("files", {}).items() for name in names]
 
     def weight_files(self) -> list[tuple[WeightsSource, str]]:
-        """The files this scorer reads: by default the variant's ``files`` from its repo (or ``weights``)."""
-        return [(self.source(), f) for f in self.spec.get("files", ())]
+        """The files still read: an injected model, tokenizer or processor replaces its role's files."""
+        skip = {role for role, given in (("model", self.injected), ("tokenizer", self.tokenizer_injected),
+                                         ("processor", self.processor_injected)) if given}
+        return [(src, name) for src, name in self.files() if src.role not in skip]
 
     def identity(self) -> dict[str, Any]:
-        """Name, version, variant, dtype and the SHA-256 of every weight file (no model is built)."""
-        ident = {"name": self.name, "version": self.version, "variant": self.variant,
-                 "dtype": self.dtype_option or "fp32"}
-        if self.injected:
-            ident["weights"] = {"injected": parameters_hash(self.model)}
-        else:
-            ident["weights"] = self.files_identity(self.weight_files())
+        """Name, version, variant, dtype and the SHA-256 of every file read (no model is built); injected
+        objects are described by their content (a model by a hash of its parameters).
+
+        The device is left out on purpose: a score computed on a GPU and one computed on the CPU share a
+        record key, as they differ only by float rounding (like scores from different batch sizes)."""
+        ident = {"name": self.name, "version": self.version, "variant": self.variant, "dtype": self.dtype_label(),
+                 "weights": self.files_identity(self.weight_files())}
+        if self.injected or self.tokenizer_injected or self.processor_injected:
+            if self._injected_identity is None:  # once: hashing a model is slow, and loading must not change the key
+                self._injected_identity = {
+                    **({"model": parameters_hash(self.model)} if self.injected else {}),
+                    **({"tokenizer": describe_injected(self.tokenizer)} if self.tokenizer_injected else {}),
+                    **({"processor": describe_injected(self.processor)} if self.processor_injected else {})}
+            found = dict(self._injected_identity)
+            if "model" in found:
+                ident["weights"] = {"injected": found.pop("model"), **ident["weights"]}
+            ident.update(found)
         return ident
 
     def files_identity(self, files: list[tuple[WeightsSource, str]]) -> dict[str, str]:
-        """``{repo/file: sha256}``: content, not location, so the same files moved to another folder, or
-        taken from the hub cache instead of a local copy, keep their records' keys."""
-        return {f"{src.repo}/{name}" if src.repo else name: self.resolver.sha256(src, name) for src, name in files}
+        """``{role/file: sha256}``: content and role, not location, so the same files moved to another folder,
+        taken from the hub cache instead of a local copy, or from a mirror repo keep their records' keys."""
+        return {f"{src.role}/{name}" if src.role else name: self.resolver.sha256(src, name) for src, name in files}
 
     def weights_manifest(self) -> dict[str, Any]:
         return self.resolver.manifest()
 
+    def dtype_label(self) -> str:
+        """The short name of the dtype the model computes in (an injected model's own)."""
+        if self.injected:
+            return torch_dtype_name(self._model_dtype())
+        return self.dtype_option or self.default_dtype
+
     # -- loading --------------------------------------------------------------------------------
     def load(self) -> "TorchScorer":
         if not self._loaded:
-            self.device = resolve_device(self.device_option)
-            self.dtype = resolve_dtype(self.dtype_option)
+            if self.injected:
+                self.device, self.dtype = self._injected_device(), self._model_dtype()
+            else:
+                self.device = resolve_device(self.device_option)
+                self.dtype = resolve_dtype(self.dtype_option or self.default_dtype)
             self._load()
-            if self.model is not None:
-                self.model.to(device=self.device, dtype=self.dtype).eval()
+            self._place()
             self._loaded = True
         return self
+
+    def _module(self, path: str) -> Any:
+        """The object at a dotted attribute path from the scorer (None where a part is missing)."""
+        obj: Any = self
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        return obj
+
+    def _place(self) -> None:
+        """Cast and move a loaded model (an injected one is left as it is); ``fp32_modules`` stay float32."""
+        t = torch()
+        inside = set(map(id, self.model.modules())) if self.injected else set()
+        keep = [m for m in map(self._module, self.fp32_modules) if m is not None and id(m) not in inside]
+        # .to() replaces tensors rather than writing into them, so these hold the float32 values
+        saved = [m.state_dict() for m in keep]
+        if not self.injected:
+            self.model.to(device=self.device, dtype=self.dtype)
+        self.model.eval()
+        for module, state in zip(keep, saved):
+            module.to(device=self.device, dtype=t.float32).eval()
+            module.load_state_dict(state)
+
+    def _model_dtype(self):
+        """The dtype most of an injected model's parameters are in (``fp32_modules`` aside)."""
+        kept = {id(p) for m in map(self._module, self.fp32_modules) if m is not None for p in m.parameters()}
+        sizes: dict[Any, int] = {}
+        for p in self.model.parameters():
+            if p.is_floating_point() and id(p) not in kept:
+                sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+        return max(sizes, key=sizes.get) if sizes else torch().float32
+
+    def _check_injected_dtype(self) -> None:
+        have = torch_dtype_name(self._model_dtype())
+        if self.dtype_option is not None and self.dtype_option != have:
+            raise ConfigError(f"{self.name}: the injected model is {have} but dtype={self.dtype_option}; an injected "
+                              f"model is never cast (it may be shared): cast it first, or leave dtype unset")
+
+    def _injected_device(self) -> str:
+        t = torch()
+        have = next(iter(self.model.parameters())).device
+        if self.device_option not in (None, "auto"):
+            want = t.device(self.device_option)
+            if want.type != have.type or want.index not in (None, have.index):
+                raise ConfigError(f"{self.name}: the injected model is on {have} but device={self.device_option}; an "
+                                  "injected model is never moved (it may be shared): move it first, or leave device "
+                                  "unset")
+        return str(have)
 
     # -- scoring --------------------------------------------------------------------------------
     def _score(self, items: list[tuple[Image.Image, str | None]]) -> list[ScoreResult]:
@@ -220,26 +368,51 @@ class TorchScorer(Scorer):
             else:
                 good.append(i)
         if good:
-            t = torch()
-            with t.inference_mode():
-                scored = self.score_batch([items[i][0] for i in good], [items[i][1] for i in good])
+            with torch().inference_mode():
+                try:
+                    scored = self.score_batch([items[i][0] for i in good], [items[i][1] for i in good])
+                except Exception:  # one item broke the batch: score each alone, so only that one fails
+                    scored = [self._score_alone(*items[i]) for i in good]
             for i, res in zip(good, scored):
                 results[i] = res
         return results  # type: ignore[return-value]
 
+    def _score_alone(self, image: Image.Image, prompt: str | None) -> ScoreResult:
+        try:
+            return self.score_batch([image], [prompt])[0]
+        except Exception as exc:  # any model or preprocessing error is this item's failure, not the run's
+            message = str(exc).strip().splitlines()
+            return ScoreResult(None, error=f"scoring failed: {type(exc).__name__}: {message[0] if message else ''}")
+
     def score_batch(self, images: list[Image.Image], prompts: list[str | None]) -> list[ScoreResult]:
         raise NotImplementedError
+
+    def pixels(self, images: list[Image.Image]):
+        """Images through ``self.preprocess`` as one batch on the model's device, in its dtype."""
+        return self.preprocess.batch(images).to(device=self.device, dtype=self.dtype)
 
 
 def parameters_hash(model: Any) -> str:
     """A content hash of an injected model's parameters (small models: tests, custom backbones)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def describe_injected(obj: Any) -> Any:
+    """What an injected tokenizer or processor puts into the record key: its settings where they can be read
+    (a dataclass's fields, a hash of a tokenizer's vocabulary or a processor's config), else its type."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"type": type(obj).__name__, **dataclasses.asdict(obj)}
+    for read in ("get_vocab", "to_dict"):
+        try:
+            content = json.dumps(getattr(obj, read)(), sort_keys=True, default=str)
+        except Exception:  # not readable this way: try the next, or fall back to the type
+            continue
+        return f"injected {type(obj).__name__} {read} sha256:{hashlib.sha256(content.encode()).hexdigest()}"
+    return f"injected {type(obj).__name__}"
 
 
 def unique(seq: Sequence[Any], key=id) -> tuple[list[Any], list[int]]:
@@ -261,10 +434,18 @@ def batched(seq: Sequence[Any], size: int):
 
 
 class DualEncoderScorer(TorchScorer):
-    """Scores from separately computed image and text embeddings, each distinct input encoded once."""
+    """Scores from separately computed image and text embeddings, each distinct input encoded once.
+
+    Subclasses set ``self.preprocess`` in ``_load`` and implement ``encode_pixels`` (and, when prompt-aware,
+    ``encode_texts``) and ``combine``.
+    """
+
+    def encode_pixels(self, pixel_values):
+        """Preprocessed pixels, already on the model's device and in its dtype -> image embeddings [N, D]."""
+        raise NotImplementedError
 
     def encode_images(self, images: list[Image.Image]):
-        raise NotImplementedError
+        return self.encode_pixels(self.pixels(images))
 
     def encode_texts(self, prompts: list[str]) -> tuple[Any, list[int], list[bool]]:
         raise NotImplementedError
@@ -292,20 +473,24 @@ class DualEncoderScorer(TorchScorer):
         """Training-loop API: PIL images or a float tensor [B, 3, H, W] in [0, 1] -> a score tensor [B].
 
         With a tensor input the graph is kept (no inference mode), so the score can be a reward to
-        back-propagate through; preprocessing then uses the differentiable tensor path.
+        back-propagate through; preprocessing then uses the differentiable tensor path, in float32 (CPU
+        has no bf16/fp16 antialiased bicubic, and resampling in low precision loses detail), and the
+        pixels are cast to the model's dtype after it. Embeddings of PIL images and of prompts carry no
+        graph (no_grad, not inference mode, so a head with trainable weights can still take them).
         """
         self.load()
         t = torch()
         if isinstance(images, t.Tensor):
-            img_emb = self.encode_pixels(self.preprocess.tensor(images.to(self.device, self.dtype)))
+            pixels = self.preprocess.tensor(images.to(device=self.device, dtype=t.float32))
+            img_emb = self.encode_pixels(pixels.to(self.dtype))
         else:
-            with t.inference_mode():
+            with t.no_grad():
                 img_emb = self.encode_images(list(images))
         if not self.prompt_aware:
             return self.combine(img_emb, None)
-        with t.inference_mode():
+        with t.no_grad():
             txt_emb = self.encode_texts(list(prompts or []))[0]
-        return self.combine(img_emb, txt_emb.clone())
+        return self.combine(img_emb, txt_emb)
 
 
 def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
@@ -318,7 +503,6 @@ def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
                         "description": cls.variants[key].get("description", cls.description)})
             register("scorers", key)(sub)
     return cls
-
 
 
 class CrossEncoderScorer(TorchScorer):
@@ -349,14 +533,8 @@ class CrossEncoderScorer(TorchScorer):
         return [list(c) for c in cut], [len(f) for f in full], [len(f) > self.max_length for f in full]
 
     def collate(self, rows: list[list[int]]):
-        t = torch()
         length = self.pad_to or max(len(r) for r in rows)
-        ids = t.full((len(rows), length), self.tokenizer.pad_token_id or 0, dtype=t.long)
-        mask = t.zeros((len(rows), length), dtype=t.long)
-        for k, row in enumerate(rows):
-            ids[k, :len(row)] = t.tensor(row, dtype=t.long)
-            mask[k, :len(row)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_rows(rows, self.tokenizer.pad_token_id or 0, length, self.device)
 
     def score_batch(self, images, prompts):
         t = torch()

@@ -39,12 +39,17 @@ def cache_home() -> Path:
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """One checkpoint location: a hub repo (+ revision) or a local file/folder."""
+    """One checkpoint location (a hub repo + revision, or a local file/folder) and the role its files play.
+
+    ``role`` ("model", "tokenizer", "processor", ...) names the files in record keys: the same bytes get
+    the same key whether they come from the hub cache, a local copy or a mirror repo.
+    """
 
     repo: str | None = None
     revision: str | None = None
     local: str | None = None
     subfolder: str | None = None
+    role: str | None = None
 
     def describe(self) -> str:
         if self.local:

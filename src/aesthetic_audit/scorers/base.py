@@ -9,9 +9,18 @@ preprocessing version or an option that changes numbers, and the key changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, ClassVar, Sequence
 
 from PIL import Image
+
+
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution (for scorers whose weights ship inside a package)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -90,26 +90,11 @@ class BlipItmScorer(CrossEncoderScorer):
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "blip-itm": {
             "repo": "Salesforce/blip-itm-large-coco",
-            "files": ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
-                      "vocab.txt"),
+            "files": {"model": ("config.json", "model.safetensors"), "processor": ("preprocessor_config.json",),
+                      "tokenizer": ("tokenizer_config.json", "vocab.txt")},
             "description": description,
         },
     }
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.tokenizer_injected = self.tokenizer is not None
-        self.processor_injected = self.processor is not None
-
-    def weight_files(self):
-        skip = set()
-        if self.injected:
-            skip |= {"config.json", "model.safetensors"}
-        if self.tokenizer_injected:
-            skip |= {"tokenizer_config.json", "vocab.txt"}
-        if self.processor_injected:
-            skip.add("preprocessor_config.json")
-        return [(s, f) for s, f in super().weight_files() if f not in skip]
 
     def _load(self) -> None:
         paths = {f: self.resolver.file(s, f) for s, f in self.weight_files()}
@@ -135,8 +120,7 @@ class BlipItmScorer(CrossEncoderScorer):
                               int(self.model.config.text_config.max_position_embeddings))
 
     def encode_images(self, images):
-        pixels = self.preprocess.batch(images).to(device=self.device, dtype=self.dtype)
-        return self.model.vision_model(pixel_values=pixels).last_hidden_state
+        return self.model.vision_model(pixel_values=self.pixels(images)).last_hidden_state
 
     def joint(self, image_states, input_ids, attention_mask):
         t = torch()

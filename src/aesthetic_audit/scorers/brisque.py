@@ -18,7 +18,6 @@ the package's own ``BRISQUE().score`` with the one failing conversion shimmed, t
 from __future__ import annotations
 
 import warnings
-from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,20 +26,13 @@ from PIL import Image
 from ..errors import require
 from ..images.decode import to_rgb
 from ..registry import register
-from .base import ScoreResult, Scorer
+from .base import ScoreResult, Scorer, package_version
 
 # skimage.color.rgb2gray's luma weights (ITU-R BT.709), which the package applies to [0, 1] floats.
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 _WINDOW, _WINDOW_SIGMA = 7, 7 / 6
 _MSCN_C = 1 / 255
 MIN_SIDE = 32  # below this the half-scale image is barely larger than the 7x7 window: no usable statistics
-
-
-def _package_version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def grey(image: Image.Image) -> np.ndarray:
@@ -136,7 +128,7 @@ class BrisqueScorer(Scorer):
 
     def identity(self) -> dict[str, Any]:
         # The SVM and its normalisation ship inside the package: its version pins the weights.
-        return {**super().identity(), "weights": f"brisque=={_package_version('brisque')}"}
+        return {**super().identity(), "weights": f"brisque=={package_version('brisque')}"}
 
     def _load(self) -> None:
         self._cv2 = require("cv2", "offline", "the BRISQUE scorer")

@@ -6,8 +6,9 @@ record key), files ``HPS_v2_compressed.pt`` (variant ``hpsv2``) and ``HPS_v2.1_c
 loading it needs ``allow_pickle=true`` (read with ``torch.load(weights_only=True)``), or convert it once
 with ``aesthetic-audit convert`` (``_openclip.convert_checkpoint``) into config.json +
 model.safetensors and pass that folder as ``weights``. Tokenizer files (vocab.json, merges.txt) come
-from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the standard CLIP BPE vocabulary open_clip ships), from
-the ``weights`` folder when it holds them, or from a ``tokenizer`` folder option.
+from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` pinned at the revision PickScore's processor uses (the
+standard CLIP BPE vocabulary open_clip ships), from the ``weights`` folder when it holds them, or from a
+``tokenizer`` folder option.
 
 Architecture (open_clip ``ViT-H-14``): vision 32 blocks, width 1280, 16 heads (head width 80), patch
 14, 224 px, class-token pooling with ln_post; text 24 blocks, width 1024, 16 heads, context 77, vocab
@@ -17,7 +18,7 @@ LayerNorm eps 1e-5. Mapped onto transformers' ``CLIPModel`` by ``_openclip.openc
 Preprocessing (the official ``hpsv2.score``: ``create_model_and_transforms(..., light_augmentation=True)``
 -> open_clip ``image_transform(224, is_train=False, resize_longest_max=True)`` of HPSv2's vendored
 open_clip): convert to RGB, ToTensor (/255), then ``ResizeMaxSize``: the LONGER side is scaled to 224
-(new size ``round(side * 224 / longer)``) by torchvision's tensor resize, i.e. ``F.interpolate(bicubic,
+(new size ``round(side * 224 / longer)``, at least 1) by torchvision's tensor resize, i.e. ``F.interpolate(bicubic,
 align_corners=False, antialias=True)`` on floats, without clamping, then zero-padded (black, before
 normalisation) to 224 x 224, left/top getting ``pad // 2``; then OpenAI mean/std. Not resize-shortest
 plus centre crop: the whole image is seen. ``antialias`` follows torchvision >= 0.17, whose default is
@@ -25,7 +26,8 @@ True; torchvision < 0.17 resized tensors without antialiasing (scorer option ``a
 reproduces that).
 
 Score: ``diag(image_features @ text_features.T)`` with both L2-normalised and no logit scale, i.e. the
-raw cosine (≈ 0.2-0.35 for matching pairs; the HPD benchmark reports it ×100).
+raw cosine (≈ 0.2-0.35 for matching pairs; the HPD benchmark reports it ×100). Normalisation and the
+product run in float32 whatever the model dtype, so a bf16 backbone does not round the score to bf16.
 
 Deviations from the official code, only where it fails: an RGBA image is converted to RGB (alpha
 dropped) where the official transform keeps 4 channels and the model then fails; an image whose longer
@@ -63,11 +65,10 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, register_variants, torch
+from ._clip_common import LAION_VIT_H_REPO, LAION_VIT_H_REVISION, TOKENIZER_FILES
+from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, register_variants, torch, unit
 from ._weights import WeightsSource
 
-TOKENIZER_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 CONVERTED_FILES = ("config.json", "model.safetensors")
 
 
@@ -85,8 +86,8 @@ class LetterboxPreprocess:
         F = torch().nn.functional
         h, w = x.shape[-2:]
         scale = self.size / max(h, w)
-        if scale != 1.0:
-            h, w = round(h * scale), round(w * scale)
+        if scale != 1.0:  # a side never rounds to 0 pixels: a 1 x 400 image becomes 1 x 42, not 0 x 42
+            h, w = max(1, round(h * scale)), max(1, round(w * scale))
             x = F.interpolate(x, size=[h, w], mode="bicubic", align_corners=False, antialias=self.antialias)
         pad_h, pad_w = self.size - h, self.size - w
         if pad_h or pad_w:
@@ -120,8 +121,8 @@ class HPSv2Scorer(DualEncoderScorer):
     Options (besides TorchScorer's): ``weights`` = the official .pt (file or folder holding it; needs
     ``allow_pickle``) or a converted folder (config.json + model.safetensors; preferred when a folder
     holds both) or its model.safetensors file; ``tokenizer`` = a folder
-    with vocab.json + merges.txt (or an injected tokenizer object); ``antialias`` (default true, as
-    torchvision >= 0.17 resizes tensors).
+    with vocab.json + merges.txt (or an injected tokenizer object); ``processor`` = an injected
+    LetterboxPreprocess; ``antialias`` (default true, as torchvision >= 0.17 resizes tensors).
     """
 
     name: ClassVar[str] = "hpsv2"
@@ -131,10 +132,12 @@ class HPSv2Scorer(DualEncoderScorer):
     version: ClassVar[str] = "1"
     default_variant: ClassVar[str | None] = "hpsv2"
     variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "hpsv2": {"repo": "xswu/HPSv2", "files": ["HPS_v2_compressed.pt"], "tokenizer_repo": TOKENIZER_REPO,
+        "hpsv2": {"repo": "xswu/HPSv2", "checkpoint": "HPS_v2_compressed.pt",
+                  "tokenizer_repo": LAION_VIT_H_REPO, "tokenizer_revision": LAION_VIT_H_REVISION,
                   "vision_head_width": 80, "text_head_width": 64,
                   "description": "HPSv2 human preference score: cosine of open_clip ViT-H-14 image/prompt features"},
-        "hpsv2.1": {"repo": "xswu/HPSv2", "files": ["HPS_v2.1_compressed.pt"], "tokenizer_repo": TOKENIZER_REPO,
+        "hpsv2.1": {"repo": "xswu/HPSv2", "checkpoint": "HPS_v2.1_compressed.pt",
+                    "tokenizer_repo": LAION_VIT_H_REPO, "tokenizer_revision": LAION_VIT_H_REVISION,
                     "vision_head_width": 80, "text_head_width": 64,
                     "description": "HPSv2.1 human preference score (retrained HPSv2 weights), cosine of features"},
     }
@@ -143,7 +146,6 @@ class HPSv2Scorer(DualEncoderScorer):
         folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
         super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
         self.tokenizer_dir = str(folder) if folder else None
-        self.tokenizer_injected = self.tokenizer is not None
         self.antialias = bool(antialias)
 
     # -- files ----------------------------------------------------------------------------------
@@ -155,38 +157,30 @@ class HPSv2Scorer(DualEncoderScorer):
         p = self._local()
         if p is not None and p.is_file():
             if p.suffix == ".safetensors":
-                return WeightsSource(local=str(p.parent)), ["config.json", p.name], True
-            return WeightsSource(local=str(p.parent)), [p.name], False
+                return WeightsSource(local=str(p.parent), role="model"), ["config.json", p.name], True
+            return WeightsSource(local=str(p.parent), role="model"), [p.name], False
         if p is not None and all((p / f).is_file() for f in CONVERTED_FILES):
-            return WeightsSource(local=str(p)), list(CONVERTED_FILES), True
-        return self.source(), list(self.spec["files"]), False
+            return WeightsSource(local=str(p), role="model"), list(CONVERTED_FILES), True
+        return self.source("model"), [self.spec["checkpoint"]], False
 
     def _tokenizer_source(self) -> WeightsSource:
         if self.tokenizer_dir:
-            return WeightsSource(local=self.tokenizer_dir)
+            return WeightsSource(local=self.tokenizer_dir, role="tokenizer")
         p = self._local()
         folder = p.parent if p is not None and p.is_file() else p
         if folder is not None and all((folder / f).is_file() for f in TOKENIZER_FILES):
-            return WeightsSource(local=str(folder))
-        return WeightsSource(repo=self.spec["tokenizer_repo"], revision=self.spec.get("tokenizer_revision"))
+            return WeightsSource(local=str(folder), role="tokenizer")
+        return WeightsSource(repo=self.spec["tokenizer_repo"], revision=self.spec.get("tokenizer_revision"),
+                             role="tokenizer")
 
-    def weight_files(self) -> list[tuple[WeightsSource, str]]:
-        files = []
-        if not self.injected:
-            source, names, _ = self._checkpoint()
-            files += [(source, f) for f in names]
-        if not self.tokenizer_injected:
-            files += [(self._tokenizer_source(), f) for f in TOKENIZER_FILES]
-        return files
+    def files(self) -> list[tuple[WeightsSource, str]]:
+        source, names, _ = self._checkpoint()
+        return [(source, f) for f in names] + [(self._tokenizer_source(), f) for f in TOKENIZER_FILES]
 
     def identity(self) -> dict[str, Any]:
         from ._openclip import text_fixer
 
         ident = super().identity()
-        if self.injected:  # the base hashed the parameters only; the tokenizer files still decide the tokens
-            ident["tokenizer"] = self.files_identity(self.weight_files())
-        if self.tokenizer_injected:
-            ident["tokenizer"] = f"injected {type(self.tokenizer).__name__}"
         ident["text_fix"] = text_fixer()[1]
         ident["preprocess"] = {"resize": "longest side bicubic, zero pad", "antialias": self.antialias}
         return ident
@@ -216,17 +210,13 @@ class HPSv2Scorer(DualEncoderScorer):
             vocab, merges = (self.resolver.file(source, f) for f in TOKENIZER_FILES)
             self.tokenizer = OpenClipTokenizer.from_files(
                 vocab, merges, context_length=self.model.config.text_config.max_position_embeddings)
-        self.preprocess = LetterboxPreprocess(size=self.model.config.vision_config.image_size,
-                                              antialias=self.antialias)
+        self.preprocess = self.processor or LetterboxPreprocess(size=self.model.config.vision_config.image_size,
+                                                                antialias=self.antialias)
 
     # -- encoders -------------------------------------------------------------------------------
     def encode_pixels(self, pixel_values):
         out = self.model.vision_model(pixel_values=pixel_values)
-        features = self.model.visual_projection(out.pooler_output)
-        return torch().nn.functional.normalize(features, dim=-1)
-
-    def encode_images(self, images: list[Image.Image]):
-        return self.encode_pixels(self.preprocess.batch(images).to(device=self.device, dtype=self.dtype))
+        return unit(self.model.visual_projection(out.pooler_output))
 
     def encode_texts(self, prompts: list[str]):
         t = torch()
@@ -235,8 +225,7 @@ class HPSv2Scorer(DualEncoderScorer):
         hidden = self.model.text_model(input_ids=ids).last_hidden_state  # after ln_final
         # open_clip pools at the highest token id: the end token.
         pooled = hidden[t.arange(hidden.shape[0], device=hidden.device), ids.argmax(dim=-1)]
-        features = self.model.text_projection(pooled)
-        return t.nn.functional.normalize(features, dim=-1), counts, truncated
+        return unit(self.model.text_projection(pooled)), counts, truncated
 
     def combine(self, image_emb, text_emb):
         return (image_emb * text_emb).sum(dim=-1)

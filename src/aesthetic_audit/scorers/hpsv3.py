@@ -118,8 +118,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-from ._torch import OPENAI_MEAN, OPENAI_STD, TorchScorer, batched, register_variants, resolve_device, \
-    resolve_dtype, torch, unique
+from ._torch import (OPENAI_MEAN, OPENAI_STD, TorchScorer, batched, pad_rows, register_variants, skip_init, torch,
+                     unique)
 from ._weights import WeightsError, WeightsSource, load_state_dict
 from .base import ScoreResult
 
@@ -173,7 +173,9 @@ INSTRUCTION = (
 )
 SUFFIX = "\nPlease provide the overall ratings of this image: " + REWARD_TOKEN + "\n\nEND\n"
 
-BASE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
+# the base model's files by role (an injected model brings its config, an injected tokenizer or processor theirs)
+BASE_FILES = {"model": ("config.json",), "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
+              "processor": ("preprocessor_config.json",)}
 HEAD_LAYERS = {"0": "fc1", "3": "fc2", "5": "out"}  # rm_head Sequential index -> our layer name
 
 
@@ -320,9 +322,11 @@ class HPSv3Scorer(TorchScorer):
     Options beyond TorchScorer's: ``weights`` is the folder holding ``HPSv3.safetensors`` or the checkpoint
     file itself (a ``.pth`` training output needs ``allow_pickle``); ``base`` is the base model's folder
     (config/tokenizer/preprocessor files of Qwen2-VL-7B-Instruct) or a hub repo id, ``base_revision`` its
-    revision. ``dtype`` defaults to bf16, the precision the official inference runs in. Injection:
+    revision. ``dtype`` defaults to bf16, the precision the official inference runs in (an injected model
+    runs in its own). Injection:
     ``model`` = an object with ``.backbone`` (transformers ``Qwen2VLModel``) and ``.rm_head``, together
-    with ``tokenizer`` (a Qwen2 tokenizer); ``processor`` = a ``QwenVLPreprocess``.
+    with ``tokenizer`` (a Qwen2 tokenizer); ``processor`` = a ``QwenVLPreprocess`` (else the base's
+    preprocessor_config.json is read).
     """
 
     name: ClassVar[str] = "hpsv3"
@@ -333,10 +337,12 @@ class HPSv3Scorer(TorchScorer):
     max_prompt_tokens: ClassVar[int | None] = None
     version: ClassVar[str] = "1"
     default_variant: ClassVar[str | None] = "hpsv3"
+    default_dtype: ClassVar[str] = "bf16"
+    fp32_modules: ClassVar[tuple[str, ...]] = ("model.rm_head",)  # as the official model keeps it
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "hpsv3": {
             "repo": "MizzenAI/HPSv3",
-            "files": ("HPSv3.safetensors",),
+            "checkpoint": "HPSv3.safetensors",
             "base_repo": "Qwen/Qwen2-VL-7B-Instruct",
             "base_files": BASE_FILES,
             "description": description,
@@ -344,64 +350,39 @@ class HPSv3Scorer(TorchScorer):
     }
 
     def __init__(self, variant: str | None = None, *, base: str | None = None, base_revision: str | None = None,
-                 dtype: str | None = None, **kwargs: Any):
-        super().__init__(variant, dtype=dtype or "bf16", **kwargs)
+                 **kwargs: Any):
+        super().__init__(variant, **kwargs)
         self.base, self.base_revision = base, base_revision or self.spec.get("base_revision")
-        self.options.update(base=base, base_revision=self.base_revision)
         if self.processor is not None and not isinstance(self.processor, QwenVLPreprocess):
             raise ConfigError("hpsv3: processor= must be a QwenVLPreprocess")
-        self.preprocess = self.processor
-        self.tokenizer_injected = self.tokenizer is not None
 
     # -- files ----------------------------------------------------------------------------------
-    def base_source(self) -> WeightsSource:
+    def base_source(self, role: str) -> WeightsSource:
         repo = self.spec["base_repo"]
         if self.base is None:
-            return WeightsSource(repo=repo, revision=self.base_revision)
+            return WeightsSource(repo=repo, revision=self.base_revision, role=role)
         local = Path(self.base).expanduser()
         looks_like_repo = (self.base.count("/") == 1 and not self.base.startswith((".", "/", "~"))
                            and not local.exists())
         if looks_like_repo:
-            return WeightsSource(repo=self.base, revision=self.base_revision)
-        return WeightsSource(repo=repo, local=str(local))
+            return WeightsSource(repo=self.base, revision=self.base_revision, role=role)
+        return WeightsSource(repo=repo, local=str(local), role=role)
 
     def checkpoint_name(self) -> str:
         if self.weights and Path(self.weights).expanduser().is_file():
             return Path(self.weights).expanduser().name
-        return self.spec["files"][0]
+        return self.spec["checkpoint"]
 
-    def weight_files(self) -> list[tuple[WeightsSource, str]]:
-        """The checkpoint, then the base files still needed (injected objects replace theirs)."""
-        skip = set()
-        if self.injected:  # an injected model brings its config; without a processor, the defaults apply
-            skip |= {"config.json", "preprocessor_config.json"}
-        if self.tokenizer_injected:
-            skip |= {"tokenizer.json", "tokenizer_config.json"}
-        if self.processor is not None:
-            skip.add("preprocessor_config.json")
-        files = [] if self.injected else [(self.source(), self.checkpoint_name())]
-        base = self.base_source()
-        return files + [(base, f) for f in self.spec["base_files"] if f not in skip]
+    def files(self) -> list[tuple[WeightsSource, str]]:
+        """The checkpoint, then the base model's config, tokenizer and preprocessor files."""
+        return [(self.source("model"), self.checkpoint_name())] + [
+            (self.base_source(role), name) for role, names in self.spec["base_files"].items() for name in names]
 
     # -- loading --------------------------------------------------------------------------------
-    def load(self) -> "HPSv3Scorer":
-        if not self._loaded:
-            t = torch()
-            self.device = resolve_device(self.device_option)
-            self.dtype = resolve_dtype(self.dtype_option)
-            self._load()
-            # the head stays float32 whatever the backbone's dtype, as in the official model
-            self.model.backbone.to(device=self.device, dtype=self.dtype).eval()
-            self.model.rm_head.to(device=self.device, dtype=t.float32).eval()
-            self._setup_tokens()
-            self._loaded = True
-        return self
-
     def _load(self) -> None:
         paths = {f: self.resolver.file(s, f) for s, f in self.weight_files()}
-        if self.preprocess is None:
-            self.preprocess = (QwenVLPreprocess.from_config(json.loads(paths["preprocessor_config.json"].read_text()))
-                               if "preprocessor_config.json" in paths else QwenVLPreprocess())
+        self.preprocess = self.processor or QwenVLPreprocess.from_config(
+            json.loads(paths["preprocessor_config.json"].read_text()))
         if self.tokenizer is None:
             from transformers import Qwen2Tokenizer
 
@@ -409,6 +390,7 @@ class HPSv3Scorer(TorchScorer):
         if self.model is None:
             config = self._config(json.loads(paths["config.json"].read_text()))
             self.model = self._build(config, paths[self.checkpoint_name()])
+        self._setup_tokens()
 
     @staticmethod
     def _config(raw: dict[str, Any]):
@@ -433,7 +415,7 @@ class HPSv3Scorer(TorchScorer):
             raise WeightsError(f"{checkpoint.name}: no token embedding (model.embed_tokens.weight)")
         text_config = getattr(config, "text_config", config)
         text_config.vocab_size = int(embed.shape[0])  # resized to the tokenizer + <|Reward|> in training
-        with _empty_init(), _default_dtype(self.dtype), t.device(self.device):
+        with skip_init(), _default_dtype(self.dtype), t.device(self.device):
             backbone = Qwen2VLModel(config)
         if not hasattr(backbone, "language_model") or not hasattr(backbone, "visual"):
             raise ConfigError("HPSv3 needs transformers >= 4.52 (Qwen2VLModel with .visual/.language_model)")
@@ -481,12 +463,7 @@ class HPSv3Scorer(TorchScorer):
         t = torch()
         lm = self.model.backbone.language_model
         length = max(len(r) for r in rows)
-        ids = t.full((len(rows), length), self.pad_id, dtype=t.long)
-        mask = t.zeros((len(rows), length), dtype=t.long)
-        for k, row in enumerate(rows):
-            ids[k, :len(row)] = t.tensor(row, dtype=t.long)
-            mask[k, :len(row)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = pad_rows(rows, self.pad_id, length, self.device)
         embeds = lm.embed_tokens(input=ids)
         embeds[ids == self.image_id] = t.cat(features).to(embeds.dtype)  # row-major, like masked_scatter
         positions = t.arange(length, device=self.device).view(1, 1, -1).expand(3, len(rows), -1)
@@ -494,7 +471,8 @@ class HPSv3Scorer(TorchScorer):
                     use_cache=False).last_hidden_state
         at = (ids == self.reward_id).int().argmax(dim=1)
         picked = hidden[t.arange(len(rows), device=self.device), at]
-        return self.model.rm_head(input=picked.float())
+        head = self.model.rm_head  # float32 (official), unless an injected model holds it lower
+        return head(input=picked.to(next(iter(head.parameters())).dtype))
 
     def score_batch(self, images, prompts):
         results: list[ScoreResult | None] = [None] * len(images)
@@ -545,18 +523,6 @@ class HPSv3Scorer(TorchScorer):
                 results[k] = ScoreResult(mu, tokens=tokens[j], truncated=False,
                                          extra={"sigma": float(np.exp(np.float64(log_sigma)))})
         return results  # type: ignore[return-value]
-
-
-@contextmanager
-def _empty_init():
-    """Skip random initialisation while building the backbone (every weight is loaded right after)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: initialise normally (slower, same result)
-        yield
-        return
-    with no_init_weights():
-        yield
 
 
 @contextmanager

@@ -24,7 +24,8 @@ with the official state-dict names, so the checkpoint loads key for key):
   masked with -10000 (official) / -inf (here): identical after the softmax.
 - the text encoder's last hidden state at position 0 (the [CLS] token: the score path does NOT put
   BLIP's [ENC] token there) -> ``mlp.layers`` Linear 768->1024 (0), ->128 (2), ->64 (4), ->16 (6),
-  ->1 (7), dropouts between and no activations.
+  ->1 (7), dropouts between and no activations (the LAION aesthetic MLP), run in float32 on the
+  float32-cast feature as the official code does (``.float()``), whatever ``dtype`` the rest uses.
 - score = (mlp - 0.16717362830052426) / 1.0333394966054072 (the authors' mean/std of the raw
   output), higher is better, unbounded. ``blip.vision_proj`` / ``blip.text_proj`` are unused.
 
@@ -71,10 +72,10 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ._torch import CrossEncoderScorer, ImagePreprocess, register_variants, torch
+from ._torch import (AESTHETIC_MLP_LINEARS, CrossEncoderScorer, ImagePreprocess, aesthetic_mlp, register_variants,
+                     torch)
 from ._weights import WeightsError, WeightsSource, load_state_dict
 
-MLP_LAYERS = (0, 2, 4, 6, 7)  # Linear positions in the official nn.Sequential (dropouts between)
 VIT_HEAD_DIM = 64  # BLIP's ViT-B (768/12) and ViT-L (1024/16) both use 64-wide heads
 IGNORED_KEYS = re.compile(r"^blip\.(vision_proj|text_proj)\.|position_ids$")
 
@@ -240,23 +241,13 @@ def _modules() -> Any:
             self.visual_encoder = VisionTransformer(**vit)
             self.text_encoder = TextEncoder(cfg, vit["width"])
 
-    class Mlp(nn.Module):
-        def __init__(self, dims: list[int], dropouts=(0.2, 0.2, 0.1)):
-            super().__init__()
-            parts: list[Any] = []
-            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-                parts.append(nn.Linear(a, b))
-                if i < len(dropouts):
-                    parts.append(nn.Dropout(dropouts[i]))
-            self.layers = nn.Sequential(*parts)
-
     class ImageRewardModel(nn.Module):
         """The official module tree (``blip.*``, ``mlp.layers.*``); ``reward`` returns the raw MLP output."""
 
         def __init__(self, vit: dict, cfg: dict, mlp_dims: list[int]):
             super().__init__()
             self.blip = Blip(vit, cfg)
-            self.mlp = Mlp(mlp_dims)
+            self.mlp = aesthetic_mlp(mlp_dims)
             self.image_size = vit["patch"] * math.isqrt(vit["positions"] - 1)
 
         def encode_image(self, pixels):
@@ -264,7 +255,8 @@ def _modules() -> Any:
 
         def reward(self, image_states, input_ids, attention_mask):
             features = self.blip.text_encoder(input_ids, attention_mask, image_states)[:, 0]
-            return self.mlp.layers(features).squeeze(-1)
+            # the head's own precision: float32 unless an injected model holds it lower (official: .float())
+            return self.mlp.layers(features.to(self.mlp.layers[0].weight.dtype)).squeeze(-1)
 
     return ImageRewardModel
 
@@ -296,8 +288,8 @@ def build_model(state: dict, med_config: dict):
     if (words[1], layers) != (cfg["hidden_size"], cfg["num_hidden_layers"]):
         raise WeightsError(f"med_config.json (hidden_size {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers) "
                            f"does not match the checkpoint (hidden size {words[1]}, {layers} layers)")
-    mlp_dims = [_shape(state, f"mlp.layers.{MLP_LAYERS[0]}.weight")[1]]
-    mlp_dims += [_shape(state, f"mlp.layers.{i}.weight")[0] for i in MLP_LAYERS]
+    mlp_dims = [_shape(state, f"mlp.layers.{AESTHETIC_MLP_LINEARS[0]}.weight")[1]]
+    mlp_dims += [_shape(state, f"mlp.layers.{i}.weight")[0] for i in AESTHETIC_MLP_LINEARS]
 
     with torch().device("meta"):  # no random init of ~450M parameters: the checkpoint replaces them
         model = _modules()(vit_spec, cfg, mlp_dims)
@@ -347,42 +339,39 @@ class ImageRewardScorer(CrossEncoderScorer):
         },
     }
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.tokenizer_injected = self.tokenizer is not None
+    fp32_modules: ClassVar[tuple[str, ...]] = ("model.mlp",)
 
     # -- files ----------------------------------------------------------------------------------
-    def _folder(self) -> WeightsSource:
+    def _folder(self, role: str) -> WeightsSource:
         if self.weights and Path(self.weights).expanduser().is_file():
-            return WeightsSource(repo=self.spec["repo"], local=str(Path(self.weights).expanduser().parent))
-        return self.source()
+            return WeightsSource(repo=self.spec["repo"], local=str(Path(self.weights).expanduser().parent), role=role)
+        return self.source(role)
 
     def _checkpoint(self) -> tuple[WeightsSource, str]:
         if self.weights:
             path = Path(self.weights).expanduser()
             if path.is_file():
-                return self._folder(), path.name
+                return self._folder("model"), path.name
             for name in self.spec["checkpoints"]:
                 if (path / name).is_file():
-                    return self._folder(), name
-        return self._folder(), self.spec["checkpoint"]
+                    return self._folder("model"), name
+        return self._folder("model"), self.spec["checkpoint"]
 
     def _vocab(self) -> tuple[WeightsSource, str]:
-        folder = self._folder()
+        folder = self._folder("tokenizer")
         if folder.local and (Path(folder.local).expanduser() / self.spec["vocab"]).is_file():
             return folder, self.spec["vocab"]
-        return WeightsSource(repo=self.spec["tokenizer_repo"]), self.spec["vocab"]
+        return WeightsSource(repo=self.spec["tokenizer_repo"], role="tokenizer"), self.spec["vocab"]
 
-    def weight_files(self) -> list[tuple[WeightsSource, str]]:
-        files = [self._checkpoint(), (self._folder(), self.spec["config"])]
-        return files + ([] if self.tokenizer_injected else [self._vocab()])
+    def files(self) -> list[tuple[WeightsSource, str]]:
+        return [self._checkpoint(), (self._folder("model"), self.spec["config"]), self._vocab()]
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self) -> None:
         if self.model is None:
             source, name = self._checkpoint()
             state = load_state_dict(self.resolver.file(source, name), allow_pickle=self.allow_pickle)
-            config_path = self.resolver.file(self._folder(), self.spec["config"])
+            config_path = self.resolver.file(self._folder("model"), self.spec["config"])
             try:
                 med_config = json.loads(config_path.read_text())
             except ValueError as exc:
@@ -397,12 +386,13 @@ class ImageRewardScorer(CrossEncoderScorer):
             # must stay one token, as in the official code.
             self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
         self.max_length = self.pad_to = int(self.spec["max_length"])
-        self.preprocess = ImagePreprocess(self.model.image_size, "shortest", crop=True)
+        # torchvision's CenterCrop, as the official transform: the offset rounds (half to even)
+        self.preprocess = self.processor or ImagePreprocess(self.model.image_size, "shortest", crop=True,
+                                                            crop_offset="round")
 
     # -- scoring --------------------------------------------------------------------------------
     def encode_images(self, images):
-        pixels = self.preprocess.batch(images).to(device=self.device, dtype=self.dtype)
-        return self.model.encode_image(pixels)
+        return self.model.encode_image(self.pixels(images))
 
     def joint(self, image_states, input_ids, attention_mask):
         raw = self.model.reward(image_states, input_ids, attention_mask).float()

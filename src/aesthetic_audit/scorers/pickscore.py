@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._clip_common import CLIPDualEncoder
+from ._clip_common import LAION_VIT_H_REPO, LAION_VIT_H_REVISION, CLIPDualEncoder
 from ._torch import register_variants
 
 
@@ -56,8 +56,8 @@ class PickScoreScorer(CLIPDualEncoder):
             "repo": "yuvalkirstain/PickScore_v1",
             "revision": "dc2ed378e35ed7046987c680120123faa75b4559",
             "weights_file": "model.safetensors",
-            "processor_repo": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-            "processor_revision": "94a64189c3535c1cb44acfcccd7b0908c1c8eb23",
+            "processor_repo": LAION_VIT_H_REPO,
+            "processor_revision": LAION_VIT_H_REVISION,
             "crop_offset": "floor",  # transformers' CLIPImageProcessor
             "description": "PickScore v1 (CLIP ViT-H/14 tuned on Pick-a-Pic): logit scale x cosine",
         },
