@@ -8,23 +8,37 @@ returns 0, so the backoff sequence is exact.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import socketserver
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from aesthetic_audit import registry
-from aesthetic_audit.config import LLMConfig, PromptsConfig
+from aesthetic_audit.clients import EndpointUnreachable, OpenAICompatClient, RequestFailed
+from aesthetic_audit.config import LLMConfig, PromptsConfig, load_config
+from aesthetic_audit.dimensions import load_catalogue
 from aesthetic_audit.errors import ConfigError
 from aesthetic_audit.prompts.rewriters import llm
 from aesthetic_audit.prompts.rewriters.base import Effect, RewriteRequest
-from aesthetic_audit.prompts.rewriters.llm import MAX_RETRY_AFTER_S, LLMRewriter
+from aesthetic_audit.clients.openai_compat import MAX_BACKOFF_S, MAX_RETRY_AFTER_S
+from aesthetic_audit.prompts.rewriters.llm import LLMRewriter
+from aesthetic_audit.prompts.stage import run_prompts
+from aesthetic_audit.store import RunStore
+from fake_llm import FakeChat
 
 KEY_ENV = "AESTHETIC_AUDIT_TEST_LLM_KEY"
+SECRET = "sk-test-0123456789abcdef"
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 EFFECTS = (
     Effect("clarity", "the whole image is blurry and out of focus", ("heavy blur", "soft focus")),
@@ -108,6 +122,11 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 action = fake.next_action(body, dict(self.headers), self.path)
                 time.sleep(action.get("delay", 0))
+            finally:
+                # Before the reply goes out: once the client has it, its next request may arrive at once.
+                with fake.lock:
+                    fake.in_flight -= 1
+            try:
                 self.send_response(action["status"])
                 for name, value in action.get("headers", {}).items():
                     self.send_header(name, value)
@@ -117,9 +136,6 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(action["body"])
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and hung up, as the timeout tests intend
-            finally:
-                with fake.lock:
-                    fake.in_flight -= 1
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -129,8 +145,8 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)  # urllib would send 127.0.0.1 through a proxy
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)  # httpx would send 127.0.0.1 through a proxy
     monkeypatch.delenv(KEY_ENV, raising=False)
     fake = FakeLLM()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
@@ -147,8 +163,15 @@ def make(fake: FakeLLM, sleeps: list[float] | None = None, rand: float = 0.0, **
     cfg.setdefault("backoff_s", 0.01)
     cfg.setdefault("timeout_s", 2.0)
     config = LLMConfig(base_url=fake.base_url, model="test-model", api_key_env=KEY_ENV, **cfg)
-    record = sleeps.append if sleeps is not None else (lambda s: None)
-    return LLMRewriter(config, sleep=record, rand=lambda: rand)
+    return LLMRewriter(config, sleep=recorder(sleeps), rand=lambda: rand)
+
+
+def recorder(sleeps: list[float] | None):
+    """A sleep that records the wait instead of waiting."""
+    async def sleep(seconds: float) -> None:
+        if sleeps is not None:
+            sleeps.append(seconds)
+    return sleep
 
 
 def req(key: str, seed: int = 7, max_words: int = 70) -> RewriteRequest:
@@ -220,7 +243,7 @@ def test_backoff_is_capped(server):
     server.script("item-01", status(500), status(500), ok("blurry dark dog"))
     sleeps: list[float] = []
     make(server, sleeps, backoff_s=50.0).rewrite(req("item-01"))
-    assert sleeps == pytest.approx([50.0, llm.MAX_BACKOFF_S])
+    assert sleeps == pytest.approx([50.0, MAX_BACKOFF_S])
 
 
 def test_429_honours_retry_after_capped(server):
@@ -276,15 +299,20 @@ def test_malformed_response_body_is_retried(server):
     assert result.meta["reasks"] == 0
 
 
-def test_connection_refused_is_retried_then_reported():
+def closed_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_connection_refused_is_retried_then_reported():
     sleeps: list[float] = []
-    config = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, max_retries=2, backoff_s=0.01)
-    result = LLMRewriter(config, sleep=sleeps.append, rand=lambda: 0.0).rewrite(req("item-01"))
+    config = LLMConfig(base_url=closed_url(), api_key_env=KEY_ENV, max_retries=2, backoff_s=0.01)
+    result = LLMRewriter(config, sleep=recorder(sleeps), rand=lambda: 0.0).rewrite(req("item-01"))
     assert result.prompt is None
-    assert "connection error" in result.error and "gave up after 3 attempts" in result.error
+    assert "connection error" in result.error and "Connection refused" in result.error
+    assert "gave up after 3 attempts" in result.error
     assert sleeps == pytest.approx([0.01, 0.02])
 
 
@@ -480,3 +508,269 @@ def test_registered_as_llm():
 def test_from_config_uses_the_llm_section():
     rewriter = LLMRewriter.from_config(PromptsConfig(rewriter="llm", llm=LLMConfig(model="m9", concurrency=3)))
     assert rewriter.config.model == "m9" and rewriter.config.concurrency == 3
+
+
+# --- deadlines, redirects, reply size, the key (the shared client) ------------------------------------------
+
+class RawServer:
+    """Replies to every request with ``reply(write)``, for replies the scripted server cannot make
+    (trickles, endless bodies). Counts connections, and notes when the client hung up mid-reply."""
+
+    def __init__(self, reply: Callable[[Callable[[bytes], None]], None]):
+        self.connections = 0
+        self.requests: list[dict[str, Any]] = []
+        self.hung_up = threading.Event()
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                lines = []
+                while (line := self.rfile.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    lines.append(line.decode("latin-1"))
+                length = next((int(v) for k, _, v in (x.partition(":") for x in lines[1:])
+                               if k.strip().lower() == "content-length"), 0)
+                outer.requests.append({"request_line": lines[0].strip() if lines else "", "lines": lines,
+                                       "body": self.rfile.read(length)})
+                try:
+                    reply(self.wfile.write)
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.hung_up.set()
+
+        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def raw_server(monkeypatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    started: list[RawServer] = []
+
+    def start(reply: Callable[[Callable[[bytes], None]], None]) -> RawServer:
+        started.append(RawServer(reply))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.close()
+
+
+def envelope_bytes(prompt: str) -> bytes:
+    return ok(prompt)["body"]
+
+
+@pytest.mark.parametrize("trickled", ["headers", "body"])
+def test_deadline_covers_the_whole_reply_however_slowly_it_trickles(raw_server, trickled):
+    body = envelope_bytes("blurry dark dog")
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    reply = head + body
+    at = 0 if trickled == "headers" else len(head)
+    sent = []
+
+    def trickle(write):
+        write(reply[:at])
+        for i in range(at, len(reply)):  # one byte every 50 ms: 0.5 s buys about 10 bytes
+            time.sleep(0.05)
+            write(reply[i:i + 1])
+            sent.append(i)
+
+    srv = raw_server(trickle)
+    config = LLMConfig(base_url=srv.base_url, api_key_env=KEY_ENV, timeout_s=0.5, max_retries=0)
+    result = LLMRewriter(config).rewrite(req("item-01"))
+
+    assert result.prompt is None
+    assert result.error.startswith("timed out after 0.5 s")
+    assert srv.hung_up.wait(10)
+    # A per-read timeout would have read all of it: each byte came within 50 ms.
+    assert len(reply) - at > 150 and len(sent) < 100
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirect_fails_the_item_naming_the_location_and_the_key_never_leaves(server, raw_server, monkeypatch,
+                                                                               code):
+    other = raw_server(lambda write: write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    location = other.base_url + "/chat/completions"
+    server.script("item-01", {"status": code, "body": b"", "headers": {"Location": location}}, ok("never"))
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    sleeps: list[float] = []
+    result = make(server, sleeps).rewrite(req("item-01"))
+
+    assert result.prompt is None
+    assert f"redirected (HTTP {code}) to {location}" in result.error
+    assert "prompts.llm.base_url" in result.error
+    assert other.connections == 0  # nothing at all went to the other origin, so neither did the key
+    assert len(server.requests("item-01")) == 1 and sleeps == []  # not retried
+    assert server.requests("item-01")[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_reply_cap_is_exact(server):
+    size = len(envelope_bytes("blurry dark dog"))
+    server.script("item-01", ok("blurry dark dog"))
+    assert make(server, max_reply_bytes=size).rewrite(req("item-01")).prompt == "blurry dark dog"
+    server.script("item-02", ok("blurry dark dog"), ok("blurry dark dog"))
+    result = make(server, max_reply_bytes=size - 1).rewrite(req("item-02"))
+    assert result.prompt is None
+    assert f"is larger than {size - 1} bytes" in result.error and "prompts.llm.max_reply_bytes" in result.error
+    assert len(server.requests("item-02")) == 1  # the same request would get the same reply: not retried
+
+
+def test_reply_without_length_is_cut_at_the_cap_not_read_to_the_end(raw_server):
+    total = 64 * 2**20
+    written = []
+
+    def endless(write):
+        write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        chunk = b" " * 65536
+        for _ in range(total // len(chunk)):
+            write(chunk)
+            written.append(len(chunk))
+
+    srv = raw_server(endless)
+    config = LLMConfig(base_url=srv.base_url, api_key_env=KEY_ENV, max_reply_bytes=1000)
+    result = LLMRewriter(config).rewrite(req("item-01"))
+    assert result.prompt is None and "is larger than 1000 bytes" in result.error
+    assert srv.hung_up.wait(10) and sum(written) < total
+
+
+def test_post_json_sends_any_path_and_returns_the_decoded_reply(raw_server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reply = json.dumps({"data": [{"b64_json": "AAAA"}]}).encode()
+    srv = raw_server(lambda write: write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         + f"Content-Length: {len(reply)}\r\n\r\n".encode() + reply))
+    client = OpenAICompatClient(srv.base_url + "/", api_key_env=KEY_ENV)
+
+    async def generate(prompt: str) -> Any:
+        return await client.post_json("images/generations", {"model": "m", "prompt": prompt})
+
+    assert list(client.map(generate, ["a murky dog"], concurrency=1)) == [(0, {"data": [{"b64_json": "AAAA"}]})]
+    [sent] = srv.requests
+    assert sent["request_line"] == "POST /v1/images/generations HTTP/1.1"
+    assert json.loads(sent["body"]) == {"model": "m", "prompt": "a murky dog"}
+
+
+def test_key_echoed_by_the_server_is_scrubbed_from_the_error(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script("item-01", status(401, f"Incorrect API key provided: {SECRET}"))
+    server.script("item-02", default=status(500, f"upstream rejected {SECRET}"))
+    rewriter = make(server, max_retries=1)
+    results = dict(rewriter.rewrite_iter([req("item-01"), req("item-02")]))
+    assert results[0].error.startswith("HTTP 401") and "Incorrect API key provided: [API key]" in results[0].error
+    assert results[1].error == "HTTP 500: upstream rejected [API key] (gave up after 2 attempts)"
+    assert all(SECRET not in json.dumps([r.error, r.meta]) for r in results.values())
+
+
+# --- a dead endpoint, Ctrl-C ---------------------------------------------------------------------------------
+
+def test_unreachable_items_are_held_until_another_gets_through_and_dropped_when_the_endpoint_is_dead(server):
+    dead = OpenAICompatClient(closed_url(), api_key_env=KEY_ENV, max_retries=0, max_connection_failures=3)
+    live = OpenAICompatClient(server.base_url, api_key_env=KEY_ENV, max_retries=0)
+    kinds = ["dead", "dead", "live", "dead", "dead", "dead", "live"]
+    calls = []
+
+    async def call(kind: str) -> str:
+        calls.append(kind)
+        client = dead if kind == "dead" else live
+        try:
+            await client.chat([{"role": "system", "content": ""}, {"role": "user", "content": "item-01"}],
+                              model="m")
+            return "ok"
+        except RequestFailed as exc:
+            return "failed: connection error" if "connection error" in str(exc) else str(exc)
+
+    got = []
+    with pytest.raises(EndpointUnreachable, match="3 items in a row could not connect"):
+        for pair in live.map(call, kinds, concurrency=1):
+            got.append(pair)
+    # 0 and 1 are real failures (2 got through after them); 3-5 are dropped, never tried in earnest; 6 never ran
+    assert got == [(0, "failed: connection error"), (1, "failed: connection error"), (2, "ok")]
+    assert calls == kinds[:6]
+
+
+def _llm_config(base_url: str, n: int, **llm: Any):
+    overrides = {"prompts.rewriter": "llm", "prompts.n": n, "prompts.llm.base_url": base_url,
+                 "prompts.llm.api_key_env": KEY_ENV}
+    overrides.update({f"prompts.llm.{k}": v for k, v in llm.items()})
+    return load_config(None, overrides)
+
+
+def test_dead_endpoint_stops_the_stage_with_one_error_after_a_few_attempts(tmp_path, caplog, monkeypatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    url = closed_url()
+    config = _llm_config(url, 50, max_retries=2, backoff_s=0, concurrency=4)
+    sleeps: list[float] = []
+    store = RunStore(tmp_path)
+    with pytest.raises(EndpointUnreachable) as err:
+        run_prompts(store, config, load_catalogue(), rewriter=LLMRewriter(config.prompts.llm, sleep=recorder(sleeps)))
+
+    message = str(err.value)
+    assert url in message and "Connection refused" in message
+    assert "prompts.llm.base_url" in message and "server is running" in message
+    assert "3 items in a row could not connect (3 attempts each)" in message
+    # At most 3 + (concurrency - 1) items were started, 2 retries each; without the stop: 50 * 2.
+    assert len(sleeps) <= 6 * 2
+    assert list(store.records("prompts")) == []  # nothing stored as failed: a rerun tries every item
+    assert not [r for r in caplog.records if r.getMessage().startswith("failed:")]
+
+
+def test_items_done_before_the_endpoint_died_stay_stored(tmp_path, monkeypatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    store = RunStore(tmp_path)
+    with FakeChat(die_after=5) as server:
+        config = _llm_config(server.base_url, 30, max_retries=1, backoff_s=0, concurrency=1)
+        with pytest.raises(EndpointUnreachable):
+            run_prompts(store, config, load_catalogue())
+        answered = server.answered
+    records = list(store.records("prompts"))
+    assert answered >= 5
+    assert len(records) == answered and all(r.status == "ok" for r in records)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+    env[KEY_ENV] = SECRET
+    return env
+
+
+def _stored(run) -> int:
+    try:
+        db = sqlite3.connect(run / "records.sqlite", timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM records WHERE status = 'ok'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_ctrl_c_stops_the_stage_at_once_and_keeps_what_was_done(tmp_path):
+    run = tmp_path / "run"
+    # 5 replies at once, then replies that would take 10 minutes, like the deadline and the backoff waits.
+    with FakeChat(delay_s=600, fast=5) as server:
+        cmd = [sys.executable, "-m", "aesthetic_audit.cli", "-q", "prompts", str(run), "--rewriter", "llm",
+               "-n", "40", "--set", f"prompts.llm.base_url={server.base_url}",
+               "--set", f"prompts.llm.api_key_env={KEY_ENV}", "--set", "prompts.llm.concurrency=2",
+               "--set", "prompts.llm.timeout_s=600"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), text=True)
+        try:
+            deadline = time.monotonic() + 60  # a hang guard, not a speed test
+            while not (server.requests >= 7 and _stored(run) == 5):
+                assert proc.poll() is None and time.monotonic() < deadline, "the stage never got going"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)  # before the change it waited for the 600 s requests
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert _stored(run) == 5

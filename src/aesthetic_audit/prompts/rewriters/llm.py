@@ -2,29 +2,25 @@
 
 The paper's protocol (design §4): an instruction-tuned LLM at temperature 0.1 rewrites a caption plus the
 anti-aesthetic descriptions of 2-4 dimensions into one generation prompt under 70 words, effects first,
-nothing added. Only the standard library is used (urllib + threads), so this backend needs no extra.
+nothing added. The HTTP side (deadlines, retries, redirects refused, reply cap, dead-endpoint stop) is the
+shared :class:`~aesthetic_audit.clients.OpenAICompatClient`.
 
 Failures stay per item: a request that fails after every retry and re-ask comes back as
-``RewriteResult(prompt=None, error=...)``; nothing is raised and nothing is dropped.
+``RewriteResult(prompt=None, error=...)``; nothing is dropped. Only a dead endpoint raises
+(:class:`~aesthetic_audit.clients.EndpointUnreachable`), stopping the stage with one message.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
-import math
-import os
 import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
+from ...clients import OpenAICompatClient, RequestFailed
 from ...config import LLMConfig
-from ...errors import ConfigError
+from ...errors import AuditError
 from ...hashing import spec_hash
 from ...registry import register
 from .base import RewriteRequest, RewriteResult, Rewriter, word_count
@@ -61,24 +57,12 @@ REASK_TEMPLATE = """\
 That reply cannot be used: {problem}. Answer again following every rule above: one prompt with fewer than \
 {max_words} words, the listed effects first, nothing added, and only the JSON object {{"prompt": "..."}}."""
 
-MAX_BACKOFF_S = 60.0        # exponential growth stops here
-MAX_RETRY_AFTER_S = 120.0   # a server asking for longer is not waited on beyond this
-JITTER = 0.25               # up to +25% on each wait, so concurrent workers do not retry in lockstep
-
-# 408 and 429 are "try again later"; every 5xx may be transient. Other 4xx mean the request itself is wrong.
-_RETRYABLE_4XX = frozenset({408, 429})
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)\s*```", re.DOTALL)
 # Reasoning models served without a reasoning parser put their thoughts in the content.
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)\s*```", re.DOTALL)
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class _Failed(Exception):
+class _NoUsableReply(Exception):
     """The item is lost: the message is its error."""
 
 
@@ -94,16 +78,13 @@ class LLMRewriter(Rewriter):
     description = "an LLM over an OpenAI-compatible chat-completions endpoint rewrites caption + effects"
     version = "1"
 
-    def __init__(self, config: LLMConfig | None = None, *, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, config: LLMConfig | None = None, *,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random):
-        """Contacts nothing. ``sleep`` and ``rand`` (the jitter source, in [0, 1)) are injectable for tests."""
+        """Contacts nothing. ``sleep`` (awaited between retries) and ``rand`` (the jitter source, in [0, 1))
+        are injectable for tests."""
         self.config = config or LLMConfig()
-        if not self.config.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"llm.base_url {self.config.base_url!r} must start with http:// or https://, "
-                              "e.g. http://localhost:8000/v1")
-        self.url = self.config.base_url.rstrip("/") + "/chat/completions"
-        self._sleep = sleep
-        self._rand = rand
+        self.client = OpenAICompatClient.from_config(self.config, settings="prompts.llm", sleep=sleep, rand=rand)
 
     @classmethod
     def from_config(cls, prompts_config: Any) -> "LLMRewriter":
@@ -128,40 +109,36 @@ class LLMRewriter(Rewriter):
         return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": user}]
 
     def rewrite(self, request: RewriteRequest) -> RewriteResult:
-        return self._rewrite(request, threading.Event())
+        [(_, result)] = self.client.map(self._rewrite, [request], concurrency=1)
+        return result
 
     def rewrite_iter(self, requests: Sequence[RewriteRequest]) -> Iterator[tuple[int, RewriteResult]]:
-        """Up to ``concurrency`` requests in flight; yields ``(index, result)`` in order of completion."""
-        requests = list(requests)
-        if not requests:
-            return
-        stop = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(requests)),
-                                  thread_name_prefix="llm-rewriter")
-        try:
-            futures = {pool.submit(self._rewrite, req, stop): i for i, req in enumerate(requests)}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        finally:
-            # A consumer that stops early (Ctrl-C, an error storing a result) must not wait for the whole queue.
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Up to ``concurrency`` requests in flight; yields ``(index, result)`` in order of completion.
 
-    def _rewrite(self, request: RewriteRequest, stop: threading.Event) -> RewriteResult:
+        Raises :class:`EndpointUnreachable` when items in a row cannot connect (see the client); closing
+        the iterator, or Ctrl-C while it runs, cancels every request in flight.
+        """
+        yield from self.client.map(self._rewrite, requests, concurrency=self.config.concurrency)
+
+    async def _rewrite(self, request: RewriteRequest) -> RewriteResult:
         meta: dict[str, Any] = {"attempts": 0, "retries": 0, "reasks": 0, "model": self.config.model,
                                 "finish_reason": None, "seed": request.seed}
         try:
-            return self._converse(request, stop, meta)
-        except _Failed as exc:
+            return await self._converse(request, meta)
+        except (RequestFailed, _NoUsableReply) as exc:
             return RewriteResult(prompt=None, error=str(exc), meta=meta)
+        except AuditError:
+            raise  # a dead endpoint stops the stage
         except Exception as exc:  # a bug here must still leave a record for the item, not end the run
             return RewriteResult(prompt=None, error=f"unexpected {type(exc).__name__}: {exc}", meta=meta)
 
-    def _converse(self, request: RewriteRequest, stop: threading.Event, meta: dict[str, Any]) -> RewriteResult:
+    async def _converse(self, request: RewriteRequest, meta: dict[str, Any]) -> RewriteResult:
         messages = self.build_messages(request)
         turn = 0
         while True:
-            envelope = self._call(messages, request.seed, stop, meta)
+            envelope = await self.client.chat(
+                messages, meta=meta, model=self.config.model, temperature=self.config.temperature,
+                seed=request.seed, response_format={"type": "json_object"})
             choice = envelope["choices"][0]
             meta["finish_reason"] = choice.get("finish_reason")
             if isinstance(envelope.get("model"), str):
@@ -175,7 +152,7 @@ class LLMRewriter(Rewriter):
                 problem += " (the reply was cut off at the token limit)"
             if turn == self.config.max_reasks:
                 meta["last_reply"] = content[:500] if isinstance(content, str) else None
-                raise _Failed(f"no usable reply after {turn} re-asks: {problem}")
+                raise _NoUsableReply(f"no usable reply after {turn} re-asks: {problem}")
             # The re-ask shows the model its own bad reply and says what was wrong with it.
             messages = messages + [
                 {"role": "assistant", "content": content if isinstance(content, str) else ""},
@@ -183,83 +160,6 @@ class LLMRewriter(Rewriter):
             ]
             turn += 1
             meta["reasks"] = turn
-
-    def _call(self, messages: list[dict[str, str]], seed: int, stop: threading.Event,
-              meta: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion, retried on transient failures; returns a validated envelope."""
-        body = json.dumps({
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "seed": seed,
-            "response_format": {"type": "json_object"},
-        }).encode("utf-8")
-        attempt = 0
-        while True:
-            if stop.is_set():
-                raise _Failed("cancelled: the caller stopped reading results")
-            meta["attempts"] += 1
-            try:
-                return self._post(body)
-            except _Retryable as exc:
-                if attempt == self.config.max_retries:
-                    raise _Failed(f"{exc} (gave up after {attempt + 1} attempts)") from None
-                meta["retries"] += 1
-                self._sleep(self._delay(attempt, exc.retry_after))
-                attempt += 1
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            base = min(retry_after, MAX_RETRY_AFTER_S)
-        else:
-            base = min(self.config.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
-        return base * (1 + JITTER * self._rand())
-
-    def _post(self, body: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "aesthetic-audit"}
-        # Read per request so a key exported mid-run is used; unset means a local server that needs none.
-        key = os.environ.get(self.config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        timeout = self.config.timeout_s
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            status, message = exc.code, _error_message(_read_quietly(exc))
-            if status in _RETRYABLE_4XX or status >= 500:
-                raise _Retryable(f"HTTP {status}: {message}", _retry_after(exc.headers)) from None
-            raise _Failed(f"HTTP {status} from POST {self.url} (not retried): {message}"
-                          f"{self._hint(status)}") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Retryable(f"timed out after {timeout:g} s connecting to {self.url}") from None
-            raise _Retryable(f"connection error to {self.url}: {exc.reason}") from None
-        except TimeoutError:
-            raise _Retryable(f"timed out after {timeout:g} s waiting for {self.url}") from None
-        except (http.client.HTTPException, OSError) as exc:
-            raise _Retryable(f"connection error to {self.url}: {type(exc).__name__}: {exc}") from None
-        # A 200 whose body is not a chat completion is a proxy or server glitch: retry, as for a 5xx.
-        try:
-            envelope = json.loads(raw)
-        except ValueError:
-            raise _Retryable(f"response body is not JSON: {raw[:200]!r}") from None
-        choices = envelope.get("choices") if isinstance(envelope, dict) else None
-        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)
-                and isinstance(choices[0].get("message"), dict)):
-            detail = _error_message(raw) if isinstance(envelope, dict) and "error" in envelope else raw[:200]
-            raise _Retryable(f"response has no choices[0].message: {detail!r}")
-        return envelope
-
-    def _hint(self, status: int) -> str:
-        if status in (401, 403):
-            state = "set" if os.environ.get(self.config.api_key_env) else "unset, so no key was sent"
-            return f"; check the API key in ${self.config.api_key_env} ({state})"
-        if status == 404:
-            return f"; check llm.base_url ({self.config.base_url}) and llm.model ({self.config.model})"
-        return ""
 
 
 def parse_reply(message: dict[str, Any], max_words: int) -> tuple[str | None, str]:
@@ -295,36 +195,3 @@ def _add_usage(meta: dict[str, Any], usage: Any) -> None:
     for key, value in usage.items():
         if isinstance(value, int) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
-
-
-def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
-    try:
-        return exc.read()
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _error_message(raw: bytes) -> str:
-    """The error text from OpenAI-style ({"error": {"message"}}), FastAPI ({"detail"}) or plain bodies."""
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return str(err)[:300]
-    return text[:300]
-
-
-def _retry_after(headers: Any) -> float | None:
-    """A numeric Retry-After (seconds); the HTTP-date form is rare for APIs and falls back to backoff."""
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
