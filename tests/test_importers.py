@@ -6,6 +6,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +90,15 @@ def test_folder_pairs(tmp_path: Path) -> None:
 
     assert detect_format(root) == "folder"
     store = RunStore(tmp_path / "run")
-    calls: list[int] = []
-    summary = import_pairs(root, store, progress=calls.append)
+    totals: list[int] = []
+
+    def progress(rows, total):
+        totals.append(total)
+        return rows
+
+    summary = import_pairs(root, store, progress=progress)
     assert summary == ImportSummary(ok=2, failed=3, skipped_existing=0)
-    assert calls == [1] * 5
+    assert totals == [5]  # four prompts rows and the orphan image, counted before the first is read
 
     records = _all(store)
     assert [r.item for r in records] == ["prompts.csv:row 1", "prompts.csv:row 2", "prompts.csv:row 3",
@@ -143,7 +150,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     _write(folder / "imgs" / "1o.png", one_o)
     _write(folder / "imgs" / "1a.png", one_a)
     _write(folder / "imgs" / "2o.png", two_o)
-    two_a_path = _write(tmp_path / "elsewhere" / "2a.png", two_a)  # absolute paths work too
+    two_a_path = _write(folder / "more" / "2a.png", two_a)  # absolute paths inside the folder work too
     manifest = folder / "pairs.csv"
     with manifest.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -337,3 +344,144 @@ def test_hf_table_missing_columns_is_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"prompt_original": ["x"]}), tmp_path / "x.parquet")
     with pytest.raises(InputError, match="image_o or image_original"):
         import_pairs(tmp_path / "x.parquet", RunStore(tmp_path / "run"))
+
+
+# -- what a manifest may make the import read ----------------------------------------------------
+
+def _manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_o", "image_a", "p_o", "p_a"])
+        for n, (image_o, image_a) in enumerate(rows):
+            w.writerow([image_o, image_a, f"p{n}", f"p{n}, ugly"])
+    return path
+
+
+def test_manifest_paths_read_only_regular_files_inside_its_folder(tmp_path: Path, monkeypatch) -> None:
+    from aesthetic_audit.images import decode
+
+    folder = tmp_path / "data"
+    good_o, good_a = _write(folder / "o.png", _encoded(_image(70))), _write(folder / "a.png", _encoded(_image(71)))
+    outside = _write(tmp_path / "secret.png", _encoded(_image(72)))
+    os.mkfifo(folder / "pipe.png")  # nobody writes: a blocking read would hang the import
+    (folder / "link.png").symlink_to(outside)  # inside by name, outside once resolved
+    big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    _write(folder / "big.png", _encoded(Image.fromarray(big)))
+    monkeypatch.setattr(decode, "MAX_FILE_BYTES", 4096)
+    manifest = _manifest(folder / "pairs.csv", [
+        ("o.png", "a.png"), ("o.png", "../secret.png"), ("o.png", str(outside)), ("o.png", "/dev/zero"),
+        ("o.png", "pipe.png"), ("o.png", "link.png"), ("o.png", "big.png"), ("o.png", "../" * 40 + "etc/passwd")])
+    store = RunStore(tmp_path / "run")
+    assert import_pairs(manifest, store) == ImportSummary(ok=1, failed=7, skipped_existing=0)
+    errors = {int(r.item.split()[-1]): r.error for r in _all(store) if r.status == "failed"}
+    for n, shown in ((2, "../secret.png"), (3, str(outside)), (4, "/dev/zero"), (6, "link.png"),
+                     (8, "../" * 40 + "etc/passwd")):
+        assert errors[n] == (f"image {shown}: resolves outside {folder}; pass --allow-outside "
+                             "(allow_outside=True) to read images from elsewhere")
+    assert errors[5] == "image pipe.png: is a FIFO; only regular files are read"
+    assert errors[7].startswith("image big.png: ") and "exceeds the file size limit of 0.00390625 MiB" in errors[7]
+    (ok,) = _all(store)[:1]
+    assert (ok.item, ok.data["image_o"], ok.data["image_a"]) == (
+        "pairs.csv:row 1", _stored_sha(good_o.read_bytes()), _stored_sha(good_a.read_bytes()))
+
+    # The opt-in reads paths elsewhere; devices, FIFOs and the size limit still hold.
+    store = RunStore(tmp_path / "run2")
+    assert import_pairs(manifest, store, allow_outside=True) == ImportSummary(ok=4, failed=4, skipped_existing=0)
+    errors = {int(r.item.split()[-1]): r.error for r in _all(store) if r.status == "failed"}
+    assert errors[4] == "image /dev/zero: is a character device; only regular files are read"
+    assert errors[5] == "image pipe.png: is a FIFO; only regular files are read"
+    assert "exceeds the file size limit" in errors[7]
+    assert errors[8] == "image " + "../" * 40 + "etc/passwd: not a recognised image format"
+
+
+def _jpeg_exif_pillow_cannot_rewrite() -> bytes:
+    """Orientation 6 and an XResolution stored as ASCII: Pillow's exif_transpose raises TypeError."""
+    entries = [(0x011A, 2, 8, b"seventy\0"), (0x0112, 3, 1, struct.pack("<H", 6))]
+    table = b"".join(struct.pack("<HHI", tag, kind, count) + (struct.pack("<I", 38) if len(v) > 4 else v.ljust(4, b"\0"))
+                     for tag, kind, count, v in entries)
+    exif = b"Exif\0\0II*\0" + struct.pack("<IH", 8, 2) + table + b"\0\0\0\0" + entries[0][3]
+    buf = io.BytesIO()
+    _image(80).save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_a_jpeg_whose_exif_pillow_cannot_rewrite_fails_its_row_only_also_on_a_rerun(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    data = _jpeg_exif_pillow_cannot_rewrite()
+    with pytest.raises(TypeError):  # the failure on this Pillow that must not escape
+        ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    folder = tmp_path / "data"
+    _write(folder / "camera.jpg", data)
+    _write(folder / "o.png", _encoded(_image(81)))
+    _write(folder / "a.png", _encoded(_image(82)))
+    manifest = _manifest(folder / "pairs.csv", [("o.png", "camera.jpg"), ("o.png", "a.png")])
+    store = RunStore(tmp_path / "run")
+    for _ in range(2):
+        assert import_pairs(manifest, store).failed == 1
+        bad, good = _all(store)
+        assert bad.item == "pairs.csv:row 1" and bad.status == "failed"
+        assert bad.error.startswith("image camera.jpg: malformed EXIF metadata") and "TypeError" in bad.error
+        assert good.status == "ok"
+
+
+def _lab_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("LAB", (5, 4), bytes([128, 22, 228]) * 20).save(buf, format="TIFF")  # a* 22, b* -28
+    return buf.getvalue()
+
+
+def test_the_same_lab_tiff_imported_twice_is_one_image_and_one_pair(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    _write(folder / "lab.tif", _lab_tiff())
+    _write(folder / "a.png", _encoded(_image(90)))
+    manifest = _manifest(folder / "pairs.csv", [("lab.tif", "a.png")])
+    store = RunStore(tmp_path / "run")
+    assert import_pairs(manifest, store) == ImportSummary(ok=1, failed=0, skipped_existing=0)
+    # A copy under another name, in another manifest: the same pixels, so the same pair.
+    _write(folder / "copy.tif", _lab_tiff())
+    again = _manifest(folder / "again.csv", [("copy.tif", "a.png")])
+    assert import_pairs(again, store) == ImportSummary(ok=0, failed=0, skipped_existing=1)
+    (record,) = _all(store)
+    stored = store.image_path(record.data["image_o"]).read_bytes()
+    assert b"iCCP" not in stored and b"tIME" not in stored  # no profile stamped with a creation time
+    assert Image.open(io.BytesIO(stored)).getpixel((2, 2)) == decode_image(_lab_tiff()).getpixel((2, 2))
+    assert len(list(store.images_dir.rglob("*.png"))) == 2
+
+
+def test_progress_gets_the_number_of_rows_before_the_first(tmp_path: Path) -> None:
+    parquet = tmp_path / "bench.parquet"
+    pq.write_table(pa.Table.from_pylist(_hf_rows(), schema=_HF_SCHEMA), parquet, row_group_size=3)
+    _save_to_disk(tmp_path / "saved", _hf_rows(), shards=2)
+    _write(tmp_path / "m" / "o.png", _encoded(_image(95)))
+    manifest = _manifest(tmp_path / "m" / "pairs.csv", [("o.png", "o.png")] * 3)
+    for path, rows in ((parquet, 4), (tmp_path / "saved", 4), (manifest, 3)):
+        seen: list[tuple[int, int]] = []
+
+        def progress(items, total):
+            for n, item in enumerate(items, start=1):
+                seen.append((n, total))
+                yield item
+
+        import_pairs(path, RunStore(tmp_path / f"run-{path.name}"), progress=progress)
+        assert seen == [(n, rows) for n in range(1, rows + 1)], path.name
+
+
+def test_run_import_shows_a_bar_over_the_rows_and_passes_the_opt_in(tmp_path: Path, monkeypatch) -> None:
+    from aesthetic_audit import ui
+    from aesthetic_audit.pipeline import Run
+
+    bars = []
+
+    def progress(items, *, total=None, desc="", unit="item"):
+        bars.append((desc, total))
+        return items
+
+    monkeypatch.setattr(ui, "progress", progress)
+    _write(tmp_path / "o.png", _encoded(_image(96)))
+    _write(tmp_path / "a.png", _encoded(_image(97)))
+    (tmp_path / "data").mkdir()
+    manifest = _manifest(tmp_path / "data" / "pairs.csv", [("../o.png", "../a.png"), ("../o.png", "../o.png")])
+    run = Run.open(tmp_path / "run")
+    assert (run.import_pairs(manifest).failed, bars) == (2, [("import", 2)])
+    assert run.import_pairs(manifest, allow_outside=True).new == 2

@@ -1,42 +1,78 @@
 """Safe image decoding: every image that enters a run comes through here.
 
-Guards: a decompression-bomb pixel limit, zero-byte and truncated files, undecodable bytes.
-Normalises: EXIF orientation; RGBA/LA/PA (composited on white), P, CMYK, 16-bit, greyscale and
-float images to 8-bit RGB. Errors are ``InputError`` naming the file.
+Guards: only regular files are read (a FIFO or a device never blocks or floods memory), a file size
+limit, a decompression-bomb pixel limit, zero-byte and truncated files, undecodable bytes, malformed
+metadata. Normalises: EXIF orientation; an embedded ICC profile (Adobe RGB, Display P3, CMYK press
+profiles...) and LAB pixels are converted to sRGB; RGBA/LA/PA (composited on white), P, CMYK, 16-bit,
+greyscale and float images become 8-bit RGB. The result carries pixels only, no metadata, so what is
+stored is a function of the pixels alone. Errors are ``InputError`` naming the file.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
+from ..ui import log
 
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; larger images are refused as possible decompression bombs
+MAX_FILE_BYTES = 256 * 2**20  # far above any photograph; keeps a huge or endless file out of memory
+
+_SRGB = ImageCms.createProfile("sRGB")
+# Modes littlecms converts directly; a palette image is expanded to RGBA first.
+_CMS_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
 
 
-def read_bytes(source: str | os.PathLike, name: str | None = None) -> bytes:
+def read_bytes(source: str | os.PathLike, name: str | None = None, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (default ``MAX_FILE_BYTES``); anything else
+    is an InputError naming it."""
     path = Path(source)
     label = name or str(path)
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    # Non-blocking, so opening a FIFO returns at once; fstat on the open file then decides (no race
+    # between a check and the open). O_NOCTTY keeps a terminal device from becoming ours.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise InputError(f"image {label}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"image {label}: is a directory, not an image file") from None
     except PermissionError:
         raise InputError(f"image {label}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"image {label}: cannot be opened ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"image {label}: is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+            raise InputError(f"image {label}: is {kind}; only regular files are read")
+        if st.st_size > max_bytes:
+            raise InputError(f"image {label}: {st.st_size / 2**20:.1f} MiB exceeds the file size limit of "
+                             f"{max_bytes / 2**20:g} MiB")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(max_bytes + 1)  # the file may have grown since fstat
+    except OSError as exc:
+        raise InputError(f"image {label}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise InputError(f"image {label}: exceeds the file size limit of {max_bytes / 2**20:g} MiB")
     return data
 
 
 def decode_image(source: bytes | str | os.PathLike, *, name: str | None = None,
                  max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode bytes or a file into a fully loaded 8-bit RGB PIL image."""
+    """Decode bytes or a file into a fully loaded 8-bit sRGB PIL image without metadata."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = bytes(source), name or "<bytes>"
     else:
@@ -60,7 +96,47 @@ def decode_image(source: bytes | str | os.PathLike, *, name: str | None = None,
         raise InputError(f"image {label}: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image {label}: cannot decode ({exc}); the file may be truncated or corrupt") from None
-    return to_rgb(ImageOps.exif_transpose(img))
+    except Exception as exc:  # any other decoder failure is this file's problem, never the stage's
+        raise InputError(f"image {label}: cannot decode ({type(exc).__name__}: {exc})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # Pillow raises TypeError, struct.error, ... rewriting a malformed EXIF block
+        raise InputError(f"image {label}: malformed EXIF metadata, so its orientation cannot be applied "
+                         f"({type(exc).__name__}: {exc}); re-save the image without EXIF") from None
+    try:
+        rgb = to_rgb(_to_srgb(img, label))
+        # A fresh image holds pixels only: no profile, text, time or EXIF travels on to the store.
+        return Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    except Exception as exc:
+        raise InputError(f"image {label}: cannot convert to RGB ({type(exc).__name__}: {exc})") from None
+
+
+def _to_srgb(img: Image.Image, label: str) -> Image.Image:
+    """Convert pixels described by an embedded ICC profile to sRGB, so that dropping the profile
+    keeps what the colours mean. LAB pixels are converted by ``to_rgb`` (Pillow goes through sRGB)."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode == "LAB":  # LAB values are device-independent already
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palette entries are in the profile's colour space too
+    if img.mode not in _CMS_MODES:
+        log.warning("image %s: its ICC profile is ignored for %s pixels; colours are read as sRGB", label, img.mode)
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(img, profile, _SRGB, outputMode=_CMS_MODES[img.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        # What browsers do with a profile they cannot use: show the pixels as sRGB.
+        log.warning("image %s: unusable ICC profile (%s); colours are read as sRGB", label, exc)
+        return img
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes that depend on the RGB pixels only: no metadata chunk, fixed encoder settings."""
+    rgb = to_rgb(img)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", rgb.size, rgb.tobytes()).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

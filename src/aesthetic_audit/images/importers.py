@@ -17,9 +17,13 @@ Column names of one layout are accepted in the others (``image_original`` in a C
 ``dims`` is a JSON list or a ';'-separated string. ``label`` is -1 / 0 / 1 or tie / original /
 anti-aesthetic (source "import"); ``llm_selected`` holds the same values (source "llm_selected").
 
-Every image is decoded safely and stored as an RGB PNG, so a pair's key (its two content hashes, both
-prompts and the dims) is the same whichever layout or encoding it came from, and re-importing adds
-nothing. A bad row (missing file, corrupt image, missing prompt, bad label) becomes a failed record
+Every image is decoded safely and stored as an RGB PNG of its sRGB pixels without metadata, so a
+pair's key (its two content hashes, both prompts and the dims) is the same whichever layout or encoding
+it came from, and re-importing adds nothing. Image paths are read only when they name a regular file
+(no FIFO or device) within the size limit, inside the folder of the file that names them (the
+manifest, the prompts file, the dataset); a path that leads elsewhere (``..``, absolute, a symlink out)
+needs ``allow_outside=True`` (``--allow-outside``), since a report made from a run is meant to be
+shared. A bad row (missing file, corrupt image, missing prompt, bad label) becomes a failed record
 named ``<file>:row N`` (data rows counted from 1) or ``<file>:index I`` (the dataset's own index) and
 the import goes on. A layout that cannot be read at all (unknown path, a file with missing columns)
 raises ``InputError`` before any row of that file is stored.
@@ -31,9 +35,10 @@ import csv
 import io
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 from ..dimensions import parse_dims
 from ..errors import InputError
@@ -79,19 +84,22 @@ class _Row:
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> the source's column name
 
 
-def import_pairs(path: str | Path, store: RunStore, *,
-                 progress: Callable[[int], Any] | None = None) -> ImportSummary:
+def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = False,
+                 progress: Callable[..., Iterable] | None = None) -> ImportSummary:
     """Import every pair found at ``path`` into ``store``; rows are processed in file order.
 
-    ``progress`` is called with 1 after each row (``tqdm.update`` fits). ``failed`` counts bad rows
-    on every import, also when their failed record was already stored. A row that failed before and
-    imports now has its failed record removed.
+    ``allow_outside`` lets image paths lead outside the folder of the file that names them.
+    ``progress`` wraps the rows and is called as ``progress(rows, total=n)`` with the number of rows
+    (``aesthetic_audit.ui.progress`` fits). ``failed`` counts bad rows on every import, also when
+    their failed record was already stored. A row that failed before and imports now has its failed
+    record removed.
     """
     source = Path(path)
     ok = failed = skipped = 0
-    for row in _rows(source):
+    rows, total = _rows(source)
+    for row in (progress(rows, total=total) if progress is not None else rows):
         failed_key = failed_item_key(IMAGES, source.name, row.item)
-        record = _record(row, store, failed_key)
+        record = _record(row, store, failed_key, allow_outside)
         stored = store.put(record)
         if record.status == "failed":
             failed += 1
@@ -101,8 +109,6 @@ def import_pairs(path: str | Path, store: RunStore, *,
                 ok += 1
             else:
                 skipped += 1
-        if progress is not None:
-            progress(1)
     return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped)
 
 
@@ -134,26 +140,26 @@ def detect_format(path: str | Path) -> str:
 
 # -- one row -> one record --------------------------------------------------------------------------
 
-def _record(row: _Row, store: RunStore, failed_key: str) -> Record:
+def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool) -> Record:
     try:
         if row.error is not None:
             raise InputError(row.error)
-        return _ok_record(row, store)
+        return _ok_record(row, store, allow_outside)
     except InputError as exc:
         # A failed row has no content hashes; its key is where it came from (file name and row), so
         # importing the same bad row again adds nothing.
         return Record.failed(failed_key, IMAGES, row.item, str(exc), source_item=row.item)
 
 
-def _ok_record(row: _Row, store: RunStore) -> Record:
+def _ok_record(row: _Row, store: RunStore, allow_outside: bool) -> Record:
     f = row.fields
     p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
     dims = parse_dims(f.get("dims"))
     label = _label(f)
     model = _text(f.get("model"))
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
-    image_o = _decode(f.get("image_o"), "image_o", row)
-    image_a = _decode(f.get("image_a"), "image_a", row)
+    image_o = _decode(f.get("image_o"), "image_o", row, allow_outside)
+    image_a = _decode(f.get("image_a"), "image_a", row, allow_outside)
     sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
     # The pair's content only: no seed (nothing random happens) and no location.
     key = image_pair_key(backend=IMPORT_BACKEND,
@@ -172,7 +178,7 @@ def _ok_record(row: _Row, store: RunStore) -> Record:
     return Record(key=key, stage=IMAGES, item=row.item, data=data)
 
 
-def _decode(value: Any, column: str, row: _Row):
+def _decode(value: Any, column: str, row: _Row, allow_outside: bool):
     column = row.columns.get(column, column)
     if isinstance(value, dict):  # a Hugging Face Image struct
         if value.get("bytes") is not None:
@@ -181,11 +187,21 @@ def _decode(value: Any, column: str, row: _Row):
     if isinstance(value, (bytes, bytearray, memoryview)):
         return decode_image(bytes(value), name=f"{column} of {row.item}")
     if isinstance(value, Path):
-        return decode_image(read_bytes(value, _shown(value, row.base)), name=_shown(value, row.base))
+        label = _shown(value, row.base)
+        return decode_image(read_bytes(_inside(value, row.base, label, allow_outside), label), name=label)
     if isinstance(value, str) and value.strip():
-        path = row.base / value.strip()
-        return decode_image(read_bytes(path, value.strip()), name=value.strip())
+        label = value.strip()
+        path = _inside(row.base / label, row.base, label, allow_outside)
+        return decode_image(read_bytes(path, label), name=label)
     raise InputError(f"{column} is missing")
+
+
+def _inside(path: Path, base: Path, label: str, allow_outside: bool) -> Path:
+    """``path`` when it resolves (symlinks followed) inside ``base``, or when paths outside are allowed."""
+    if not allow_outside and not path.resolve().is_relative_to(base.resolve()):
+        raise InputError(f"image {label}: resolves outside {base}; pass --allow-outside (allow_outside=True) "
+                         "to read images from elsewhere")
+    return path
 
 
 def _shown(path: Path, base: Path) -> str:
@@ -249,15 +265,18 @@ def _bad_label(value: Any, column: str) -> NoReturn:
 
 # -- layouts -> rows --------------------------------------------------------------------------------
 
-def _rows(source: Path) -> Iterator[_Row]:
+def _rows(source: Path) -> tuple[Iterator[_Row], int]:
+    """The rows of ``source`` and how many there are. Table rows are small, so a manifest or prompts
+    file is read whole; a dataset is counted from its metadata and read lazily (its rows hold images)."""
     kind = detect_format(source)
-    if kind == "manifest":
-        return _manifest_rows(source)
-    if kind == "folder":
-        return _folder_rows(source)
+    if kind in ("manifest", "folder"):
+        rows = list(_manifest_rows(source) if kind == "manifest" else _folder_rows(source))
+        return iter(rows), len(rows)
     if kind == "arrow":
-        return _arrow_rows(source)
-    return _parquet_rows(source)
+        files = _arrow_sources(source)
+        return _arrow_rows(files), sum(_arrow_count(path, label) for path, label, _ in files)
+    files = _parquet_files(source)
+    return _parquet_rows(files), sum(parquet.metadata.num_rows for _, _, parquet in files)
 
 
 def _column_names(columns: list[str]) -> dict[str, str]:
@@ -382,34 +401,46 @@ def _hf_rows(batches: Iterator[Any], schema_names: list[str], label: str, base: 
             yield _Row(item=item, base=base, fields=fields, columns=names)
 
 
-def _parquet_rows(source: Path) -> Iterator[_Row]:
+def _parquet_files(source: Path) -> list[tuple[Path, str, Any]]:
+    """(path, label, opened ParquetFile) per file; an unreadable one fails the import before any row."""
     import pyarrow.parquet as pq
 
-    files = [source] if source.is_file() else sorted(source.rglob("*.parquet"))
-    for path in files:
+    out = []
+    for path in [source] if source.is_file() else sorted(source.rglob("*.parquet")):
         label = path.name if path == source else _shown(path, source)
         try:
-            parquet = pq.ParquetFile(path)
+            out.append((path, label, pq.ParquetFile(path)))
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise InputError(f"import: {label} is not a readable Parquet file ({exc})") from None
+    return out
+
+
+def _parquet_rows(files: list[tuple[Path, str, Any]]) -> Iterator[_Row]:
+    for path, label, parquet in files:
         yield from _hf_rows(parquet.iter_batches(batch_size=16), parquet.schema_arrow.names, label, path.parent)
 
 
-def _arrow_rows(source: Path) -> Iterator[_Row]:
+def _arrow_sources(source: Path) -> list[tuple[Path, str, Path]]:
+    """(path, label, base folder) of each Arrow file of a file, a save_to_disk folder or a DatasetDict."""
     if source.is_file():
-        yield from _arrow_file_rows(source, source.name, source.parent)
-        return
+        return [(source, source.name, source.parent)]
     dict_file = source / "dataset_dict.json"
     if dict_file.is_file():  # a DatasetDict: one save_to_disk folder per split
         splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
         folders = [source / s for s in splits]
     else:
         folders = [source]
+    out = []
     for folder in folders:
         if not folder.is_dir():
             raise InputError(f"import: split folder {_shown(folder, source)} named in dataset_dict.json is missing")
-        for path in _arrow_files(folder):
-            yield from _arrow_file_rows(path, _shown(path, source), folder)
+        out += [(path, _shown(path, source), folder) for path in _arrow_files(folder)]
+    return out
+
+
+def _arrow_rows(files: list[tuple[Path, str, Path]]) -> Iterator[_Row]:
+    for path, label, base in files:
+        yield from _arrow_file_rows(path, label, base)
 
 
 def _arrow_files(folder: Path) -> list[Path]:
@@ -422,14 +453,16 @@ def _arrow_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.arrow"))
 
 
-def _arrow_file_rows(path: Path, label: str, base: Path) -> Iterator[_Row]:
+@contextmanager
+def _arrow_batches(path: Path, label: str) -> Iterator[tuple[list[str], Iterator[Any]]]:
+    """(column names, record batches) of an Arrow stream (what save_to_disk writes) or file, memory-mapped."""
     import pyarrow as pa
 
     if not path.is_file():
         raise InputError(f"import: {label} is listed in state.json but missing")
     with pa.memory_map(str(path)) as source:
         try:
-            reader = pa.ipc.open_stream(source)  # what save_to_disk writes
+            reader = pa.ipc.open_stream(source)
         except pa.ArrowInvalid:
             source.seek(0)
             try:
@@ -440,4 +473,15 @@ def _arrow_file_rows(path: Path, label: str, base: Path) -> Iterator[_Row]:
             batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
         else:
             batches = iter(reader)
-        yield from _hf_rows(batches, reader.schema.names, label, base)
+        yield reader.schema.names, batches
+
+
+def _arrow_count(path: Path, label: str) -> int:
+    """Rows of one Arrow file; the batches are memory-mapped, so counting reads no image."""
+    with _arrow_batches(path, label) as (_, batches):
+        return sum(batch.num_rows for batch in batches)
+
+
+def _arrow_file_rows(path: Path, label: str, base: Path) -> Iterator[_Row]:
+    with _arrow_batches(path, label) as (names, batches):
+        yield from _hf_rows(batches, names, label, base)

@@ -90,10 +90,10 @@ def _builtin(sk, mpl, max_side: int | None) -> Iterator[Photo | InputError]:
             else:
                 img = to_rgb(Image.fromarray(np.asarray(raw)))
         except InputError as exc:
-            yield exc
+            yield InputError(str(exc), item=name)
             continue
         except Exception as exc:  # a scikit-image build without this file, or one that wants to download it
-            yield InputError(f"built-in photo {name}: cannot be loaded ({type(exc).__name__}: {exc})")
+            yield InputError(f"built-in photo {name}: cannot be loaded ({type(exc).__name__}: {exc})", item=name)
             continue
         yield Photo(name, caption, downscale(img, max_side), origin, licence)
 
@@ -140,7 +140,7 @@ def _caption_table(folder: Path) -> tuple[dict[str, tuple[str, str]], list[Input
 def _folder(folder: Path, table: dict[str, tuple[str, str]], errors: list[InputError],
             max_side: int | None) -> Iterator[Photo | InputError]:
     yield from errors
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = _image_files(folder)
     names = {p.name for p in files}
     for missing in sorted(set(table) - names):
         yield InputError(f"photo {folder / missing}: named in the captions file but not found in the folder",
@@ -164,6 +164,19 @@ def _folder(folder: Path, table: dict[str, tuple[str, str]], errors: list[InputE
             yield InputError(str(exc), item=path.name)
             continue
         yield Photo(path.name, caption, downscale(img, max_side), str(path), licence or "unspecified")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def photo_names(source: str = "builtin") -> list[str]:
+    """The names of the photo files ``iter_photos(source)`` reads (each yields a Photo or an InputError
+    with that ``item``), found without decoding any: what a progress bar counts."""
+    if source == "builtin":
+        return list(_BUILTIN)
+    folder = Path(source)
+    return [p.name for p in _image_files(folder)] if folder.is_dir() else []
 
 
 def iter_photos(source: str = "builtin", max_side: int | None = 384) -> Iterator[Photo | InputError]:

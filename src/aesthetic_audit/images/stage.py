@@ -2,7 +2,9 @@
 
 For each photo the editor draws ``pairs_per_photo`` sets of dimensions (seeded), picks one transform
 per dimension among those the catalogue lists for it, and writes p_a with the template rewriter from
-those transforms' own phrasings, so the prompt names exactly the applied effects. The random
+those transforms' own phrasings, so the prompt names exactly the applied effects. The draws of a photo
+are distinct sets of (dimension, transform); when fewer exist than ``pairs_per_photo``, each is made
+once and the stage warns. A pair whose I_o, I_a and p_a are stored already is not stored again. The random
 parameters of a draw are shared by all its strengths, so strength is the only thing that varies
 along a strength series. I_a follows p_a by construction: the pair's label is 1, source
 "construction".
@@ -12,14 +14,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..config import AuditConfig
 from ..dimensions import Catalogue
 from ..errors import ConfigError, InputError
-from ..hashing import canonical_json, spec_hash
+from ..hashing import bytes_hash, canonical_json, spec_hash
 from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key, prompt_key
 from ..registry import available
 from ..stage import StageSummary
@@ -28,8 +30,9 @@ from ..ui import log, progress
 from ..prompts.rewriters.base import Effect, RewriteRequest, word_count
 from ..prompts.rewriters.template import TemplateRewriter
 from ..prompts.stage import draw_dims, effect_spec
-from .decode import from_array, to_array
+from .decode import encode_png, from_array, to_array
 from .editor.base import Transform
+from .photos import Photo, iter_photos, photo_names
 
 
 def editable_dimensions(catalogue: Catalogue, wanted: Sequence[str] | None = None) -> dict[str, list[Transform]]:
@@ -58,11 +61,42 @@ class EditPlan:
     rng_seed: int
 
 
-def plan_edit(photo_name: str, caption: str, draw: int, supported: dict[str, list[Transform]],
-              k_min: int, k_max: int, seed: int, max_words: int = 70) -> EditPlan:
-    dims = tuple(draw_dims(list(supported), k_min, k_max, seed, f"{photo_name}#{draw}"))
-    rng = random.Random(canonical_json({"seed": seed, "photo": photo_name, "draw": draw, "what": "transforms"}))
-    chosen = tuple(rng.choice(supported[d]) for d in dims)
+def count_draws(supported: dict[str, list[Transform]], k_min: int, k_max: int) -> int:
+    """How many distinct sets of (dimension, transform) a draw can yield: for each k, the sum over
+    k-subsets of dimensions of the product of their transform counts (an elementary symmetric sum)."""
+    e = [1] + [0] * len(supported)
+    for n, transforms in enumerate(supported.values(), start=1):
+        for k in range(n, 0, -1):
+            e[k] += e[k - 1] * len(transforms)
+    n = len(supported)
+    return sum(e[min(k_min, n):min(k_max, n) + 1])  # the k range draw_dims uses
+
+
+def draw_sets(photo_name: str, supported: dict[str, list[Transform]], k_min: int, k_max: int, seed: int,
+              n: int) -> list[tuple[int, tuple[str, ...], tuple[Transform, ...]]]:
+    """Up to ``n`` distinct draws for one photo as (draw number, dims, transforms). Draw number i is
+    seeded by the photo and i; a draw whose set of (dimension, transform) an earlier draw has, in any
+    order, is passed over, so a photo never gets the same edit twice. Ask for at most ``count_draws``."""
+    out, seen = [], set()
+    # Rejection sampling; the bound only matters when nearly every possible set is asked for and some
+    # are rare, and then it leaves a photo short (with a warning) rather than looping for long.
+    limit = 1000 + 50 * n
+    for draw in range(limit):
+        dims = tuple(draw_dims(list(supported), k_min, k_max, seed, f"{photo_name}#{draw}"))
+        rng = random.Random(canonical_json({"seed": seed, "photo": photo_name, "draw": draw, "what": "transforms"}))
+        chosen = tuple(rng.choice(supported[d]) for d in dims)
+        key = frozenset((d, t.name) for d, t in zip(dims, chosen))
+        if key not in seen:
+            seen.add(key)
+            out.append((draw, dims, chosen))
+            if len(out) == n:
+                return out
+    log.warning("edit: photo %s: found %d of %d distinct edits in %d draws", photo_name, len(out), n, limit)
+    return out
+
+
+def plan_edit(photo_name: str, caption: str, draw: int, dims: tuple[str, ...], chosen: tuple[Transform, ...],
+              seed: int, max_words: int = 70) -> EditPlan:
     effects = tuple(Effect(d, t.description, t.phrasings) for d, t in zip(dims, chosen))
     request = RewriteRequest(caption, effects, max_words, seed)
     result = TemplateRewriter().rewrite(request)
@@ -82,68 +116,121 @@ def apply_plan(image: np.ndarray, plan: EditPlan, strength: float) -> tuple[np.n
 
 
 def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retry_failed: bool = False) -> StageSummary:
-    from .photos import iter_photos
-
     ec = config.images.editor
     supported = editable_dimensions(catalogue, ec.dimensions)
     if not supported:
         raise ConfigError("no dimension the editor can realise was selected")
     summary = StageSummary(IMAGES)
-    ok, failed = store.keys(IMAGES, "ok"), store.keys(IMAGES, "failed")
-    for photo in progress(iter_photos(ec.photos, max_side=ec.max_side), desc="edit"):
-        if isinstance(photo, InputError):
-            summary.total += 1
-            summary.failed += 1
-            store.put(Record.failed(failed_item_key(IMAGES, "photos", photo.item or str(photo)), IMAGES,
-                                    photo.item or "photos", str(photo)))
-            continue
-        store.discard_failed([failed_item_key(IMAGES, "photos", photo.name)])
-        original = to_array(photo.image)
-        image_o = store.put_image(photo.image)
-        for draw in range(ec.pairs_per_photo):
-            draw_item = f"{photo.name}#{draw}"
-            try:
-                plan = plan_edit(photo.name, photo.caption, draw, supported, ec.k_min, ec.k_max, config.seed,
-                                 config.prompts.max_words)
-            except InputError as exc:
-                summary.total += 1
-                summary.failed += 1
-                store.put(Record.failed(failed_item_key(IMAGES, "photos", draw_item), IMAGES, draw_item, str(exc)))
-                continue
-            store.discard_failed([failed_item_key(IMAGES, "photos", draw_item)])
-            rewriter = {**TemplateRewriter().identity(), "transforms": [t.identity() for t in plan.transforms]}
-            pair_id = prompt_key(caption=photo.caption, effects=effect_spec(plan.effects), rewriter=rewriter,
-                                 max_words=config.prompts.max_words, seed=config.seed)
-            store.put(Record(pair_id, PROMPTS, draw_item, {
-                "pair_id": pair_id, "index": None, "source": "photos", "caption_id": photo.name,
-                "p_o": photo.caption, "p_a": plan.p_a, "dims": list(plan.dims), "rewriter": "template",
-                "seed": config.seed, "words": word_count(plan.p_a)}))
-            for strength in ec.strengths:
-                summary.total += 1
-                backend = {"name": "editor", "transforms": [t.identity() for t in plan.transforms]}
-                key = image_pair_key(backend=backend, inputs={"photo": image_o, "pair_id": pair_id,
-                                                              "draw": plan.rng_seed, "strength": strength},
-                                     seed=config.seed)
-                if key in ok:
-                    summary.cached += 1
-                    continue
-                if key in failed and not retry_failed:
-                    summary.failed += 1
-                    continue
-                item = f"{draw_item}@{strength:g}"
-                try:
-                    edited, applied = apply_plan(original, plan, strength)
-                except Exception as exc:  # a transform bug must not take the run down
-                    store.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
-                    summary.failed += 1
-                    log.warning("failed: %s: %r", item, exc)
-                    continue
-                image_a = store.put_image(from_array(edited))
-                store.put(Record(key, IMAGES, item, {
-                    "image_pair_id": key, "pair_id": pair_id, "p_o": photo.caption, "p_a": plan.p_a,
-                    "dims": list(plan.dims), "image_o": image_o, "image_a": image_a, "backend": "editor",
-                    "strength": strength, "transforms": applied,
-                    "label": {"value": 1, "source": "construction"}, "model": "editor",
-                    "source_item": photo.name}))
-                summary.new += 1
+    distinct = count_draws(supported, ec.k_min, ec.k_max)
+    draws = min(ec.pairs_per_photo, distinct)
+    if draws < ec.pairs_per_photo:
+        message = (f"edit: the dimension(s) {', '.join(supported)}, {ec.k_min}-{ec.k_max} per edit, allow only "
+                   f"{distinct} distinct edit(s) of a photo; making {distinct} per photo instead of "
+                   f"pairs_per_photo={ec.pairs_per_photo}")
+        log.warning("%s", message)
+        summary.warnings.append(message)
+    stage = _EditStage(store, config, supported, draws, summary, retry_failed)
+    names = photo_names(ec.photos)
+    # The stage yields once per image pair (made, cached or failed), so the bar counts pairs.
+    total = len(names) * draws * len(ec.strengths)
+    for _ in progress(stage.run(set(names)), total=total, desc="edit", unit="pair"):
+        pass
     return summary
+
+
+@dataclass
+class _EditStage:
+    store: RunStore
+    config: AuditConfig
+    supported: dict[str, list[Transform]]
+    draws: int
+    summary: StageSummary
+    retry_failed: bool
+
+    def __post_init__(self) -> None:
+        self.ok, self.failed = self.store.keys(IMAGES, "ok"), self.store.keys(IMAGES, "failed")
+        # A pair is its content: the same I_o, I_a and p_a are stored once, whichever draw made them.
+        self.stored = {(r.data["image_o"], r.data["image_a"], r.data["p_a"]) for r in self.store.records(IMAGES)}
+
+    def run(self, names: set[str]) -> Iterator[None]:
+        """Edit every photo; yields once per image pair, and a photo or draw that fails yields for
+        each pair it would have made."""
+        ec, store = self.config.images.editor, self.store
+        for photo in iter_photos(ec.photos, max_side=ec.max_side):
+            if isinstance(photo, InputError):
+                self._fail(photo.item or str(photo), photo.item or "photos", str(photo))
+                if photo.item in names:  # a photo the bar counted
+                    yield from [None] * (self.draws * len(ec.strengths))
+                continue
+            store.discard_failed([failed_item_key(IMAGES, "photos", photo.name)])
+            original, image_o = to_array(photo.image), store.put_image(photo.image)
+            for draw, dims, chosen in draw_sets(photo.name, self.supported, ec.k_min, ec.k_max, self.config.seed,
+                                                self.draws):
+                draw_item = f"{photo.name}#{draw}"
+                try:
+                    plan = plan_edit(photo.name, photo.caption, draw, dims, chosen, self.config.seed,
+                                     self.config.prompts.max_words)
+                except InputError as exc:
+                    self._fail(draw_item, draw_item, str(exc))
+                    yield from [None] * len(ec.strengths)
+                    continue
+                store.discard_failed([failed_item_key(IMAGES, "photos", draw_item)])
+                pair_id = self._prompt(photo, plan, draw_item)
+                for strength in ec.strengths:
+                    self._pair(photo, original, image_o, plan, pair_id, f"{draw_item}@{strength:g}", strength)
+                    yield
+
+    def _fail(self, where: str, item: str, error: str) -> None:
+        """A photo or draw that failed before any pair: keyed by ``where`` (a file, a draw, or the
+        message when no file is named)."""
+        self.summary.total += 1
+        self.summary.failed += 1
+        self.store.put(Record.failed(failed_item_key(IMAGES, "photos", where), IMAGES, item, error))
+
+    def _prompt(self, photo: Photo, plan: EditPlan, draw_item: str) -> str:
+        config = self.config
+        rewriter = {**TemplateRewriter().identity(), "transforms": [t.identity() for t in plan.transforms]}
+        pair_id = prompt_key(caption=photo.caption, effects=effect_spec(plan.effects), rewriter=rewriter,
+                             max_words=config.prompts.max_words, seed=config.seed)
+        self.store.put(Record(pair_id, PROMPTS, draw_item, {
+            "pair_id": pair_id, "index": None, "source": "photos", "caption_id": photo.name,
+            "p_o": photo.caption, "p_a": plan.p_a, "dims": list(plan.dims), "rewriter": "template",
+            "seed": config.seed, "words": word_count(plan.p_a)}))
+        return pair_id
+
+    def _pair(self, photo: Photo, original: np.ndarray, image_o: str, plan: EditPlan, pair_id: str, item: str,
+              strength: float) -> None:
+        summary = self.summary
+        summary.total += 1
+        backend = {"name": "editor", "transforms": [t.identity() for t in plan.transforms]}
+        key = image_pair_key(backend=backend, inputs={"photo": image_o, "pair_id": pair_id,
+                                                      "draw": plan.rng_seed, "strength": strength},
+                             seed=self.config.seed)
+        if key in self.ok:
+            summary.cached += 1
+            return
+        if key in self.failed and not self.retry_failed:
+            summary.failed += 1
+            return
+        try:
+            edited, applied = apply_plan(original, plan, strength)
+        except Exception as exc:  # a transform bug must not take the run down
+            self.store.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
+            summary.failed += 1
+            log.warning("failed: %s: %r", item, exc)
+            return
+        png = encode_png(from_array(edited))
+        image_a = bytes_hash(png)
+        if (image_o, image_a, plan.p_a) in self.stored:
+            summary.cached += 1
+            log.debug("%s: this pair (same I_o, I_a and p_a) is stored already", item)
+            return
+        self.store.put_image_bytes(png, ".png")
+        self.stored.add((image_o, image_a, plan.p_a))
+        self.store.put(Record(key, IMAGES, item, {
+            "image_pair_id": key, "pair_id": pair_id, "p_o": photo.caption, "p_a": plan.p_a,
+            "dims": list(plan.dims), "image_o": image_o, "image_a": image_a, "backend": "editor",
+            "strength": strength, "transforms": applied,
+            "label": {"value": 1, "source": "construction"}, "model": "editor",
+            "source_item": photo.name}))
+        summary.new += 1

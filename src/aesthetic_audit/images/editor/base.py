@@ -9,6 +9,7 @@ the effect (they follow "a photo with ..."); the template rewriter builds p_a fr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,7 +40,9 @@ class Transform:
 
 
 def _first_sentence(doc: str) -> str:
-    text = " ".join(doc.split())
+    # Docstrings are reStructuredText; `ls transforms` and the report show plain text.
+    text = re.sub(r":\w+:`([^`]*)`|``([^`]*)``|`([^`]*)`", lambda m: next(g for g in m.groups() if g is not None),
+                  " ".join(doc.split()))
     return text.split(". ", 1)[0].rstrip(".") + "." if text else ""
 
 
