@@ -1,11 +1,13 @@
 import collections
+import functools
 import json
+import re
 
 import pytest
 
 from aesthetic_audit.config import load_config
 from aesthetic_audit.dimensions import load_catalogue
-from aesthetic_audit.errors import ConfigError
+from aesthetic_audit.errors import ConfigError, InputError
 from aesthetic_audit.pipeline import Run
 from aesthetic_audit.prompts.rewriters.base import Effect, RewriteRequest
 from aesthetic_audit.prompts.rewriters.template import FRAMES, TemplateRewriter, embed_caption, join_effects
@@ -60,7 +62,8 @@ def test_same_seed_gives_byte_identical_pairs_and_another_seed_differs(tmp_path,
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
     rows = [json.loads(line) for line in outs[0].decode().splitlines()]
-    assert len(rows) == 300 and set(rows[0]) == {"original_prompt", "disorted_long_prompt", "selected"}
+    assert len(rows) == 300 and set(rows[0]) == {"original_prompt", "disorted_long_prompt", "selected", "origin"}
+    assert {r["origin"] for r in rows} == {"captions"}
 
 
 def test_rerun_computes_nothing_new(tmp_path):
@@ -203,3 +206,217 @@ def test_import_is_keyed_by_content_and_fixed_rows_leave_no_failure(tmp_path, cl
     assert code == 0 and "2 new, 1 cached, 0 failed" in err
     store = RunStore(run)
     assert store.counts()["prompts"] == {"ok": 3, "failed": 0}
+
+
+# -- hostile imports, source paths, origins, contradictions (issue 7, items 12, 21, 22) ---------------
+
+def test_import_rows_with_nested_dims_control_characters_or_non_text_fail_alone(tmp_path, cli):
+    nested = [["clarity"]]
+    for _ in range(400):
+        nested = [nested]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in [
+        {"p_o": "A cat.", "p_a": "A blurry cat.", "dims": ["clarity"]},
+        {"p_o": "A dog.", "p_a": "A blurry dog.", "dims": nested},
+        {"p_o": "A cow.", "p_a": "A blurry\u0000 cow.", "dims": ["clarity"]},
+        {"p_o": {"text": "A hen."}, "p_a": "A blurry hen.", "dims": ["clarity"]},
+        ["not", "an", "object"],
+    ]) + "\n")
+    assert cli("prompts", tmp_path / "r", "--import", path)[0] == 1
+    store = RunStore(tmp_path / "r")
+    assert [p["p_o"] for p in _pairs(store)] == ["A cat."]
+    errors = sorted((r.item, r.error) for r in store.records("prompts", status="failed"))
+    assert errors == [
+        ("pairs.jsonl:line 2", "pairs.jsonl:line 2: dims [[[[[[[...]]]]]]] must be a flat list of dimension names"),
+        ("pairs.jsonl:line 3", "pairs.jsonl:line 3: p_a contains the control character U+0000"),
+        ("pairs.jsonl:line 4", "pairs.jsonl:line 4: p_o must be text, not a dict"),
+        ("pairs.jsonl:line 5", "pairs.jsonl:line 5: expected a JSON object")]
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("p_o,p_a,dims\nA cat.,A blurry cat.,\"" + "[" * 5000 + "]" * 5000 + "\"\n")
+    assert cli("prompts", tmp_path / "r2", "--import", csv_path)[0] == 1
+    (failed,) = RunStore(tmp_path / "r2").records("prompts", status="failed")
+    assert failed.error.startswith("pairs.csv:line 2: dims '[[[[") and "neither a JSON list" in failed.error
+    # deeper than the JSON parser goes: the file is refused, naming the line
+    path.write_text('{"p_o": "A cat.", "p_a": "A blurry cat.", "dims": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    code, _, err = cli("prompts", tmp_path / "r3", "--import", path)
+    assert code == 2 and err.strip() == f"error: {path}:1: JSON nested too deeply"
+
+
+def test_import_csv_with_an_unclosed_quote_is_an_error(tmp_path, cli):
+    path = tmp_path / "pairs.csv"
+    path.write_text('p_o,p_a,dims\nA cat.,"A blurry cat.,clarity\nA dog.,A dark dog.,clarity\n')
+    code, _, err = cli("prompts", tmp_path / "r", "--import", path)
+    assert code == 2 and f"{path}:2: malformed row" in err and "an unclosed quote?" in err
+
+
+def test_relative_source_and_photos_are_stored_absolute(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "caps.txt").write_text("A cat on a mat.\nA dog in the rain.\n")
+    (tmp_path / "b" / "caps.txt").write_text("Something else entirely.\n")
+    monkeypatch.chdir(tmp_path / "a")
+    run = Run.open(tmp_path / "run", overrides={"prompts.source": "caps.txt", "prompts.n": None,
+                                                 "images.editor.photos": "photos"})
+    assert run.config.prompts.source == str(tmp_path / "a" / "caps.txt")
+    assert run.config.images.editor.photos == str(tmp_path / "a" / "photos")
+    assert run.prompts().new == 2
+    monkeypatch.chdir(tmp_path / "b")  # a rerun from elsewhere reads the same file
+    again = Run.open(tmp_path / "run")
+    assert again.config.prompts.source == str(tmp_path / "a" / "caps.txt")
+    assert (again.prompts().new, again.summaries[-1].cached) == (0, 2)
+    assert load_config(None, {"prompts.source": "builtin"}).prompts.source == "builtin"
+    assert load_config().images.editor.photos == "builtin"
+
+
+def _photo_folder(folder):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, colour in enumerate([(200, 40, 40), (40, 160, 90)]):
+        Image.new("RGB", (48, 32), colour).save(folder / f"p{i}.png")
+    (folder / "captions.csv").write_text("file,caption\np0.png,A red wall.\np1.png,A green wall.\n")
+    return folder
+
+
+def test_every_export_layout_marks_the_origin_and_export_filters_by_it(tmp_path):
+    from aesthetic_audit.store.export import export_stage
+    from aesthetic_audit.prompts.pairs_io import study_layout
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("original_prompt,disorted_long_prompt,selected\nA cow.,A dark cow.,\"['color brightness']\"\n"
+                     "A hen.,,\"['clarity']\"\n")
+    run = Run.open(tmp_path / "run", overrides={
+        "prompts.n": 3, "images.editor.photos": str(_photo_folder(tmp_path / "photos")),
+        "images.editor.strengths": [1.0], "images.editor.pairs_per_photo": 1})
+    run.prompts()
+    run.prompts(import_path=pairs)
+    run.edit()
+    store = run.store
+    expected = {"captions": 3, "import": 1, "editor": 2}
+    for layout in (None, study_layout):
+        rows = [json.loads(line) for line in export_stage(
+            store, "prompts", tmp_path / "all.jsonl", include_failed=False, layout=layout).read_text().splitlines()]
+        assert collections.Counter(r["origin"] for r in rows) == expected
+        for origin, n in expected.items():
+            out = export_stage(store, "prompts", tmp_path / f"{origin}.jsonl", include_failed=False,
+                               layout=layout, origin=origin)
+            assert [json.loads(line)["origin"] for line in out.read_text().splitlines()] == [origin] * n
+    failed = [json.loads(line) for line in export_stage(store, "prompts", tmp_path / "f.jsonl",
+                                                        origin="import").read_text().splitlines()]
+    assert sorted(r["status"] for r in failed) == ["failed", "ok"]
+    with pytest.raises(InputError, match="one of captions, editor, import; got 'photos'"):
+        export_stage(store, "prompts", tmp_path / "x.csv", origin="photos")
+    with pytest.raises(InputError, match="applies to the prompts stage"):
+        export_stage(store, "images", tmp_path / "x.csv", origin="editor")
+
+
+def test_records_stored_before_the_origin_field_still_export_with_their_origin(tmp_path):
+    from aesthetic_audit.records import prompt_origin
+    from aesthetic_audit.store import Record
+    from aesthetic_audit.store.export import export_stage
+
+    store = RunStore(tmp_path)
+    # Exactly the fields each writer stored before records had an origin.
+    store.put_many([
+        Record("c", "prompts", "builtin:line 1", {"pair_id": "c", "index": 0, "source": "builtin",
+                                                  "caption_id": "builtin:line 1", "p_o": "A cat.", "p_a": "x",
+                                                  "dims": ["clarity"], "rewriter": "template", "seed": 0}),
+        Record.failed("cf", "prompts", "c.txt:line 2", "caption too long", pair_id="cf", index=1, source="c.txt",
+                      caption_id="c.txt:line 2", p_o="y", dims=["clarity"], rewriter="llm", seed=0),
+        Record("e", "prompts", "p0.png#0", {"pair_id": "e", "index": None, "source": "photos", "caption_id": "p0.png",
+                                            "p_o": "A wall.", "p_a": "z", "dims": ["clarity"],
+                                            "rewriter": "template", "seed": 0}),
+        Record("i", "prompts", "pairs.csv:line 2", {"pair_id": "i", "index": 0, "source": "pairs.csv",
+                                                    "caption_id": "pairs.csv:line 2", "p_o": "A cow.", "p_a": "w",
+                                                    "dims": [], "rewriter": "import", "seed": None}),
+        Record.failed("if", "prompts", "pairs.csv:line 3", "missing p_a", index=1),
+    ])
+    rows = [json.loads(line) for line in export_stage(store, "prompts", tmp_path / "p.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["origin"] for r in rows} == {"c": "captions", "cf": "captions", "e": "editor",
+                                                     "i": "import", "if": "import"}
+    assert all(list(r)[-1] == "origin" for r in rows)
+    assert prompt_origin({"origin": "editor", "index": 3, "rewriter": "import"}) == "editor"  # stored wins
+
+
+# The contradictions a reader would spot: wording of a full, cluttered scene beside wording of an
+# empty one, and flat shadowless light beside hard light and shadows. Written out here, independently
+# of the catalogue's own conflict list.
+CLUTTER = ("cluttered", "messy", "busy", "chaotic", "junk", "jumbled", "disorderly", "stray objects")
+EMPTY = ("empty", "barren", "bare", "sparse", "vacant", "very little content", "almost nothing")
+FLAT_LIGHT = ("shadowless", "no shadows", "flat, lifeless", "directionless", "featureless illumination")
+HARD_LIGHT = ("harsh", "glare", "hotspots", "unflattering shadows", "direct flash")
+CONTRADICTIONS = ((CLUTTER, EMPTY), (FLAT_LIGHT, HARD_LIGHT))
+
+
+@functools.cache
+def _says(phrase: str, words: tuple[str, ...]) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}\b", phrase) for w in words)  # "bare", not "barely"
+
+
+def _contradictions(phrases: list[str]) -> list[tuple[str, str]]:
+    return [(a, b) for a in phrases for b in phrases for one, other in CONTRADICTIONS
+            if _says(a, one) and _says(b, other)]
+
+
+def test_the_built_in_catalogue_has_such_contradictions_and_declares_them():
+    # the test's word lists find the real clashes in the phrasings ...
+    assert _contradictions(list(CAT["background"].phrasings + CAT["richness"].phrasings))
+    assert _contradictions(list(CAT["lighting distinction"].phrasings + CAT["lighting aesthetic"].phrasings))
+    # ... and any two dimensions whose phrasings clash are declared as conflicting
+    conflicts = CAT.conflicts()
+    for a in CAT:
+        for b in CAT:
+            if a.key != b.key and _contradictions(list(a.phrasings + b.phrasings)):
+                assert b.key in conflicts[a.key], (a.key, b.key)
+
+
+@pytest.mark.parametrize("dimensions", [None, [d.key for d in CAT]])
+def test_no_prompt_combines_contradictory_effects_and_pairs_stay_deterministic(tmp_path, dimensions):
+    cfg = load_config(None, {"prompts.dimensions": dimensions})
+    stores = [RunStore(tmp_path / name) for name in ("a", "b")]
+    for store in stores:
+        assert run_prompts(store, cfg, CAT).new == 300
+    pairs = _pairs(stores[0])
+    conflicts = CAT.conflicts()
+    for p in pairs:
+        phrases = [CAT[d].phrasings[i] for d, i in zip(p["dims"], p["meta"]["phrasings"])]
+        assert _contradictions(phrases) == [], p["p_a"]
+        assert not any(b in conflicts[a] for a in p["dims"] for b in p["dims"])
+    assert pairs == _pairs(stores[1])  # same seed, same pairs, byte for byte
+    # the conflict only removes sets: pairs of dims that do not conflict are all still drawn
+    drawn = {frozenset((a, b)) for p in pairs for a in p["dims"] for b in p["dims"] if a != b}
+    pool = dimensions or CAT.study_keys
+    allowed = {frozenset((a, b)) for a in pool for b in pool if a != b and b not in conflicts[a]}
+    assert drawn == allowed
+
+
+def test_draw_dims_with_conflicts_is_uniform_over_compatible_sets_and_otherwise_unchanged():
+    conflicts = {"a": {"b"}, "b": {"a"}}
+    draws = [draw_dims("abcd", 2, 2, 0, f"caption {i}", conflicts) for i in range(2000)]
+    counts = collections.Counter(frozenset(d) for d in draws)
+    assert set(counts) == {frozenset(s) for s in ("ac", "ad", "bc", "bd", "cd")}  # never {a, b}
+    assert all(330 <= n <= 470 for n in counts.values())  # ~400 each
+    # a draw that has no conflict is exactly the draw without conflicts
+    for i in range(200):
+        plain = draw_dims("abcd", 2, 3, 0, f"caption {i}")
+        if not {"a", "b"} <= set(plain):
+            assert draw_dims("abcd", 2, 3, 0, f"caption {i}", conflicts) == plain
+    with pytest.raises(ConfigError, match="no 2 of the dimensions a, b can go into one prompt"):
+        draw_dims(["a", "b"], 2, 2, 0, "x", conflicts)
+
+
+def test_catalogue_conflicts_must_name_other_dimensions(tmp_path):
+    path = tmp_path / "dims.yaml"
+    path.write_text("dimensions:\n  - key: clarity\n    conflicts: [nosuch]\n")
+    with pytest.raises(InputError, match=r"dims.yaml: dimension 'clarity': conflicts names 'nosuch'"):
+        load_catalogue(path)
+    path.write_text("dimensions:\n  - key: clarity\n    conflicts: [emotion]\n  - key: background\n    conflicts: []\n")
+    conflicts = load_catalogue(path).conflicts()
+    assert conflicts["emotion"] == {"clarity"} and conflicts["richness"] == frozenset()
+
+
+def test_import_of_a_corrupt_parquet_file_is_one_error(tmp_path, cli):
+    path = tmp_path / "pairs.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet")
+    code, _, err = cli("prompts", tmp_path / "r", "--import", path)
+    assert code == 2 and err.startswith(f"error: prompt pairs file {path} is not a readable Parquet file")

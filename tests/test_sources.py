@@ -96,3 +96,59 @@ def test_whole_source_errors(tmp_path):
 def _touch(path):
     path.write_text("something\n")
     return str(path)
+
+
+# -- malformed and hostile sources (issue 7, item 12) -----------------------------------------------
+
+@pytest.mark.parametrize("body, line", [
+    # the quote is never closed: without strict reading the rest of the file became one caption
+    ('1,"A dog on a beach.\n2,A cat asleep.\n3,A bird.\n', 2),
+    # closed by a later cell's opening quote
+    ('1,"A dog on a beach.\n2,A cat asleep.\n3,"A bird, flying."\n', 2),
+    # closed just before a delimiter: parses, but swallows line 3 into line 2's caption
+    ('1,A dog.\n2,"A cat asleep.\n3,A bird",x\n4,A cow.\n', 3),
+])
+def test_csv_with_an_unclosed_quote_is_an_error_naming_the_line(tmp_path, body, line):
+    path = tmp_path / "caps.csv"
+    path.write_text("id,caption\n" + body)
+    with pytest.raises(InputError, match=rf"^caps\.csv:{line}: .*an unclosed quote\?"):
+        read_captions(str(path))
+
+
+def test_tsv_quotes_are_plain_characters_as_in_partiprompts(tmp_path):
+    # PartiPrompts line 1562 starts with a quoted word; CSV quoting would drop the quotes or fail.
+    path = tmp_path / "PartiPrompts.tsv"
+    path.write_text('Prompt\tCategory\n"G I G G L E" painted on a wall\tWriting\nsay "hi\tWriting\na cow\tAnimals\n')
+    assert [c.text for c in read_captions(str(path)).captions] == [
+        '"G I G G L E" painted on a wall', 'say "hi', "a cow"]
+
+
+@pytest.mark.parametrize("suffix, text", [
+    ("txt", "A dog.\nA c\x00at.\nA bird \x1b[31mred.\nA cow.\n"),
+    ("csv", "caption\nA dog.\nA c\x00at.\nA bird \x1b[31mred.\nA cow.\n"),
+    ("jsonl", '{"caption": "A dog."}\n{"caption": "A c\\u0000at."}\n{"caption": "A bird \\u001b[31mred."}\n'
+              '{"caption": "A cow."}\n'),
+])
+def test_control_characters_never_reach_a_prompt(tmp_path, suffix, text):
+    path = tmp_path / f"c.{suffix}"
+    path.write_text(text)
+    cs = read_captions(str(path))
+    assert [c.text for c in cs.captions] == ["A dog.", "A cow."]
+    first = 3 if suffix == "csv" else 2  # csv has a header line
+    assert cs.warnings == [f"c.{suffix}:line {first}: caption with the control character U+0000 skipped",
+                           f"c.{suffix}:line {first + 1}: caption with the control character U+001B skipped"]
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    jl = tmp_path / "c.jsonl"
+    jl.write_text('{"caption": "A dog."}\n{"caption": ' + deep + "}\n")
+    with pytest.raises(InputError, match=r"^c\.jsonl:2: JSON nested too deeply$"):
+        read_captions(str(jl))
+    coco = tmp_path / "c.json"
+    coco.write_text('{"annotations": ' + deep + "}")
+    with pytest.raises(InputError, match=r"^c\.json: JSON nested too deeply$"):
+        read_captions(str(coco))
+    # a nested value in a filter column matches no filter instead of being turned into text
+    jl.write_text('{"caption": "A dog.", "split": [[["val"]]]}\n{"caption": "A cat.", "split": "val"}\n')
+    assert [c.text for c in read_captions(str(jl), filter={"split": "val"}).captions] == ["A cat."]

@@ -5,8 +5,8 @@ preprocessing version + inputs + seed), so the same inputs are never computed tw
 to them computes anew. Data fields are listed per stage; every stage copies what its consumers need
 so that a record can be read without joins.
 
-prompts  one per caption      data: pair_id (= key), index, source, caption_id, p_o, p_a, dims,
-                              rewriter, seed, words
+prompts  one per caption      data: pair_id (= key), index, origin, source, caption_id, p_o, p_a,
+                              dims, rewriter, seed, words
 images   one per image pair   data: image_pair_id (= key), pair_id, p_o, p_a, dims, image_o, image_a
                               (SHA-256 of the stored files), backend, strength, transforms
                               ([{name, dimension, params}]), label ({value: -1 tie / 0 original /
@@ -23,6 +23,28 @@ from typing import Any, Sequence
 from .hashing import spec_hash
 
 PROMPTS, IMAGES, JUDGE, SCORE = "prompts", "images", "judge", "score"
+# A backend (scorer, judge) that could not run at all: one failed record per backend, listed by `status`.
+BACKEND = "backend"
+
+
+def backend_key(kind: str, name: str) -> str:
+    return spec_hash({"stage": BACKEND, "kind": kind, "name": name})
+
+
+# Where a prompt record came from: the prompt stage (captions), the editor (a photo's caption), an import.
+ORIGINS = ("captions", "editor", "import")
+
+
+def prompt_origin(data: dict[str, Any]) -> str:
+    """A prompt record's origin: its ``origin`` field, or for records stored before that field
+    existed, what their other fields show. Imports write rewriter "import" (their failed rows only
+    an index, no rewriter); the editor writes index null, since a photo's draws have no position in
+    a caption source; the prompt stage writes both an integer index and its rewriter."""
+    if data.get("origin") in ORIGINS:
+        return data["origin"]
+    if data.get("rewriter", "import") == "import":
+        return "import"
+    return "editor" if data.get("index") is None else "captions"
 
 
 def prompt_key(*, caption: str, effects: Sequence[Any], rewriter: dict[str, Any], max_words: int,

@@ -1,8 +1,12 @@
-"""Reading users' text files with errors that name the file (and the line of undecodable bytes)."""
+"""Users' text in and out: reading files with errors that name the file (and the line of undecodable
+bytes), finding control characters, and making text cells safe to open in a spreadsheet."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -26,3 +30,33 @@ def read_text(path: str | Path, what: str, *, allow_empty: bool = False) -> str:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(f"{path}:{line}: bytes that are not UTF-8 ({exc.reason} at byte {exc.start}); "
                          "re-save the file as UTF-8") from None
+
+
+def control_char(text: str) -> str | None:
+    """The first control character in ``text`` other than tab, newline and carriage return, written
+    as U+XXXX (e.g. a NUL byte, a terminal escape), or None. Such characters never belong in a prompt."""
+    for ch in text:
+        if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc":
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+# OWASP "CSV injection": a cell starting with one of these is run as a formula by spreadsheets.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting with =, +, -, @, tab or carriage
+    return gets a leading single quote (OWASP's convention). Numbers, and strings that are just a
+    signed number such as ``-0.5``, stay as they are, so they still read as numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def from_spreadsheet_cell(text: str) -> str:
+    """The inverse of ``spreadsheet_safe`` for CSV cells read back, so an exported CSV imports exactly."""
+    if text.startswith("'") and spreadsheet_safe(text[1:]) == text:
+        return text[1:]
+    return text

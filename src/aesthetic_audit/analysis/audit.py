@@ -11,6 +11,8 @@ image (prompt ``None``), used for both prompts of a pair.
 from __future__ import annotations
 
 import csv
+import html
+import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ import numpy as np
 from ..config import AnalysisConfig
 from ..hashing import spec_hash
 from ..records import IMAGES, JUDGE, SCORE
-from ..store.run import RunStore
+from ..store.run import RunStore, atomic_write_text
+from ..textio import spreadsheet_safe
 from .stats import bootstrap_ci, reward_model_test
 
 NSFW_SCORER = "nsfw"
@@ -339,15 +342,21 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
 
 
 def write_tables(analysis: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write each summary table as ``<name>.csv``, ``<name>.md`` and ``<name>.tex``; return the paths."""
+    """Write each summary table as ``<name>.csv``, ``<name>.md`` and ``<name>.tex``; return the paths.
+
+    Each file replaces the previous one whole (temporary file + rename), and each format escapes text
+    by its own rules: CSV cells that a spreadsheet would run as formulas, Markdown's ``|`` and raw
+    HTML, LaTeX's special characters.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for table in summary_tables(analysis):
         for suffix, render in ((".csv", _csv), (".md", _markdown), (".tex", _latex)):
             path = out / f"{table.name}{suffix}"
-            with open(path, "w", encoding="utf-8", newline="") as fh:
-                render(table, fh)
+            buf = io.StringIO(newline="")
+            render(table, buf)
+            atomic_write_text(path, buf.getvalue())
             paths.append(path)
     return paths
 
@@ -381,7 +390,7 @@ def _csv(table: _Table, fh: Any) -> None:
     header = []
     for col, cell in zip(table.columns, sample):
         header += [col, f"{col}_low", f"{col}_high"] if _is_estimate(cell) else [col]
-    writer.writerow(header)
+    writer.writerow([spreadsheet_safe(c) for c in header])
     for row in table.rows:
         line = []
         for cell in row:
@@ -389,31 +398,41 @@ def _csv(table: _Table, fh: Any) -> None:
                 line += ["" if cell[k] is None else repr(cell[k]) for k in ("estimate", "low", "high")]
             else:
                 line.append("" if cell is None else cell)
-        writer.writerow(line)
+        writer.writerow([spreadsheet_safe(c) for c in line])
 
 
 def _cells(row: Iterable[Any]) -> list[str]:
     return [format_estimate(c) if _is_estimate(c) else format_number(c) for c in row]
 
 
-def _markdown(table: _Table, fh: Any) -> None:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
+def markdown_escape(text: str) -> str:
+    """A table cell's text as Markdown shows it literally: raw HTML as entities, ``\\`` and ``|``
+    backslash-escaped (so a cell cannot end or split its column), line breaks as spaces."""
+    text = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
 
+
+def _markdown(table: _Table, fh: Any) -> None:
     fh.write(f"{table.caption}\n\n")
-    fh.write("| " + " | ".join(esc(c) for c in table.columns) + " |\n")
+    fh.write("| " + " | ".join(markdown_escape(c) for c in table.columns) + " |\n")
     fh.write("|" + "|".join("---" for _ in table.columns) + "|\n")
     for row in table.rows:
-        fh.write("| " + " | ".join(esc(c) for c in _cells(row)) + " |\n")
+        fh.write("| " + " | ".join(markdown_escape(c) for c in _cells(row)) + " |\n")
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                # <, > and | print as other glyphs in the default font encoding
+                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " ", "\r": " ",
                 "–": "--", "Δ": r"$\Delta$", "Σ": r"$\Sigma$", "−": "-"}
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+    """Text as LaTeX prints it literally: special characters escaped, line breaks (which would end
+    the row) as spaces, and a leading "[" braced (after a row's ``\\\\`` it would be read as the
+    row's spacing argument)."""
+    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+    return "{[}" + out[1:] if out.startswith("[") else out
 
 
 def _latex(table: _Table, fh: Any) -> None:

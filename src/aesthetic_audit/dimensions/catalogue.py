@@ -12,6 +12,9 @@ A user file has the same shape as the built-in one::
         editor: [pixelation]
       - key: clarity              # an existing one: only the fields given are replaced
         phrasings: [a smeared, unfocused haze]
+
+``conflicts`` (optional) names dimensions whose anti-aesthetic pole contradicts this one's, such as
+an empty scene and a cluttered background: the prompt stage never draws them into one prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import reprlib
 
 from importlib import resources
 from pathlib import Path
@@ -44,6 +48,9 @@ class Dimension(BaseModel):
     rubric: dict[int, str] = Field(description="judging rubric: 0 anti-aesthetic, 1 neutral, 2 conventional")
     phrasings: tuple[str, ...] = Field(min_length=1, description="noun phrases naming the anti-aesthetic effect")
     editor: tuple[str, ...] = Field((), description="editor transforms that realise the effect on a photo")
+    conflicts: tuple[str, ...] = Field((), description="dimensions whose anti-aesthetic pole contradicts this "
+                                       "one's (a cluttered background and an empty scene); a prompt never "
+                                       "asks for both. Symmetric: listing it on one side is enough")
 
     @field_validator("rubric")
     @classmethod
@@ -80,6 +87,15 @@ class Catalogue:
     @property
     def study_keys(self) -> list[str]:
         return [d.key for d in self if d.study]
+
+    def conflicts(self) -> dict[str, frozenset[str]]:
+        """Key -> the keys it must not be drawn with, both directions of every declared conflict."""
+        out: dict[str, set[str]] = {k: set() for k in self._dims}
+        for d in self:
+            for other in d.conflicts:
+                out[d.key].add(other)
+                out.setdefault(other, set()).add(d.key)
+        return {k: frozenset(v) for k, v in out.items()}
 
     def select(self, keys: Iterable[str] | None) -> list[Dimension]:
         """The dimensions named, in the order given; the study's 11 when ``keys`` is None."""
@@ -123,7 +139,13 @@ def load_catalogue(user_file: str | Path | None = None) -> Catalogue:
         for entry in _read_yaml(Path(user_file)):
             merged[entry["key"]] = {**merged.get(entry["key"], {}), **entry}
     where = str(user_file) if user_file else "built-in catalogue"
-    return Catalogue(_build(entry, where) for entry in merged.values())
+    catalogue = Catalogue(_build(entry, where) for entry in merged.values())
+    for d in catalogue:
+        bad = [k for k in d.conflicts if k not in catalogue or k == d.key]
+        if bad:
+            raise InputError(f"{where}: dimension {d.key!r}: conflicts names {', '.join(map(repr, bad))}, "
+                             "which is not another dimension")
+    return catalogue
 
 
 def parse_dims(value: Any) -> list[str]:
@@ -141,13 +163,15 @@ def parse_dims(value: Any) -> list[str]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 try:
                     value = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise InputError(f"dims {text!r} is neither a JSON list nor ';'-separated") from None
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    raise InputError(f"dims {reprlib.repr(text)} is neither a JSON list of names "
+                                     "nor ';'-separated") from None
         else:
             value = text.split(";")
+    # Checked before anything formats the value: a deeply nested list would overflow repr().
     if not isinstance(value, (list, tuple)) or not all(isinstance(d, str) for d in value):
-        raise InputError(f"dims {value!r} must be a list of dimension names")
+        raise InputError(f"dims {reprlib.repr(value)} must be a flat list of dimension names")
     return [d.strip() for d in value if d.strip()]

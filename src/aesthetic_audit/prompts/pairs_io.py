@@ -2,7 +2,8 @@
 
 The study's layout has ``original_prompt``, ``disorted_long_prompt`` (spelled so in the published
 data) and ``selected`` (a list of dimension keys; in CSV a JSON or Python list literal). The
-project's own layout has ``p_o``, ``p_a`` and ``dims``.
+project's own layout has ``p_o``, ``p_a`` and ``dims``. Exports in either layout add ``origin``
+(captions, editor or import; see ``records.prompt_origin``); imports ignore it.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..dimensions import Catalogue, parse_dims
 from ..errors import InputError
-from ..records import PROMPTS, failed_item_key, prompt_key
+from ..records import PROMPTS, failed_item_key, prompt_key, prompt_origin
 from ..stage import StageSummary
 from ..store import Record, RunStore
-from ..textio import read_text
+from ..textio import control_char, from_spreadsheet_cell, read_text
 from .rewriters.base import word_count
 
 STUDY = ("original_prompt", "disorted_long_prompt", "selected")
@@ -26,18 +28,23 @@ OWN = ("p_o", "p_a", "dims")
 
 
 def study_layout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Export rows of prompt records in the study's layout (ok records only)."""
-    return [{"original_prompt": r["p_o"], "disorted_long_prompt": r["p_a"], "selected": r["dims"]}
-            for r in rows if r.get("status") == "ok"]
+    """Export rows of prompt records in the study's layout (ok records only), with their origin."""
+    return [{"original_prompt": r["p_o"], "disorted_long_prompt": r["p_a"], "selected": r["dims"],
+             "origin": prompt_origin(r)} for r in rows if r.get("status") == "ok"]
 
 
 def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not path.is_file():
             raise InputError(f"prompt pairs file {path} does not exist")
-        return [(f"{path.name}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"prompt pairs file {path} is not a readable Parquet file ({exc})") from None
+        return [(f"{path.name}:row {i}", row) for i, row in enumerate(table.to_pylist())]
     text = read_text(path, "prompt pairs file")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         out = []
@@ -47,10 +54,30 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                     out.append((f"{path.name}:line {lineno}", json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise InputError(f"{path}:{lineno}: JSON nested too deeply") from None
         return out
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    return [(f"{path.name}:line {i + 2}", row) for i, row in enumerate(reader)]
+    # As for captions: TSV has no quoting; CSV is read strictly, so an unclosed quote is an error
+    # instead of a cell that swallows the rows after it.
+    tsv = path.suffix.lower() == ".tsv"
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t" if tsv else ",",
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=True)
+    try:
+        reader.fieldnames  # reads the header, so that line numbers below count from it
+    except csv.Error as exc:
+        raise InputError(f"{path}:1: malformed header ({exc})") from None
+    out = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as exc:
+            raise InputError(f"{path}:{start}: malformed row ({exc}); an unclosed quote?") from None
+        if not tsv:  # undo the export's spreadsheet escaping, so an exported CSV imports exactly
+            row = {k: from_spreadsheet_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+        out.append((f"{path.name}:line {start}", row))
 
 
 def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue) -> StageSummary:
@@ -59,12 +86,12 @@ def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue)
     rows = _rows(path)
     summary = StageSummary(PROMPTS, total=len(rows))
     for index, (where, row) in enumerate(rows):
-        cols = STUDY if "original_prompt" in row else OWN
-        p_o, p_a = (str(row.get(cols[0]) or "").strip(), str(row.get(cols[1]) or "").strip())
         failed_key = failed_item_key(PROMPTS, path.name, where)
         try:
-            if not p_o or not p_a:
-                raise InputError(f"{where}: missing {cols[0] if not p_o else cols[1]}")
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: expected a JSON object")
+            cols = STUDY if "original_prompt" in row else OWN
+            p_o, p_a = (_prompt(row, cols[0], where), _prompt(row, cols[1], where))
             try:
                 dims = parse_dims(row.get(cols[2]))
             except InputError as exc:
@@ -74,16 +101,31 @@ def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue)
                 raise InputError(f"{where}: unknown dimension {', '.join(map(repr, unknown))}; "
                                  "add it in a dimensions file")
         except InputError as exc:
-            store.put(Record.failed(failed_key, PROMPTS, where, str(exc), index=index))
+            store.put(Record.failed(failed_key, PROMPTS, where, str(exc), index=index, origin="import"))
             summary.failed += 1
             continue
         # An imported pair is its content: the same (p_o, p_a, dims) from another file or row is the same pair.
         key = prompt_key(caption=p_o, effects=dims, rewriter={"name": "import", "p_a": p_a}, max_words=0, seed=None)
         store.discard_failed([failed_key])
-        data = {"pair_id": key, "index": index, "source": path.name, "caption_id": where, "p_o": p_o,
-                "p_a": p_a, "dims": dims, "rewriter": "import", "seed": None, "words": word_count(p_a)}
+        data = {"pair_id": key, "index": index, "origin": "import", "source": path.name, "caption_id": where,
+                "p_o": p_o, "p_a": p_a, "dims": dims, "rewriter": "import", "seed": None, "words": word_count(p_a)}
         if store.put(Record(key, PROMPTS, where, data)):
             summary.new += 1
         else:
             summary.cached += 1
     return summary
+
+
+def _prompt(row: dict[str, Any], column: str, where: str) -> str:
+    """A prompt cell as clean text; missing, non-text or control characters fail the row."""
+    value = row.get(column)
+    if isinstance(value, float) and math.isnan(value):  # an empty cell in a pandas-written file
+        value = None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{where}: missing {column}")
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {column} must be text, not a {type(value).__name__}")
+    bad = control_char(value)
+    if bad:
+        raise InputError(f"{where}: {column} contains the control character {bad}")
+    return value.strip()

@@ -1,8 +1,12 @@
 """Caption sources: the built-in set, COCO captions JSON, CSV/TSV (e.g. PartiPrompts), JSONL, text.
 
-Problems with single captions (empty, duplicate, over 10,000 characters) are counted warnings that
-name the file and line; problems with the whole source (missing, empty, undecodable, no such
-column) are errors.
+Problems with single captions (empty, duplicate, over 10,000 characters, a control character such
+as a NUL byte) are counted warnings that name the file and line; problems with the whole source
+(missing, empty, undecodable, no such column, a malformed CSV row) are errors.
+
+CSV follows RFC 4180 quoting, read strictly: a quoted cell may not run over several lines, since
+such a cell is almost always an unclosed quote that swallowed the rows after it. TSV is plain
+tab-separated text as in PartiPrompts: quotes are ordinary characters.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
-from ..textio import read_text
+from ..textio import control_char, from_spreadsheet_cell, read_text
 
 MAX_CAPTION_CHARS = 10_000
 DEFAULT_COLUMNS = ("caption", "Prompt", "prompt", "text", "original_prompt")
@@ -79,6 +83,8 @@ def _coco_rows(text: str, name: str, **_: object) -> Iterator[tuple[str, str]]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{name}: JSON nested too deeply") from None
     anns = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(anns, list):
         raise InputError(f"{name}: not a COCO captions file (no 'annotations' list)")
@@ -102,10 +108,15 @@ def _pick_column(columns: list[str] | None, column: str | None, name: str) -> st
 
 def _delimited_rows(text: str, name: str, delimiter: str, column: str | None,
                     filter: dict[str, str]) -> Iterator[tuple[str, str]]:
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    col = _pick_column(reader.fieldnames, column, name)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise InputError(f"{name}:1: malformed header ({exc})") from None
+    col = _pick_column(fieldnames, column, name)
     for fcol in filter:
-        _pick_column(reader.fieldnames, fcol, name)
+        _pick_column(fieldnames, fcol, name)
     while True:
         start = reader.line_num + 1
         try:
@@ -113,9 +124,15 @@ def _delimited_rows(text: str, name: str, delimiter: str, column: str | None,
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InputError(f"{name}:{start}: malformed row ({exc})") from None
+            raise InputError(f"{name}:{start}: malformed row ({exc}); an unclosed quote?") from None
+        if reader.line_num > start:
+            raise InputError(f"{name}:{start}: a quoted cell runs on to line {reader.line_num}; "
+                             "an unclosed quote? (a caption row is one line)")
         if all((row.get(k) or "").strip() == v for k, v in filter.items()):
-            yield f"{name}:line {start}", row.get(col) or ""
+            caption = row.get(col) or ""
+            if quoting != csv.QUOTE_NONE:  # a CSV exported by this package escapes formula-like cells
+                caption = from_spreadsheet_cell(caption)
+            yield f"{name}:line {start}", caption
 
 
 def _csv_rows(text, name, *, column=None, filter=None):
@@ -136,13 +153,20 @@ def _jsonl_rows(text: str, name: str, *, column: str | None = None,
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{name}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise InputError(f"{name}:{lineno}: expected a JSON object per line")
         if col is None:
             col = _pick_column(list(obj), column, name)
-        if all(str(obj.get(k, "")).strip() == v for k, v in (filter or {}).items()):
+        if all(_scalar_text(obj.get(k, "")) == v for k, v in (filter or {}).items()):
             value = obj.get(col)
             yield f"{name}:line {lineno}", value if isinstance(value, str) else ""
+
+
+def _scalar_text(value: object) -> str | None:
+    """A JSON scalar as the text a filter compares; lists and objects match no filter."""
+    return None if isinstance(value, (list, dict)) else str(value).strip()
 
 
 _READERS = {"coco": _coco_rows, "csv": _csv_rows, "tsv": _tsv_rows, "jsonl": _jsonl_rows, "txt": _text_rows}
@@ -153,8 +177,11 @@ def _clean(name: str, rows) -> CaptionSet:
     seen: dict[str, str] = {}
     for where, raw in rows:
         text = " ".join(raw.split())
+        bad = control_char(text)
         if not text:
             out.warnings.append(f"{where}: empty caption skipped")
+        elif bad:
+            out.warnings.append(f"{where}: caption with the control character {bad} skipped")
         elif len(text) > MAX_CAPTION_CHARS:
             out.warnings.append(f"{where}: caption of {len(text)} characters skipped "
                                 f"(over {MAX_CAPTION_CHARS})")

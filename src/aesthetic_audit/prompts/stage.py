@@ -7,9 +7,10 @@ finishes, so a killed run resumes with what it had.
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Mapping, Sequence
 
 from ..config import AuditConfig
 from ..dimensions import Catalogue
@@ -42,13 +43,36 @@ def sample_captions(captions: Sequence[Caption], n: int | None, seed: int) -> li
     return [captions[i] for i in chosen]
 
 
-def draw_dims(pool: Sequence[str], k_min: int, k_max: int, seed: int, caption: str) -> list[str]:
-    """k ~ U{k_min..k_max} dimensions without replacement, seeded by the seed and the caption."""
+_REDRAWS = 100  # before falling back to listing the compatible sets; a few suffice for real catalogues
+
+
+def draw_dims(pool: Sequence[str], k_min: int, k_max: int, seed: int, caption: str,
+              conflicts: Mapping[str, Collection[str]] | None = None) -> list[str]:
+    """k ~ U{k_min..k_max} dimensions without replacement, seeded by the seed and the caption.
+
+    With ``conflicts`` (``Catalogue.conflicts()``), the draw is uniform over the sets of k in which
+    no two dimensions contradict each other: a draw with a conflict is drawn again, so a draw
+    without one is the same as with no conflicts at all.
+    """
     if not pool:
         raise ConfigError("no dimensions to draw from")
+    conflicts = conflicts or {}
+
+    def compatible(dims: Sequence[str]) -> bool:
+        return not any(b in conflicts.get(a, ()) for a, b in itertools.combinations(dims, 2))
+
     rng = random.Random(canonical_json({"seed": seed, "caption": caption, "draw": "dims"}))
     k = rng.randint(min(k_min, len(pool)), min(k_max, len(pool)))
-    return rng.sample(list(pool), k)
+    for _ in range(_REDRAWS):
+        dims = rng.sample(list(pool), k)
+        if compatible(dims):
+            return dims
+    # A pool that is mostly conflicts: choose among the compatible sets themselves.
+    sets = [c for c in itertools.combinations(pool, k) if compatible(c)]
+    if not sets:
+        raise ConfigError(f"no {k} of the dimensions {', '.join(pool)} can go into one prompt: "
+                          "some of them conflict (see 'conflicts' in the catalogue); lower k or add dimensions")
+    return rng.sample(rng.choice(sets), k)
 
 
 def effects_for(catalogue: Catalogue, dims: Sequence[str]) -> tuple[Effect, ...]:
@@ -70,9 +94,10 @@ def plan_prompts(config: AuditConfig, catalogue: Catalogue, rewriter: Rewriter) 
     captions = read_captions(pc.source, format=pc.format, column=pc.column, filter=pc.filter)
     chosen = sample_captions(captions.captions, pc.n, config.seed)
     identity = rewriter.identity()
+    conflicts = catalogue.conflicts()
     plan = []
     for index, cap in enumerate(chosen):
-        dims = tuple(draw_dims(pool, pc.k_min, pc.k_max, config.seed, cap.text))
+        dims = tuple(draw_dims(pool, pc.k_min, pc.k_max, config.seed, cap.text, conflicts))
         req = RewriteRequest(cap.text, effects_for(catalogue, dims), pc.max_words, config.seed)
         key = prompt_key(caption=cap.text, effects=effect_spec(req.effects), rewriter=identity,
                          max_words=pc.max_words, seed=config.seed)
@@ -93,7 +118,7 @@ def run_prompts(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, r
     results = rewriter.rewrite_iter([p.request for p in todo])
     for i, result in progress(results, total=len(todo), desc="prompts"):
         p = todo[i]
-        common = {"pair_id": p.key, "index": p.index, "source": p.source,
+        common = {"pair_id": p.key, "index": p.index, "origin": "captions", "source": p.source,
                   "caption_id": p.caption.id, "p_o": p.caption.text, "dims": list(p.dims),
                   "rewriter": identity["name"], "seed": config.seed}
         if result.prompt is None:

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .. import __version__
 from ..analysis.audit import COMBOS, Pair, RunData, format_number
-from ..store.run import RunStore
+from ..store.run import RunStore, atomic_write_text
 
 THUMB_SIDE = 256
 GALLERY_SIZE = 24
@@ -103,8 +103,9 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
     ])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_PAGE.substitute(title=_e(f"aesthetic-audit report: {store.root.name}"), css=_CSS.strip(),
-                                    body=body), encoding="utf-8")
+    # Replaced whole: a killed run or a full disk leaves the previous report, never half of one.
+    atomic_write_text(out, _PAGE.substitute(title=_e(f"aesthetic-audit report: {store.root.name}"),
+                                            css=_CSS.strip(), body=body))
     return out
 
 

@@ -5,6 +5,10 @@ its own phrasings and nothing else, so p_a never names an effect that was not ch
 the phrasings are drawn with a generator seeded by (seed, caption, effects), so the same inputs give
 the same prompt and the set as a whole is not monotonous. When a draw is over the word limit, the
 shortest phrasings are used; if even that is over, the item fails with the reason.
+
+Effects that contradict each other (an empty scene and a cluttered background) never reach it
+together: the catalogue declares such dimensions as ``conflicts`` and the prompt stage does not
+draw them into one prompt.
 """
 
 from __future__ import annotations
