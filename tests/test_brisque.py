@@ -85,6 +85,35 @@ def test_real_photo_equals_the_package_and_noise_makes_it_worse(package_score) -
     assert ours[1].score > ours[0].score + 10  # lower is better: noise is penalised
 
 
+def test_scores_leave_the_nominal_range_unclipped(package_score) -> None:
+    """The SVR output is not bounded by 0-100 on either side, so the class declares no range and the scorer
+    reports the model's own value."""
+    data = pytest.importorskip("skimage.data")
+    coffee = Image.fromarray(data.coffee())
+    coffee.thumbnail((96, 96))
+    low, high = BrisqueScorer().score([(coffee, None), (_synthetic()["checkerboard"], None)])
+    assert low.score < 0 and low.score == pytest.approx(package_score(coffee), abs=1e-6)
+    # a feature vector far from every support vector gets the shipped model's -rho (svm.txt: rho -155.845)
+    assert high.score == pytest.approx(155.845, abs=1e-9)
+
+
+def test_scores_do_not_depend_on_openmp_threads() -> None:
+    """libsvm sums the SVR in an OpenMP reduction whose order follows thread scheduling; the scorer runs it
+    on one thread, so every call gives the bits of the sequential sum, whatever the caller's setting."""
+    cv2 = pytest.importorskip("cv2")
+    from threadpoolctl import threadpool_limits
+
+    from aesthetic_audit.scorers.brisque import brisque_features
+
+    image = _synthetic()["blurred_noise_odd_size"]
+    scorer = BrisqueScorer().load()
+    with threadpool_limits(limits=1, user_api="openmp"):
+        sequential = scorer._model.calculate_image_quality_score(brisque_features(image, cv2))
+    with threadpool_limits(limits=4, user_api="openmp"):
+        scores = {scorer.score([(image, None)])[0].score for _ in range(20)}
+    assert scores == {sequential}
+
+
 def test_bad_items_fail_alone() -> None:
     good = _synthetic()["noise"]
     items = [
@@ -115,7 +144,7 @@ def test_class_metadata_and_registry() -> None:
     assert registry.get("scorers", "brisque") is BrisqueScorer
     assert BrisqueScorer.higher_is_better is False
     assert BrisqueScorer.prompt_aware is False
-    assert BrisqueScorer.score_range == (0, 100)
+    assert BrisqueScorer.score_range == (None, None)  # see test_scores_leave_the_nominal_range
     assert BrisqueScorer.extra == "offline"
     identity = BrisqueScorer().identity()
     assert identity["name"] == "brisque" and identity["weights"].startswith("brisque==")

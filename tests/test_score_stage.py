@@ -1,5 +1,8 @@
 """The score stage: four combinations with reuse, failures as records, retry."""
 
+from pathlib import Path
+
+import pytest
 from PIL import Image
 
 from aesthetic_audit.records import IMAGES
@@ -86,5 +89,31 @@ def test_a_scorer_that_cannot_load_is_reported_and_the_others_run(tmp_path, cli)
     code, _, err = cli("score", run, "--scorers", "imagereward,composite",
                        "--set", "score.options={imagereward: {weights: /nonexistent/folder}}")
     assert code == 1
-    assert "error: scorer imagereward" in err and "not found at /nonexistent/folder" in err
+    assert ("error: scorer imagereward: missing weight files: ImageReward.pt, med_config.json not found in "
+            "/nonexistent/folder") in err
     assert "score:composite: 18 items, 18 new" in err
+
+
+def test_a_scorer_that_cannot_run_is_named_once_and_the_next_one_runs(tmp_path):
+    """A bad option and a damaged weight file (an interrupted download) are one-line errors that name the
+    scorer once; the scorers after them still run."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    from tiny import builders
+
+    from aesthetic_audit.pipeline import Run
+
+    _run_with_pairs(tmp_path / "run")
+    weights = builders()["imagereward"](tmp_path)["weights"]  # official layout: .pt, med_config.json, vocab.txt
+    damaged = Path(weights) / "ImageReward.safetensors"  # preferred over the .pt when both are there
+    save_file(torch.load(Path(weights) / "ImageReward.pt", weights_only=True), str(damaged))
+    damaged.write_bytes(damaged.read_bytes()[:4096])
+    run = Run.open(tmp_path / "run", overrides={"score.options.imagereward": {"weights": weights}})
+    run.config.score.options["brisque"] = {"devise": "cpu"}  # past the config check, as an older run's config
+    summaries = run.score(["brisque", "imagereward", "composite"])
+    assert run.errors[0] == ("scorer brisque: bad options ['devise']: BrisqueScorer.__init__() got an unexpected "
+                             "keyword argument 'devise'")
+    assert run.errors[1].startswith(f"scorer imagereward: cannot read {damaged} as safetensors (damaged or "
+                                    "incomplete? download it again): SafetensorError: ")
+    assert len(run.errors) == 2 and all(e.count("scorer ") == 1 for e in run.errors)
+    assert summaries[2].stage == "score:composite" and summaries[2].total == 3

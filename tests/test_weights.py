@@ -1,5 +1,6 @@
 """Weight resolution and safe checkpoint reading, shared by every model scorer."""
 
+import functools
 import hashlib
 import shutil
 
@@ -29,11 +30,144 @@ def test_resolver_hashes_local_files_and_names_missing_ones(tmp_path):
     r = Resolver(offline=True)
     src = WeightsSource(repo="org/model", local=str(tmp_path))
     assert r.sha256(src, "w.bin") == hashlib.sha256(b"abc").hexdigest()
-    with pytest.raises(WeightsError, match=r"'missing.safetensors' not found at .*missing.safetensors"):
+    with pytest.raises(WeightsError) as missing:
         r.file(src, "missing.safetensors")
-    with pytest.raises(WeightsError, match=r"cannot get model.safetensors of org/other@v1.*huggingface-cli download "
-                                           r"org/other model.safetensors --revision v1"):
+    assert str(missing.value) == (f"missing weight files: missing.safetensors not found in {tmp_path} (put the files "
+                                  f"there: hf download org/model missing.safetensors --local-dir {tmp_path}, or fix "
+                                  "the path)")
+    with pytest.raises(WeightsError, match=r"not in the Hugging Face cache: org/other@v1: model.safetensors .*"
+                                           r"`hf download org/other model.safetensors --revision v1`"):
         r.file(WeightsSource(repo="org/other", revision="v1"), "model.safetensors")
+
+
+PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+PICKSCORE_REV = "dc2ed378e35ed7046987c680120123faa75b4559"
+LAION_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+LAION_H_REV = "94a64189c3535c1cb44acfcccd7b0908c1c8eb23"
+
+
+def test_every_missing_file_is_named_at_once_with_the_hf_download_commands(tmp_path):
+    """PickScore reads two repos; all five files are named in one error, one exact command per repo, whether
+    the record key (identity) or loading asks first. HF_HUB_OFFLINE is set for the tests (conftest)."""
+    commands = (f"`hf download {PICKSCORE_MODEL} config.json model.safetensors --revision {PICKSCORE_REV}` and "
+                f"`hf download {LAION_H} vocab.json merges.txt preprocessor_config.json --revision {LAION_H_REV}`")
+    for ask in ("identity", "load"):
+        with pytest.raises(WeightsError) as exc:
+            getattr(get("scorers", "pickscore")(), ask)()
+        msg = str(exc.value)
+        assert msg.startswith(f"missing weight files: not in the Hugging Face cache: "
+                              f"{PICKSCORE_MODEL}@{PICKSCORE_REV}: config.json, model.safetensors; "
+                              f"{LAION_H}@{LAION_H_REV}: vocab.json, merges.txt, "
+                              "preprocessor_config.json (hub access is off: HF_HUB_OFFLINE")
+        assert commands in msg and "\n" not in msg
+
+
+def test_a_local_folder_and_the_hub_are_named_together(tmp_path):
+    """ImageReward with an empty folder: the folder's two files and the tokenizer's hub file, all in one error."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError) as exc:
+        get("scorers", "imagereward")(weights=str(empty)).identity()
+    msg = str(exc.value)
+    assert msg.startswith(f"missing weight files: ImageReward.pt, med_config.json not found in {empty} (put the files "
+                          f"there: hf download THUDM/ImageReward ImageReward.pt med_config.json --local-dir {empty}, "
+                          "or fix the path); not in the Hugging Face cache: google-bert/bert-base-uncased@main: "
+                          "vocab.txt (")
+    assert "`hf download google-bert/bert-base-uncased vocab.txt`" in msg
+
+
+def test_an_unreachable_hub_is_found_with_one_request_and_files_come_from_the_cache(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE, one request to the hub endpoint (here a closed local port) decides: the hub
+    library is then asked for cached files only, never left to retry a dead connection per file."""
+    import socket
+
+    import huggingface_hub
+
+    from aesthetic_audit.scorers import _weights
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read by the hub at import
+    probes, asked = [], []
+    real_probe = _weights.hub_problem.__wrapped__
+
+    def probe(endpoint):
+        probes.append(endpoint)
+        return real_probe(endpoint)
+
+    def download(repo, filename, *, local_files_only, **kw):
+        asked.append(local_files_only)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(_weights, "hub_problem", functools.lru_cache(maxsize=None)(probe))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(WeightsError, match=r"the hub is unreachable \(ConnectError: .*\); set HF_HUB_OFFLINE=1") as exc:
+        get("scorers", "pickscore")().identity()
+    assert "config.json, model.safetensors" in str(exc.value) and "preprocessor_config.json" in str(exc.value)
+    assert probes == [f"http://127.0.0.1:{port}"] and asked == [True] * 5
+
+    # a hub that answers is asked normally, and its failure is named
+    monkeypatch.setattr(_weights, "hub_problem", lambda endpoint: None)
+    asked.clear()
+    with pytest.raises(WeightsError, match=r"\(the download failed: LocalEntryNotFoundError: not cached\)"):
+        get("scorers", "pickscore")().identity()
+    assert asked == [False] * 5
+
+
+def test_damaged_weight_files_are_errors_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {"layer.weight": torch.arange(4096.0).reshape(64, 64)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut-{name}").write_bytes(data[:len(data) // 2])  # an interrupted download
+        with pytest.raises(WeightsError, match=rf"cannot read {tmp_path / f'cut-{name}'} .*damaged or incomplete"):
+            load_state_dict(tmp_path / f"cut-{name}", allow_pickle=True)
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)  # not even a header
+    with pytest.raises(WeightsError, match=r"junk.safetensors as safetensors"):
+        load_state_dict(tmp_path / "junk.safetensors")
+
+
+def test_a_damaged_file_read_by_transformers_fails_the_scorer_not_the_process(tmp_path):
+    from tiny import builders
+
+    opts = builders()["blip-itm"](tmp_path)
+    weights = tmp_path / "blip-itm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=rf"cannot build the model from .*{weights}"):
+        get("scorers", "blip-itm")(**opts, device="cpu").load()
+
+
+def test_convert_keeps_the_checkpoints_companion_files_so_the_folder_loads(tmp_path, cli):
+    """The README recipe: ImageReward.pt + med_config.json as downloaded -> a folder the scorer takes as it is."""
+    from PIL import Image
+    from tiny import builders
+
+    official = builders()["imagereward"](tmp_path)  # ImageReward.pt, med_config.json, vocab.txt
+    folder = tmp_path / "imagereward"
+    code, _, err = cli("convert", folder / "ImageReward.pt", "-o", tmp_path / "converted")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "converted").iterdir()) == [
+        "ImageReward.safetensors", "med_config.json", "vocab.txt"]
+    assert (tmp_path / "converted" / "med_config.json").read_bytes() == (folder / "med_config.json").read_bytes()
+    item = [(Image.new("RGB", (40, 32), (200, 40, 90)), "a photo of a cat")]
+    converted = get("scorers", "imagereward")(weights=str(tmp_path / "converted"), device="cpu")  # no allow_pickle
+    assert converted.score(item)[0].score == pytest.approx(
+        get("scorers", "imagereward")(**official, device="cpu").score(item)[0].score, abs=1e-6)
+
+    # a different file of the same name in the output folder is never overwritten, and nothing is written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "med_config.json").write_text("{}")
+    code, _, err = cli("convert", folder / "ImageReward.pt", "-o", other)
+    assert code == 2 and f"{other / 'med_config.json'} exists and differs" in err
+    assert sorted(p.name for p in other.iterdir()) == ["med_config.json"]
 
 
 def test_pickles_need_opt_in_and_are_read_weights_only(tmp_path):

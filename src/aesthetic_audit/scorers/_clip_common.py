@@ -20,14 +20,13 @@ Nothing here imports torch or transformers at import time.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, require
 from ._torch import (OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, ImagePreprocess, TextEncoding, pad_rows,
                      skip_init, torch, unit)
-from ._weights import WeightsError, WeightsSource, load_state_dict
+from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
 
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -84,7 +83,7 @@ def load_clip(config_path: Path, weights_path: Path, *, allow_pickle: bool, visi
 def load_tokenizer(vocab_path: Path, merges_path: Path):
     """transformers' CLIP BPE tokenizer from vocab.json + merges.txt."""
     tf = transformers()
-    vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+    vocab = read_json(vocab_path)
     missing = [t for t in (BOS, EOS) if t not in vocab]
     if missing:
         raise WeightsError(f"{vocab_path} is not a CLIP vocabulary: no {', '.join(missing)}")
@@ -126,7 +125,7 @@ def preprocess_from_config(path: Path | None, image_size: int, crop_offset: str)
     """The ImagePreprocess equal to a repo's CLIPImageProcessor config (defaults: CLIP's, at image_size)."""
     if path is None:
         return ImagePreprocess(image_size, "shortest", True, OPENAI_MEAN, OPENAI_STD, crop_offset)
-    cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    cfg = read_json(path)
     unsupported = []
     if not cfg.get("do_resize", True):
         unsupported.append("do_resize=false")
@@ -242,7 +241,7 @@ class CLIPDualEncoder(CLIPImageTower):
             path = self.resolver.file(*extra) if extra else None
             self.preprocess = preprocess_from_config(path, vision.image_size, self.spec.get("crop_offset", "floor"))
         if self.preprocess.crop and self.preprocess.size != vision.image_size:
-            raise ConfigError(f"{self.name}: the processor crops to {self.preprocess.size} pixels but the model "
+            raise ConfigError(f"the processor crops to {self.preprocess.size} pixels but the model "
                               f"takes {vision.image_size}")
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
         # read before load() casts the model: exp() of a bf16 logit scale would be off by ~1%

@@ -40,7 +40,6 @@ folder (vocab.json + merges.txt; the same 49,408 ids as open_clip's bpe_simple_v
 from __future__ import annotations
 
 import html
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 
 from ..errors import require
 from ..ui import log
-from ._weights import WeightsError, file_sha256, load_state_dict
+from ._weights import WeightsError, file_sha256, load_state_dict, read_json
 
 # open_clip model configs: vision width -> head width where it is not the default 64.
 VISION_HEAD_WIDTHS = {1280: 80, 1408: 88, 1664: 104, 1792: 112}
@@ -307,7 +306,7 @@ class OpenClipTokenizer:
 
     @classmethod
     def from_files(cls, vocab_path: Path, merges_path: Path, context_length: int = 77) -> "OpenClipTokenizer":
-        vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+        vocab = read_json(vocab_path)
         merges = []
         for line in Path(merges_path).read_text(encoding="utf-8").split("\n"):
             if line.startswith("#version") or not line.strip():

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, require
+from ..errors import AuditError, ConfigError, require
 from ..registry import register
-from ._weights import Resolver, WeightsSource
+from ._weights import Resolver, WeightsError, WeightsSource, first_line
 from .base import Scorer, ScoreResult
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -229,7 +229,7 @@ class TorchScorer(Scorer):
                  processor: Any = None, tokenizer: Any = None):
         variant = variant or self.default_variant
         if self.variants and variant not in self.variants:
-            raise ConfigError(f"{self.name}: unknown variant {variant!r}; variants: {', '.join(self.variants)}")
+            raise ConfigError(f"unknown variant {variant!r}; variants: {', '.join(self.variants)}")
         super().__init__(variant=variant, weights=weights, revision=revision, dtype=dtype)
         self.variant = variant
         self.spec: dict[str, Any] = dict(self.variants.get(variant, {})) if variant else {}
@@ -284,6 +284,7 @@ class TorchScorer(Scorer):
     def files_identity(self, files: list[tuple[WeightsSource, str]]) -> dict[str, str]:
         """``{role/file: sha256}``: content and role, not location, so the same files moved to another folder,
         taken from the hub cache instead of a local copy, or from a mirror repo keep their records' keys."""
+        self.resolver.files(files)  # every missing file named in one error, not one per attempt
         return {f"{src.role}/{name}" if src.role else name: self.resolver.sha256(src, name) for src, name in files}
 
     def weights_manifest(self) -> dict[str, Any]:
@@ -303,7 +304,15 @@ class TorchScorer(Scorer):
             else:
                 self.device = resolve_device(self.device_option)
                 self.dtype = resolve_dtype(self.dtype_option or self.default_dtype)
-            self._load()
+            self.resolver.files(self.weight_files())  # all missing files in one error, before any is read
+            try:
+                self._load()
+            except AuditError:
+                raise
+            except Exception as exc:  # e.g. a damaged file read by transformers: this scorer fails, not the run
+                files = ", ".join(str(f.path) for f in self.resolver.resolved.values()) or "injected parts"
+                raise WeightsError(f"cannot build the model from {files}: {type(exc).__name__}: "
+                                   f"{first_line(exc)}") from exc
             self._place()
             self._loaded = True
         return self
@@ -341,7 +350,7 @@ class TorchScorer(Scorer):
     def _check_injected_dtype(self) -> None:
         have = torch_dtype_name(self._model_dtype())
         if self.dtype_option is not None and self.dtype_option != have:
-            raise ConfigError(f"{self.name}: the injected model is {have} but dtype={self.dtype_option}; an injected "
+            raise ConfigError(f"the injected model is {have} but dtype={self.dtype_option}; an injected "
                               f"model is never cast (it may be shared): cast it first, or leave dtype unset")
 
     def _injected_device(self) -> str:
@@ -350,7 +359,7 @@ class TorchScorer(Scorer):
         if self.device_option not in (None, "auto"):
             want = t.device(self.device_option)
             if want.type != have.type or want.index not in (None, have.index):
-                raise ConfigError(f"{self.name}: the injected model is on {have} but device={self.device_option}; an "
+                raise ConfigError(f"the injected model is on {have} but device={self.device_option}; an "
                                   "injected model is never moved (it may be shared): move it first, or leave device "
                                   "unset")
         return str(have)

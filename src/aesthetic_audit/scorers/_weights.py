@@ -5,26 +5,109 @@ cache; offline mode works when the cache is warm) or a local path. Every resolve
 into the scorer's identity and so into every record key and the run manifest; hashes of large files
 are remembered in a small sidecar cache keyed by (path, size, mtime).
 
+Missing files are reported all at once, with the ``hf download`` commands that fetch them. The hub is
+asked only when it can answer: with HF_HUB_OFFLINE set, or when one short request finds it unreachable,
+files come from the cache alone (``hf_hub_download`` would otherwise retry a dead connection for ~25 s
+per file).
+
 Safetensors are the default. A pickle checkpoint (.pt/.pth/.bin) can execute code when unpickled, so
 it needs an explicit ``allow_pickle=True`` and is then read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import AuditError, require
+from ..ui import log
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+PROBE_TIMEOUT_S = 3.0  # one request that tells a reachable hub from an unreachable one
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# Files that belong with a checkpoint in its folder (configs, tokenizers): `convert` copies them along.
+COMPANION_FILES = ("config.json", "med_config.json", "preprocessor_config.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class WeightsError(AuditError):
     pass
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    source: "WeightsSource"
+    filename: str  # with the source's subfolder, as `hf download` names it
+    reason: str
+
+
+class MissingWeightsError(WeightsError):
+    """Weight files that could not be found: every one of a scorer's, with how to get each."""
+
+    def __init__(self, missing: list[MissingFile]):
+        self.missing = missing
+        super().__init__(describe_missing(missing))
+
+
+def describe_missing(missing: list[MissingFile]) -> str:
+    """One line: the missing files per local folder and per hub repo, with the `hf download` commands."""
+    local: dict[tuple[str, str | None, str | None], list[str]] = {}
+    hub: dict[tuple[str, str | None], list[str]] = {}
+    reasons: dict[str, None] = {}
+    for m in missing:
+        if m.source.local:
+            local.setdefault((m.source.local, m.source.repo, m.source.revision), []).append(m.filename)
+        else:
+            hub.setdefault((m.source.repo or "?", m.source.revision), []).append(m.filename)
+            reasons.setdefault(m.reason)
+    parts = []
+    for (folder, repo, rev), names in local.items():
+        fetch = f": {download_command(repo, rev, names)} --local-dir {folder}" if repo else ""
+        parts.append(f"{', '.join(names)} not found in {folder} (put the files there{fetch}, or fix the path)")
+    if hub:
+        listed = "; ".join(f"{repo}@{rev or 'main'}: {', '.join(names)}" for (repo, rev), names in hub.items())
+        commands = " and ".join(f"`{download_command(repo, rev, names)}`" for (repo, rev), names in hub.items())
+        parts.append(f"not in the Hugging Face cache: {listed} ({'; '.join(reasons)}). Fetch them where the hub "
+                     f"is reachable with {commands} (into the Hugging Face cache, which is read offline too; "
+                     "copy it along or point HF_HOME at it), or add --local-dir DIR and pass DIR as the scorer's "
+                     "weights option (README: Reward models)")
+    return f"missing weight files: {'; '.join(parts)}"
+
+
+def download_command(repo: str, revision: str | None, names: list[str]) -> str:
+    """The huggingface_hub CLI command that fetches ``names`` of ``repo`` at ``revision``."""
+    return f"hf download {repo} {' '.join(names)}" + (f" --revision {revision}" if revision else "")
+
+
+def hub_offline_env() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read when asked (not when huggingface_hub was imported)."""
+    return any(os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=None)
+def hub_problem(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (None when it answers at all), from one short request,
+    once per process and endpoint."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=PROBE_TIMEOUT_S)
+    except Exception as exc:  # any failure to get an answer means: do not wait on this hub
+        return f"{type(exc).__name__}: {first_line(exc)}"
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def cache_home() -> Path:
@@ -79,12 +162,23 @@ class Resolver:
             base = Path(source.local).expanduser()
             path = base if base.is_file() and base.name == Path(filename).name else base / filename
             if not path.is_file():
-                raise WeightsError(f"weights file {filename!r} not found at {path}; put the file there "
-                                   f"(from {source.repo or 'the official release'}) or fix the local path")
+                raise MissingWeightsError([MissingFile(source, filename, "not found")])
         else:
             path = self._hub(source, filename)
         self.resolved[key] = ResolvedFile(path, file_sha256(path), key)
         return path
+
+    def files(self, wanted: list[tuple[WeightsSource, str]]) -> list[Path]:
+        """Resolve every file, or raise one error naming every file that is missing."""
+        paths, missing = [], []
+        for source, filename in wanted:
+            try:
+                paths.append(self.file(source, filename))
+            except MissingWeightsError as exc:
+                missing += exc.missing
+        if missing:
+            raise MissingWeightsError(missing)
+        return paths
 
     def sha256(self, source: WeightsSource, filename: str) -> str:
         """The SHA-256 of a file, resolving it first if needed."""
@@ -95,19 +189,31 @@ class Resolver:
         if not source.repo:
             raise WeightsError(f"no hub repository or local path given for {filename!r}")
         hub = require("huggingface_hub", "models", "loading weights from the Hugging Face hub")
-        offline = self.offline if self.offline is not None else os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+        name = f"{source.subfolder}/{filename}" if source.subfolder else filename
+        if source.revision and COMMIT.fullmatch(source.revision):
+            # a pinned file already cached needs no hub (hf_hub_download would read only the cache, too)
+            cached = hub.try_to_load_from_cache(source.repo, name, revision=source.revision)
+            if isinstance(cached, str):
+                return Path(cached)
+        offline = self._offline_reason(hub)
         try:
             return Path(hub.hf_hub_download(source.repo, filename, revision=source.revision,
-                                            subfolder=source.subfolder, local_files_only=offline))
+                                            subfolder=source.subfolder, local_files_only=offline is not None))
         except Exception as exc:  # the hub library raises many types: name the file either way
-            rev = f" --revision {source.revision}" if source.revision else ""
-            sub = f"{source.subfolder}/" if source.subfolder else ""
-            raise WeightsError(
-                f"cannot get {sub}{filename} of {source.repo}@{source.revision or 'main'} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Fetch it on a machine "
-                f"with hub access: `huggingface-cli download {source.repo} {sub}{filename}{rev}` (it lands in the "
-                "Hugging Face cache, which works offline), or download it anywhere and pass the folder as the "
-                "scorer's `weights` option") from None
+            reason = offline or f"the download failed: {type(exc).__name__}: {first_line(exc)}"
+            raise MissingWeightsError([MissingFile(source, name, reason)]) from None
+
+    def _offline_reason(self, hub: Any) -> str | None:
+        """Why files come from the cache alone (None: the hub is asked)."""
+        if self.offline:
+            return "hub access is off: the scorer's offline option"
+        if self.offline is None and (hub_offline_env() or hub.constants.HF_HUB_OFFLINE):
+            return "hub access is off: HF_HUB_OFFLINE is set"
+        if self.offline is None:
+            problem = hub_problem(hub.constants.ENDPOINT)
+            if problem:
+                return f"the hub is unreachable ({problem}); set HF_HUB_OFFLINE=1 to skip this check"
+        return None
 
     def manifest(self) -> dict[str, Any]:
         return {k: {"path": str(v.path), "sha256": v.sha256} for k, v in self.resolved.items()}
@@ -143,7 +249,11 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False, key: str | None =
     path = Path(path)
     if path.suffix == ".safetensors":
         st = require("safetensors.torch", "models", "loading safetensors weights")
-        state = st.load_file(str(path))
+        try:
+            state = st.load_file(str(path))
+        except Exception as exc:  # SafetensorError (bad header, truncated data), OSError: the file is unusable
+            raise WeightsError(f"cannot read {path} as safetensors (damaged or incomplete? download it again): "
+                               f"{type(exc).__name__}: {first_line(exc)}") from None
     elif path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise WeightsError(
@@ -152,8 +262,9 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False, key: str | None =
                 "(it is then read with torch.load(weights_only=True), which refuses arbitrary objects)")
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from None
+        except Exception as exc:  # a refused object, or a damaged or truncated file
+            raise WeightsError(f"cannot read {path} with torch.load(weights_only=True) (damaged or incomplete, or "
+                               f"holding more than tensors): {type(exc).__name__}: {first_line(exc)}") from None
     else:
         raise WeightsError(f"{path.name}: unknown checkpoint format (expected .safetensors, .pt, .pth or .bin)")
     if key is not None:
@@ -166,11 +277,23 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False, key: str | None =
     return state
 
 
+def read_json(path: Path) -> Any:
+    """A weights folder's JSON file (a model or tokenizer config); a damaged one is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise WeightsError(f"cannot read {path} as JSON (damaged or incomplete? download it again): "
+                           f"{first_line(exc)}") from None
+
+
 def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None = None) -> Path:
     """Write a pickle checkpoint's tensors as safetensors (read with ``torch.load(weights_only=True)``).
 
     Running this is the explicit opt-in to reading the pickle once; afterwards the scorers load the
     safetensors file without ``allow_pickle``. ``key`` names the entry holding the state dict, if any.
+    The files that belong with the checkpoint in its folder (``COMPANION_FILES``: ImageReward's
+    med_config.json, tokenizer files, ...) are copied next to the output, so the output folder is
+    one a scorer's ``weights`` option accepts as it is.
     """
     st = require("safetensors.torch", "models", "writing safetensors")
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
@@ -179,9 +302,29 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None 
     state = load_state_dict(src, allow_pickle=True, key=key)
     if dst.suffix != ".safetensors":
         dst = dst / (src.stem + ".safetensors")
+    copies = companions(src.parent, dst.parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial")
     st.save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp),
                  metadata={"format": "pt", "converted_from": src.name, "source_sha256": file_sha256(src)})
     tmp.replace(dst)
+    for companion, target in copies:
+        shutil.copyfile(companion, target)
+        log.info("copied %s beside it", companion.name)
     return dst
+
+
+def companions(src_dir: Path, dst_dir: Path) -> list[tuple[Path, Path]]:
+    """The companion files in ``src_dir`` still to copy to ``dst_dir``; a different file already there is an
+    error (checked before anything is written)."""
+    todo = []
+    for name in COMPANION_FILES:
+        src, dst = src_dir / name, dst_dir / name
+        if not src.is_file() or (dst.exists() and src.samefile(dst)):
+            continue
+        if dst.exists() and dst.read_bytes() != src.read_bytes():
+            raise WeightsError(f"{dst} exists and differs from {src}, which belongs with the checkpoint: "
+                               "remove it or convert into another folder")
+        if not dst.exists():
+            todo.append((src, dst))
+    return todo

@@ -46,11 +46,11 @@ antialiased resize differs slightly from PIL's; pass ``BlipImageProcessorPil`` t
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ._torch import CrossEncoderScorer, ImagePreprocess, register_variants, torch
+from ._weights import read_json
 
 
 def preprocess_from_config(cfg: dict[str, Any]) -> ImagePreprocess:
@@ -108,7 +108,7 @@ class BlipItmScorer(CrossEncoderScorer):
 
             self.tokenizer = BertTokenizer.from_pretrained(str(paths["vocab.txt"].parent))
         if self.processor is None:
-            self.preprocess = preprocess_from_config(json.loads(paths["preprocessor_config.json"].read_text()))
+            self.preprocess = preprocess_from_config(read_json(paths["preprocessor_config.json"]))
         elif isinstance(self.processor, ImagePreprocess):
             self.preprocess = self.processor
         else:

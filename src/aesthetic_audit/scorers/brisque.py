@@ -1,7 +1,17 @@
 """BRISQUE no-reference image quality (Mittal, Moorthy & Bovik 2012), as the ``brisque`` package scores it.
 
-Lower is better. Scores are mostly in 0-100, but the SVM regressor is not clipped: very clean or very
-damaged images can fall below 0 or above 100.
+Lower is better. The score is the raw output of an epsilon-SVR (RBF kernel) trained on quality ratings
+in 0-100, and it is not clipped: on the scikit-image photographs at sizes from 48 to 512 px and on
+blurred, noisy, pixelated, sharpened, contrast-boosted and posterised copies of them it ranged from -8.9
+(a contrast-boosted photograph) to 169 (a posterised one); a feature vector far from every support
+vector tends to 155.8 (the model's -rho). So ``score_range`` is (None, None) and 0-100 is only the
+nominal scale. The scores are the model's own: nothing is clipped or rescaled.
+
+Reproducibility: libsvm (``libsvm-official``) is built with OpenMP and sums the SVR's kernel terms in a
+``guided``-scheduled parallel reduction, so with more than one OpenMP thread the order of the sum, and
+the last digits of the score, depend on thread scheduling (one image gave 14 distinct values in 300
+calls on 2 threads). We score with OpenMP limited to one thread (threadpoolctl), which makes every score
+bit-identical across runs and thread settings; with 770 support vectors the SVR costs microseconds anyway.
 
 Why we compute the features ourselves: ``brisque`` 0.2.0 fails on numpy >= 2.4. Its
 ``mean_squares_sum`` divides by ``filtered_values.shape`` (a tuple) instead of ``.size``, which turns
@@ -117,7 +127,7 @@ class BrisqueScorer(Scorer):
     name: ClassVar[str] = "brisque"
     description: ClassVar[str] = "BRISQUE no-reference quality (brisque package SVM); lower is better"
     higher_is_better: ClassVar[bool] = False
-    score_range: ClassVar[tuple[float | None, float | None]] = (0, 100)  # nominal; the SVR is not clipped
+    score_range: ClassVar[tuple[float | None, float | None]] = (None, None)  # nominal 0-100; the SVR is unbounded
     prompt_aware: ClassVar[bool] = False
     extra: ClassVar[str | None] = "offline"
 
@@ -125,6 +135,7 @@ class BrisqueScorer(Scorer):
         super().__init__()
         self._model: Any = None
         self._cv2: Any = None
+        self._threads: Any = None
 
     def identity(self) -> dict[str, Any]:
         # The SVM and its normalisation ship inside the package: its version pins the weights.
@@ -137,9 +148,13 @@ class BrisqueScorer(Scorer):
             warnings.simplefilter("ignore", DeprecationWarning)
             package = require("brisque", "offline", "the BRISQUE scorer")
         self._model = package.BRISQUE(url=False)
+        # after importing brisque, so the OpenMP runtime libsvm links is among the libraries found
+        self._threads = require("threadpoolctl", "offline", "the BRISQUE scorer").ThreadpoolController()
 
     def _score(self, items: list[tuple[Image.Image, str | None]]) -> list[ScoreResult]:
-        return [self._score_one(image) for image, _ in items]
+        # one OpenMP thread: libsvm's parallel sum would otherwise make the last digits depend on scheduling
+        with self._threads.limit(limits=1, user_api="openmp"):
+            return [self._score_one(image) for image, _ in items]
 
     def _score_one(self, image: Any) -> ScoreResult:
         if isinstance(image, BaseException):

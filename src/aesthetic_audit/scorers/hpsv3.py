@@ -89,8 +89,8 @@ here: no hub access and no GPU-sized model). In a separate environment with the 
     ref = official.reward(prompts=prompts, image_paths=paths)[:, 0].float().cpu()
     # pass keywords: the example at the bottom of their inference.py passes the two lists swapped
 
-and in ours (same GPU, bf16 like the official; fetch the files once with ``huggingface-cli download
-MizzenAI/HPSv3 HPSv3.safetensors`` and ``huggingface-cli download Qwen/Qwen2-VL-7B-Instruct config.json
+and in ours (same GPU, bf16 like the official; fetch the files once with ``hf download
+MizzenAI/HPSv3 HPSv3.safetensors`` and ``hf download Qwen/Qwen2-VL-7B-Instruct config.json
 tokenizer.json tokenizer_config.json preprocessor_config.json``, or pass ``weights=`` / ``base=`` folders)::
 
     from PIL import Image
@@ -107,7 +107,6 @@ preprocessing differences, compare ``ours.preprocess.pil(image)`` with the offic
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,7 +119,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ._torch import (OPENAI_MEAN, OPENAI_STD, TorchScorer, batched, pad_rows, register_variants, skip_init, torch,
                      unique)
-from ._weights import WeightsError, WeightsSource, load_state_dict
+from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
 from .base import ScoreResult
 
 PIXELS = 256 * 28 * 28  # HPSv3's image budget: min_pixels = max_pixels
@@ -354,7 +353,7 @@ class HPSv3Scorer(TorchScorer):
         super().__init__(variant, **kwargs)
         self.base, self.base_revision = base, base_revision or self.spec.get("base_revision")
         if self.processor is not None and not isinstance(self.processor, QwenVLPreprocess):
-            raise ConfigError("hpsv3: processor= must be a QwenVLPreprocess")
+            raise ConfigError("processor= must be a QwenVLPreprocess")
 
     # -- files ----------------------------------------------------------------------------------
     def base_source(self, role: str) -> WeightsSource:
@@ -382,13 +381,13 @@ class HPSv3Scorer(TorchScorer):
     def _load(self) -> None:
         paths = {f: self.resolver.file(s, f) for s, f in self.weight_files()}
         self.preprocess = self.processor or QwenVLPreprocess.from_config(
-            json.loads(paths["preprocessor_config.json"].read_text()))
+            read_json(paths["preprocessor_config.json"]))
         if self.tokenizer is None:
             from transformers import Qwen2Tokenizer
 
             self.tokenizer = Qwen2Tokenizer.from_pretrained(str(paths["tokenizer.json"].parent))
         if self.model is None:
-            config = self._config(json.loads(paths["config.json"].read_text()))
+            config = self._config(read_json(paths["config.json"]))
             self.model = self._build(config, paths[self.checkpoint_name()])
         self._setup_tokens()
 

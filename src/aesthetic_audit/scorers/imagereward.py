@@ -66,7 +66,6 @@ and non-square images.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from pathlib import Path
@@ -74,7 +73,7 @@ from typing import Any, ClassVar
 
 from ._torch import (AESTHETIC_MLP_LINEARS, CrossEncoderScorer, ImagePreprocess, aesthetic_mlp, register_variants,
                      torch)
-from ._weights import WeightsError, WeightsSource, load_state_dict
+from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
 
 VIT_HEAD_DIM = 64  # BLIP's ViT-B (768/12) and ViT-L (1024/16) both use 64-wide heads
 IGNORED_KEYS = re.compile(r"^blip\.(vision_proj|text_proj)\.|position_ids$")
@@ -372,11 +371,7 @@ class ImageRewardScorer(CrossEncoderScorer):
             source, name = self._checkpoint()
             state = load_state_dict(self.resolver.file(source, name), allow_pickle=self.allow_pickle)
             config_path = self.resolver.file(self._folder("model"), self.spec["config"])
-            try:
-                med_config = json.loads(config_path.read_text())
-            except ValueError as exc:
-                raise WeightsError(f"{config_path}: not valid JSON ({exc})") from None
-            self.model = build_model(state, med_config)
+            self.model = build_model(state, read_json(config_path))
         if self.tokenizer is None:
             from transformers import BertTokenizer
 

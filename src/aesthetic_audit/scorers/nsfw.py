@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..errors import require
+from ..errors import ConfigError, require
 from ..registry import register
 from .base import ScoreResult, Scorer, package_version
 
@@ -40,7 +40,7 @@ class NsfwScorer(Scorer):
                  session: Any = None) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"nsfw scorer: batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.providers = providers
         self.threads = threads

@@ -14,7 +14,7 @@ from ..records import IMAGES, SCORE, score_key
 from ..registry import get
 from ..stage import StageSummary
 from ..store import Record, RunStore
-from ..ui import log, progress
+from ..ui import log, progress_chunks
 from .base import Scorer
 
 
@@ -46,8 +46,8 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
         store.put(Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base))
         summary.failed += 1
 
-    for start in progress(range(0, len(todo), chunk_size), total=-(-len(todo) // chunk_size), desc=scorer.name):
-        batch = todo[start:start + chunk_size]
+    for chunk in progress_chunks(len(todo), chunk_size, desc=f"score {scorer.name}"):
+        batch = todo[chunk.start:chunk.stop]
         cache: dict[str, object] = {}
         ready = []
         for image, prompt in batch:
@@ -79,8 +79,10 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
 
 
 def make_scorer(name: str, options: dict | None = None) -> Scorer:
+    """The scorer ``name`` built with ``options``. Its errors do not repeat the scorer's name: the caller
+    that reports them (``Run.score``, the config check) puts "scorer NAME: " in front once."""
     cls = get("scorers", name)
     try:
         return cls(**(options or {}))
     except TypeError as exc:
-        raise ConfigError(f"scorer {name}: bad options {sorted(options or {})}: {exc}") from None
+        raise ConfigError(f"bad options {sorted(options or {})}: {exc}") from None
