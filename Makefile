@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/aesthetic-audit demo
+	@echo "The command line is $(BIN)/aesthetic-audit; run '. $(BIN)/activate' to put aesthetic-audit on PATH."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

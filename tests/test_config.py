@@ -43,7 +43,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_editor_section_is_validated():
-    with pytest.raises(ConfigError, match="images.editor: Value error, k_min .3. is greater than k_max .2."):
+    with pytest.raises(ConfigError, match="images.editor: k_min .3. is greater than k_max .2."):
         load_config(None, {"images.editor.k_min": 3, "images.editor.k_max": 2})
     with pytest.raises(ConfigError, match=r"images.editor.strengths.1: Input should be less than or equal to 1"):
         load_config(None, {"images.editor.strengths": [0.5, 1.5]})

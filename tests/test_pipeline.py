@@ -103,7 +103,7 @@ def test_report_is_never_stale(tmp_path, cli):
 
 
 def test_reading_commands_do_not_create_runs(tmp_path, cli):
-    for cmd in ("analyze", "report", "status"):
+    for cmd in ("judge", "score", "analyze", "report", "status"):
         code, _, err = cli(cmd, tmp_path / "typo")
         assert code == 2 and "does not exist" in err
     assert not (tmp_path / "typo").exists()

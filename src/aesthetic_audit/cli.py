@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,50 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True
     if config:
         p.add_argument("-c", "--config", type=Path, help="YAML config (see `aesthetic-audit init`); "
                        "applied over the run's stored config")
-        p.add_argument("--seed", type=int, help="seed for every random choice")
+        p.add_argument("--seed", type=_seed, help="seed for every random choice (an integer >= 0)")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set prompts.n=50 (repeatable)")
+                       help="override any config key, e.g. --set prompts.n=50 (repeatable); quote a part "
+                            "that holds a dot: --set 'score.options.\"hpsv2.1\".device=cuda'")
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{seed} is negative; seeds are integers >= 0")
+    return seed
+
+
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected comma-separated numbers, e.g. 0.35,0.7,1") from None
+
+
+def _verbosity_flags() -> argparse.ArgumentParser:
+    """-q/-v, accepted before or after the subcommand (SUPPRESS: not given here, the top level's value stays)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors; no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug messages too")
+    return parent
+
+
+def _names(kind: str) -> str:
+    from .registry import available
+
+    return ", ".join(available(kind))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import AuditConfig
+
+    defaults = AuditConfig()
     parser = argparse.ArgumentParser(
         prog="aesthetic-audit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Measure how far image generators and reward models override explicit "
@@ -47,72 +88,114 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    flags = _verbosity_flags()
 
-    p = sub.add_parser("init", help="write a commented example config")
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        # Lines are wrapped here, so descriptions may carry their own layout (the import layouts).
+        text = "\n".join(textwrap.fill(line, 100, subsequent_indent=" " * (len(line) - len(line.lstrip())))
+                         for line in description.splitlines())
+        return sub.add_parser(name, help=help, description=text, parents=[flags],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("init", "write a commented example config",
+                "Write a commented example config: every key with its default and what it does.")
     p.add_argument("path", nargs="?", type=Path, default=Path("aesthetic-audit.yaml"),
                    help="where to write it (default: aesthetic-audit.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    p = sub.add_parser("prompts", help="captions -> prompt pairs (p_o, p_a, dims)",
-                       description="Build wide-spectrum prompt pairs: sample captions, draw 2-4 dimensions "
-                                   "per caption, rewrite into an anti-aesthetic prompt p_a. Or import pairs.")
+    p = command("prompts", "captions -> prompt pairs (p_o, p_a, dims)",
+                "Build wide-spectrum prompt pairs: sample captions, draw 2-4 dimensions per caption, rewrite "
+                "into an anti-aesthetic prompt p_a. Or import pairs.")
     _common(p, retry=True)
     p.add_argument("--source", help="'builtin', or a COCO captions JSON / CSV / TSV / JSONL / text file")
     p.add_argument("--format", choices=["auto", "coco", "csv", "tsv", "jsonl", "txt"], help="source format")
     p.add_argument("--column", help="caption column in CSV/TSV/JSONL (e.g. Prompt for PartiPrompts)")
     p.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE",
                    help="keep rows whose column equals the value (repeatable)")
-    p.add_argument("-n", "--n", type=int, help="sample this many captions")
-    p.add_argument("--dimensions", help="comma-separated dimension keys to draw from")
+    p.add_argument("-n", "--n", type=int, help=f"sample this many captions (default {defaults.prompts.n})")
+    p.add_argument("--dimensions", help="comma-separated dimension keys to draw from (default: the study's 11; "
+                                        "see `ls dimensions`)")
     p.add_argument("--k-min", type=int, help="fewest dimensions per prompt (default 2)")
     p.add_argument("--k-max", type=int, help="most dimensions per prompt (default 4)")
-    p.add_argument("--rewriter", help="'template' (offline) or 'llm' (OpenAI-compatible endpoint)")
+    p.add_argument("--rewriter", help=f"one of: {_names('rewriters')} (default {defaults.prompts.rewriter})")
     p.add_argument("--import", dest="import_path", type=Path,
                    help="import pairs instead: CSV/TSV/JSONL/Parquet in the study's layout "
                         "(original_prompt, disorted_long_prompt, selected) or the project's (p_o, p_a, dims)")
 
-    p = sub.add_parser("edit", help="photos -> image pairs: I_o the photo, I_a an anti-aesthetic edit",
-                       description="Image-editing audit: for each photo draw dimensions the editor can realise, "
-                                   "apply pixel transforms at each strength, write p_a naming those effects.")
+    p = command("edit", "photos -> image pairs: I_o the photo, I_a an anti-aesthetic edit",
+                "Image-editing audit: for each photo draw dimensions the editor can realise, apply pixel "
+                "transforms at each strength, write p_a naming those effects.")
     _common(p, retry=True)
     p.add_argument("--photos", help="'builtin' or a folder of photos with captions.csv/.jsonl or <stem>.txt")
-    p.add_argument("--strengths", help="comma-separated edit strengths in [0, 1]")
-    p.add_argument("--dimensions", help="comma-separated dimension keys to edit")
+    p.add_argument("--strengths", type=_floats, help="comma-separated edit strengths in [0, 1] (default "
+                   + ",".join(str(v) for v in defaults.images.editor.strengths) + ")")
+    p.add_argument("--dimensions", help="comma-separated dimension keys to edit (default: all the editor "
+                                        "can realise; see `ls dimensions`)")
 
-    p = sub.add_parser("import", help="import existing image pairs (folders, CSV/JSONL manifest, HF dataset)")
+    p = command("import", "import existing image pairs (folders, CSV/JSONL manifest, HF dataset)",
+                "Import image pairs that exist already. Layouts, detected from PATH:\n"
+                "  folder    PATH/original/ + PATH/distorted/ (or I_o/ + I_a/) with matching file stems, and\n"
+                "            PATH/prompts.csv or prompts.jsonl with columns file, p_o, p_a [, dims, model, label]\n"
+                "  manifest  a .csv/.jsonl file with image_o, image_a (paths relative to it), p_o, p_a\n"
+                "            [, dims, model, label]\n"
+                "  hf        the study's benchmark schema as Parquet (a file or folder) or a dataset saved\n"
+                "            with save_to_disk (image_original, image_distorted, prompt_original, ...)\n"
+                "Bad rows become failed records and the import goes on. Image paths outside the manifest's\n"
+                "folder are refused unless --allow-outside is given.")
     _common(p)
     p.add_argument("path", type=Path, help="folder with original/ + distorted/, a manifest, a Parquet file "
                                            "or a dataset saved with save_to_disk")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="read image paths that lead outside the manifest's folder (absolute paths, ../)")
 
-    p = sub.add_parser("judge", help="per-dimension scores J(I, d) in [0, 2] for every image")
+    p = command("judge", "per-dimension scores J(I, d) in [0, 2] for every image",
+                "Judge every image of the run's pairs on every dimension: J(I, d) in [0, 2] "
+                "(0 anti-aesthetic, 1 neutral, 2 conventional). Prompt-independent.\n"
+                f"judges: {_names('judges')} (default: {', '.join(defaults.judge.judges)})")
     _common(p, retry=True)
     p.add_argument("--judges", help="comma-separated judge names (see `ls judges`)")
 
-    p = sub.add_parser("score", help="reward-model scores for the four (image, prompt) combinations")
+    p = command("score", "reward-model scores for the four (image, prompt) combinations",
+                "Score r(I, p) for the four combinations of every pair (I_o/I_a x p_o/p_a) with each scorer.\n"
+                f"scorers: {_names('scorers')}\n"
+                f"default: {', '.join(defaults.score.scorers)}; model scorers take options in the config "
+                "(score.options.NAME: device, dtype, batch_size, weights, ...).")
     _common(p, retry=True)
     p.add_argument("--scorers", help="comma-separated scorer names (see `ls scorers`)")
-    p.add_argument("--chunk-size", type=int, help="(image, prompt) items per scorer call (default 64)")
+    p.add_argument("--chunk-size", type=int, help=f"(image, prompt) items per scorer call "
+                                                  f"(default {defaults.score.chunk_size})")
 
-    p = sub.add_parser("analyze", help="statistics with bootstrap CIs -> RUN/analysis.json and RUN/tables/")
+    p = command("analyze", "statistics with bootstrap CIs -> RUN/analysis.json and RUN/tables/",
+                "Recompute every statistic from the records: shares, deltas, per dimension and strength, "
+                "judge deltas, reward-model tests, with bootstrap CIs and n. Writes RUN/analysis.json and "
+                "RUN/tables/ (CSV, Markdown, LaTeX).")
     _common(p)
-    p = sub.add_parser("report", help="self-contained RUN/report.html")
+    p = command("report", "self-contained RUN/report.html",
+                "Analyse the records as they are now and write RUN/report.html: one self-contained file "
+                "(tables, images inlined) to send around.")
     _common(p)
 
-    p = sub.add_parser("run", help="all stages the config asks for: images, judge, score, analyze, report")
+    p = command("run", "all stages the config asks for: images, judge, score, analyze, report",
+                "Run every stage the config asks for, in order: images (edit or import), judge, score, "
+                "analyze, report. Each stage skips what is already done.")
     _common(p)
 
-    p = sub.add_parser("demo", help="the whole offline audit on the built-in captions and photos",
-                       description="prompts (built-in captions) -> edit (built-in photos) -> judge -> score "
-                                   "-> analyze -> report, offline on CPU. Rerunning computes nothing new.")
+    p = command("demo", "the whole offline audit on the built-in captions and photos",
+                "prompts (built-in captions) -> edit (built-in photos) -> judge -> score -> analyze -> report, "
+                "offline on CPU. Rerunning computes nothing new.")
     p.add_argument("run", metavar="RUN", type=Path, nargs="?", default=Path(DEMO_DIR),
                    help=f"run directory (default: {DEMO_DIR})")
     _common(p, run=False)
 
-    p = sub.add_parser("status", help="record counts per stage and the failed items")
+    p = command("status", "the run's config, record counts per stage and the failed items",
+                "Show the run's stored config (the one every later command starts from), record counts per "
+                "stage, backends that could not run, and every failed item with its reason. Reads only.")
     p.add_argument("run", metavar="RUN", type=Path)
     p.add_argument("--limit", type=int, default=50, help="failed items to list (default 50)")
 
-    p = sub.add_parser("export", help="export a stage's records to Parquet, CSV or JSONL")
+    p = command("export", "export a stage's records to Parquet, CSV or JSONL",
+                "Export a stage's records (the database is the truth; exports are derived). CSV cells that "
+                "a spreadsheet would run as formulas are escaped. Reads only.")
     p.add_argument("run", metavar="RUN", type=Path)
     p.add_argument("--stage", required=True, choices=["prompts", "images", "judge", "score"])
     p.add_argument("-o", "--out", type=Path, required=True, help="output file; format from its suffix")
@@ -120,12 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["own", "study"], default="own",
                    help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected")
     p.add_argument("--ok-only", action="store_true", help="leave failed records out")
+    p.add_argument("--origin", choices=["captions", "editor", "import"],
+                   help="prompts only: keep the prompt pairs of one origin (the prompt stage's captions, the "
+                        "editor's photos, or an import); every layout has an origin column")
 
-    p = sub.add_parser("convert", help="convert a pickle checkpoint to safetensors once",
-                       description="Read a pickle checkpoint (.pt/.pth/.bin) with torch.load(weights_only=True) and "
-                                   "write its tensors as safetensors, so scorers load it without allow_pickle. "
-                                   "With --openclip (HPSv2/HPSv2.1 files), write a transformers CLIP folder "
-                                   "(config.json + model.safetensors) instead.")
+    p = command("convert", "convert a pickle checkpoint to safetensors once",
+                "Read a pickle checkpoint (.pt/.pth/.bin) with torch.load(weights_only=True) and write its "
+                "tensors as safetensors, so scorers load it without allow_pickle. With --openclip "
+                "(HPSv2/HPSv2.1 files), write a transformers CLIP folder (config.json + model.safetensors) "
+                "instead.")
     p.add_argument("src", type=Path, help="the checkpoint, e.g. ImageReward.pt or HPS_v2.1_compressed.pt")
     p.add_argument("-o", "--out", type=Path, required=True,
                    help="output .safetensors file, or a folder (the file is named after the source)")
@@ -134,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-head-width", type=int,
                    help="open_clip only: vision attention head width when the checkpoint's width is not a known one")
 
-    p = sub.add_parser("ls", help="list dimensions, scorers, judges, transforms or rewriters")
+    p = command("ls", "list dimensions, scorers, judges, transforms or rewriters",
+                "List what is available: the dimension catalogue, or the registered backends of a kind "
+                "(built-in and from installed plugins).")
     p.add_argument("what", choices=["dimensions", "scorers", "judges", "transforms", "rewriters"])
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
     return parser
@@ -148,7 +236,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": getattr(args, "seed", None)}
     cmd = args.command
     if cmd == "import":
-        out.update({"images.backend": "import", "images.import_path": str(args.path.resolve())})
+        out.update({"images.backend": "import", "images.import_path": str(args.path.resolve()),
+                    "images.allow_outside": args.allow_outside})
     if cmd == "prompts":
         filters = {}
         for f in args.filter:
@@ -163,7 +252,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     elif cmd == "edit":
         out.update({"images.backend": "editor", "images.editor.photos": args.photos,
                     "images.editor.dimensions": _csv(args.dimensions),
-                    "images.editor.strengths": [float(s) for s in _csv(args.strengths)] if args.strengths else None})
+                    "images.editor.strengths": args.strengths})
     elif cmd == "judge":
         out["judge.judges"] = _csv(args.judges)
     elif cmd == "score":
@@ -177,7 +266,7 @@ def _open(args: argparse.Namespace):
     from .pipeline import Run
 
     # Reading commands must not create a run for a mistyped path.
-    return Run.open(args.run, args.config, _overrides(args), create=args.command not in ("analyze", "report"))
+    return Run.open(args.run, args.config, _overrides(args), create=args.command in ("prompts", "edit", "import", "run", "demo"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to resume")
         return 130
+    except BrokenPipeError:
+        # `aesthetic-audit status RUN | head`: the reader left; stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a full disk, a folder we may not write, a file that vanished
+        where = f" {exc.filename}" if exc.filename else ""
+        log.error("error: cannot read or write%s: %s", where, exc.strerror or exc)
+        log.debug("details", exc_info=True)
+        return 2
+    except sqlite3.Error as exc:  # "database or disk is full", "attempt to write a readonly database"
+        log.error("error: run database (records.sqlite): %s", exc)
+        log.debug("details", exc_info=True)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        log.error("error: unexpected %s: %s (rerun with -v for details; please report it)", type(exc).__name__, exc)
+        log.debug("details", exc_info=True)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
@@ -260,21 +367,39 @@ def _ls(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
+    from .records import BACKEND
     from .store import RunStore
 
-    store = RunStore(args.run, create=False)
+    store = RunStore(args.run, create=False, readonly=True)
     manifest = store.read_manifest()
     print(f"run {store.root}  config {manifest.get('config_hash', '?')[:12]}  updated {manifest.get('updated', '?')}")
+    config = manifest.get("config")
+    if config:
+        # The stored config is where every later command starts: flags given to earlier commands persist.
+        images = config.get("images", {})
+        print(f"  config   seed {config.get('seed')}; images {images.get('backend')}"
+              + (f" ({images.get('import_path')})" if images.get("backend") == "import" else "")
+              + f"; judges {', '.join(config.get('judge', {}).get('judges', []))}"
+              + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}")
     counts = store.counts()
     for stage, c in counts.items():
-        print(f"  {stage:8} {c['ok']:6} ok  {c['failed']:5} failed")
-    failed = list(store.records(status="failed"))
+        if stage != BACKEND:
+            print(f"  {stage:8} {c['ok']:6} ok  {c['failed']:5} failed")
+    backends = list(store.records(BACKEND, status="failed"))
+    if backends:
+        print(f"backends that could not run ({len(backends)}):")
+        for r in backends:
+            print(f"  {r.item}: {r.error}")
+    failed = [r for r in store.records(status="failed") if r.stage != BACKEND]
     if failed:
         print(f"failed items ({len(failed)}):")
         for r in failed[: args.limit]:
             print(f"  [{r.stage}] {r.item}: {r.error}")
         if len(failed) > args.limit:
             print(f"  ... and {len(failed) - args.limit} more (--limit)")
+    if failed or backends:
+        print(f"retry failed items with --retry-failed on the stage's command, e.g. "
+              f"`aesthetic-audit score {store.root} --retry-failed`")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -300,8 +425,9 @@ def _export(args: argparse.Namespace) -> None:
         from .prompts.pairs_io import study_layout
 
         layout = study_layout
-    store = RunStore(args.run, create=False)
-    path = export_stage(store, args.stage, args.out, args.format, include_failed=not args.ok_only, layout=layout)
+    store = RunStore(args.run, create=False, readonly=True)
+    path = export_stage(store, args.stage, args.out, args.format, include_failed=not args.ok_only, layout=layout,
+                        origin=args.origin)
     log.info("wrote %s", path)
 
 

@@ -5,11 +5,13 @@ Unknown keys are errors that name the key. ``aesthetic-audit init`` writes a com
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .hashing import spec_hash
@@ -32,15 +34,20 @@ class LLMConfig(_Section):
     model: str = Field("Qwen/Qwen3-VL-235B-A22B-Instruct", description="model name sent to the endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     temperature: float = Field(0.1, ge=0, le=2)
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    timeout_s: float = Field(60.0, gt=0, description="per-request deadline: connecting, sending and the whole "
+                             "reply")
     max_retries: int = Field(5, ge=0, description="retries on 429, 5xx, timeouts and connection errors")
     backoff_s: float = Field(1.0, ge=0, description="first backoff; doubles each retry, with jitter")
     max_reasks: int = Field(2, ge=0, description="re-asks when a reply is malformed or over the word limit")
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
+    max_reply_bytes: int = Field(8 * 2**20, ge=1, description="a bigger reply fails the item")
+    max_connection_failures: int = Field(3, ge=1, description="stop the stage when this many items in a row "
+                                         "cannot connect (endpoint down or base_url wrong)")
 
 
 class PromptsConfig(_KRange):
-    source: str = Field("builtin", description="'builtin' or a path: COCO captions JSON, CSV, TSV, JSONL or text")
+    source: str = Field("builtin", description="'builtin' or a path (stored absolute): COCO captions "
+                        "JSON, CSV, TSV, JSONL or text")
     format: Literal["auto", "coco", "csv", "tsv", "jsonl", "txt"] = "auto"
     column: str | None = Field(None, description="caption column for CSV/TSV/JSONL (default: caption or Prompt)")
     filter: dict[str, str] = Field(default_factory=dict, description="keep rows whose column equals the value")
@@ -53,9 +60,15 @@ class PromptsConfig(_KRange):
     max_words: int = Field(70, ge=5, description="the anti-aesthetic prompt must stay under this many words")
     llm: LLMConfig = Field(default_factory=LLMConfig)
 
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return absolute_path(value)
+
 
 class EditorConfig(_KRange):
-    photos: str = Field("builtin", description="'builtin' (bundled photographs) or a folder of photos + captions")
+    photos: str = Field("builtin", description="'builtin' (bundled photographs) or a folder of photos "
+                        "+ captions (stored absolute)")
     strengths: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [0.35, 0.7, 1.0], min_length=1, description="edit strengths in [0, 1]")
     pairs_per_photo: int = Field(3, ge=1, description="prompt pairs (dimension draws) per photo")
@@ -64,11 +77,31 @@ class EditorConfig(_KRange):
     k_max: int = Field(2, ge=1, description="most dimensions per edit")
     max_side: int = Field(384, ge=32, description="photos are downscaled to this longest side first")
 
+    @field_validator("photos")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return absolute_path(value)
+
+
+def absolute_path(value: str) -> str:
+    """A source path as stored in the config: absolute (``~`` expanded), so a run resumed from another
+    folder reads the same file. 'builtin' names the bundled data, not a path, and stays as it is."""
+    if value in ("builtin", ""):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
 
 class ImagesConfig(_Section):
     backend: Literal["editor", "import"] = "editor"
     editor: EditorConfig = Field(default_factory=EditorConfig)
     import_path: str | None = Field(None, description="pairs to import: folder, CSV/JSONL manifest or dataset")
+    allow_outside: bool = Field(False, description="import: read image paths that lead outside the "
+                                "manifest's folder (absolute paths, ../)")
+
+    @field_validator("import_path")
+    @classmethod
+    def _absolute_import_path(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_path(value)
 
 
 class ScoreConfig(_Section):
@@ -79,9 +112,54 @@ class ScoreConfig(_Section):
         default_factory=dict, description="per-scorer options, e.g. {hpsv2: {device: cuda, dtype: bf16, "
         "batch_size: 32, weights: /models/hps}}")
 
+    @model_validator(mode="after")
+    def _known_scorers(self):
+        _check_backends("scorers", self.scorers, "score.scorers")
+        _check_backends("scorers", list(self.options), "score.options")
+        for name, opts in self.options.items():
+            if not isinstance(opts, dict):
+                raise ValueError(f"score.options.{name} must be a mapping of option names to values, "
+                                 f"e.g. {{device: cuda}}; got {opts!r}")
+            _check_options(name, opts)
+        return self
+
 
 class JudgeConfig(_Section):
     judges: list[str] = Field(["classical"], description="registered judge names")
+
+    @model_validator(mode="after")
+    def _known_judges(self):
+        _check_backends("judges", self.judges, "judge.judges")
+        return self
+
+
+def _check_backends(kind: str, names: list[str], where: str) -> None:
+    """Names must be registered: a typo is refused before anything runs or is stored."""
+    from .registry import available
+
+    known = available(kind)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {kind[:-1]} {', '.join(map(repr, unknown))}; available: {', '.join(known)}")
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """Options must be ones the scorer's constructor takes. Constructors are cheap (nothing loads), so
+    building the scorer is the exact check, including each scorer's own validation of values."""
+    from .errors import AuditError
+    from .registry import available
+
+    known = available("scorers")
+    dotted = [f"{name}.{k}" for k in options if f"{name}.{k}" in known]
+    if dotted:
+        raise ValueError(f"options for scorer {name!r} name {dotted[0]!r}, a scorer whose name holds a dot; "
+                         f"quote it: --set 'score.options.\"{dotted[0]}\".device=cuda'")
+    try:
+        known[name](**options)
+    except TypeError as exc:
+        raise ValueError(f"scorer {name}: bad options {sorted(options)}: {exc}") from None
+    except AuditError as exc:
+        raise ValueError(f"scorer {name}: {exc}") from None
 
 
 class AnalysisConfig(_Section):
@@ -90,9 +168,14 @@ class AnalysisConfig(_Section):
 
 
 class AuditConfig(_Section):
-    seed: int = Field(0, description="seed for every random choice; recorded with each record")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed for every random choice; recorded with each record")
     dimensions_file: str | None = Field(None, description="YAML file adding or overriding dimensions")
     rubric_file: str | None = Field(None, description="VisionReward guideline CSV to use as the judging rubric")
+
+    @field_validator("dimensions_file", "rubric_file")
+    @classmethod
+    def _absolute_files(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_path(value)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -110,7 +193,8 @@ def _format_errors(exc: ValidationError, where: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key '{loc}'")
         else:
-            lines.append(f"{loc}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if loc else msg)
     return f"{where}: invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -128,6 +212,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is None:
@@ -137,7 +225,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = _deep_merge(data, loaded)
     for dotted, value in (overrides or {}).items():
         node = data
-        parts = dotted.split(".")
+        parts = split_key(dotted)
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -154,6 +242,46 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+_KEY_PART = re.compile(r"""\s*(?:"([^"]*)"|'([^']*)'|\[\s*(?:"([^"]*)"|'([^']*)'|([^\]]*?))\s*\]|([^.\["']+))\s*""")
+
+
+def split_key(dotted: str) -> list[str]:
+    """Split an override key into its path.
+
+    Parts are separated by dots; a part holding dots is quoted or bracketed:
+    ``score.options."hpsv2.1".device`` or ``score.options[hpsv2.1].device``. Unquoted, a run of parts
+    under ``score.options`` that spells a registered scorer name is that name
+    (``score.options.hpsv2.1.device`` addresses scorer ``hpsv2.1``), longest name first.
+    """
+    parts: list[str] = []
+    quoted: list[bool] = []
+    pos = 0
+    while pos < len(dotted):
+        m = _KEY_PART.match(dotted, pos)
+        if not m or not next((g for g in m.groups() if g is not None), "").strip():
+            raise ConfigError(f"override key {dotted!r}: cannot read the part at position {pos + 1}; "
+                              "write parts with dots in quotes, e.g. score.options.\"hpsv2.1\".device")
+        parts.append(next(g for g in m.groups() if g is not None).strip())
+        quoted.append(m.group(6) is None)
+        pos = m.end()
+        if pos < len(dotted):
+            if dotted[pos] == ".":
+                pos += 1
+                if pos == len(dotted):
+                    raise ConfigError(f"override key {dotted!r} ends with a dot")
+            elif dotted[pos] != "[":
+                raise ConfigError(f"override key {dotted!r}: expected '.' at position {pos + 1}")
+    if len(parts) > 3 and parts[:2] == ["score", "options"] and not quoted[2]:
+        from .registry import available
+
+        names = available("scorers")
+        for end in range(len(parts), 3, -1):
+            if not any(quoted[2:end]) and ".".join(parts[2:end]) in names:
+                parts[2:end] = [".".join(parts[2:end])]
+                break
+    return parts
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

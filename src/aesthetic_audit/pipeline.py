@@ -14,10 +14,11 @@ from typing import Any
 from .config import AuditConfig, load_config
 from .dimensions import Catalogue, load_catalogue, load_visionreward_rubric
 from .errors import AuditError
+from .records import BACKEND, IMAGES, PROMPTS, backend_key
 from .stage import StageSummary
-from .store import RunStore
+from .store import Record, RunStore
 from .store.manifest import record_stage
-from .ui import log, log_to_run, progress_counter
+from .ui import log, log_to_run
 
 
 class Run:
@@ -31,9 +32,13 @@ class Run:
     def open(cls, run_dir: str | Path, config_file: str | Path | None = None,
              overrides: dict[str, Any] | None = None, *, create: bool = True) -> "Run":
         """Open (or create) a run. Its stored config is the base; a config file and overrides go on top."""
-        store = RunStore(run_dir, create=create)
-        base = store.read_manifest().get("config")
-        config = load_config(config_file, overrides, base=base)
+        if not Path(run_dir).exists():
+            # Validate first: a bad config file or flag must not leave an empty run directory behind.
+            config = load_config(config_file, overrides)
+            store = RunStore(run_dir, create=create)
+        else:
+            store = RunStore(run_dir, create=create)
+            config = load_config(config_file, overrides, base=store.read_manifest().get("config"))
         log_to_run(store.root)
         return cls(store, config)
 
@@ -74,29 +79,79 @@ class Run:
         record_stage(self.store, self.config, "images", {"images": {"name": "editor"}})
         return self._done(run_edit(self.store, self.config, self.catalogue, retry_failed=retry_failed))
 
-    def import_pairs(self, path: str | Path) -> StageSummary:
+    def import_pairs(self, path: str | Path, *, allow_outside: bool | None = None) -> StageSummary:
+        """``allow_outside`` (default: the config's ``images.allow_outside``) lets image paths lead outside
+        the folder of the manifest that names them."""
         from .images.importers import import_pairs
+        from .ui import progress
 
+        if allow_outside is None:
+            allow_outside = self.config.images.allow_outside
         record_stage(self.store, self.config, "images", {"images": {"name": "import", "path": str(path)}})
-        with progress_counter(desc="import") as bar:
-            result = import_pairs(path, self.store, progress=bar)
+        result = import_pairs(path, self.store, allow_outside=allow_outside,
+                              progress=lambda rows, total: progress(rows, total=total, desc="import", unit="pair"))
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
-                                       new=result.ok, cached=result.skipped_existing, failed=result.failed))
+                                       new=result.ok, cached=result.skipped_existing, failed=result.failed,
+                                       retry_hint="fix the rows `status RUN` lists and import again"))
+
+    def _has_pairs(self, what: str) -> bool:
+        """Whether the run holds image pairs; if not, say what to run next and count it as not done
+        (exit status 1) instead of writing an empty result."""
+        counts = self.store.counts()
+        if counts.get(IMAGES, {}).get("ok"):
+            return True
+        failed = counts.get(IMAGES, {}).get("failed", 0)
+        prompts = counts.get(PROMPTS, {}).get("ok", 0)
+        run = self.store.root
+        if failed:
+            why = f"all {failed} image pairs failed (`aesthetic-audit status {run}` says why)"
+        elif prompts:
+            why = (f"the run has {prompts} prompt pairs but no image pairs yet: make them with "
+                   f"`aesthetic-audit edit {run}` (edit photos) or `aesthetic-audit import {run} PATH`")
+        else:
+            why = (f"the run has no image pairs: start with `aesthetic-audit prompts {run}`, then "
+                   f"`edit` or `import`, or run `aesthetic-audit demo`")
+        msg = f"{what}: nothing to do; {why}"
+        log.error("%s", msg)
+        self.errors.append(msg)
+        return False
+
+    def _backend_failed(self, kind: str, name: str, exc: Exception) -> None:
+        """A backend that could not run at all is a failed record too, so `status` lists it; it is
+        removed once the backend runs."""
+        log.error("error: %s %s: %s", kind, name, exc)
+        self.errors.append(f"{kind} {name}: {exc}")
+        self.store.put(Record.failed(backend_key(kind, name), BACKEND, f"{kind} {name}", str(exc)))
+
+    def _backend_ran(self, kind: str, name: str) -> None:
+        self.store.discard_failed([backend_key(kind, name)])
 
     def judge(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
+        """Judge with each judge; one that cannot run is reported, recorded and skipped."""
         from .judges.stage import make_judge, run_judge
 
-        judges = [make_judge(n) for n in (names or self.config.judge.judges)]
-        record_stage(self.store, self.config, "judge", {"judges": {j.name: j.identity() for j in judges}})
-        return [self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed))
-                for j in judges]
+        if not self._has_pairs("judge"):
+            return []
+        out = []
+        for name in names or self.config.judge.judges:
+            try:
+                j = make_judge(name)
+                record_stage(self.store, self.config, f"judge:{name}", {f"judge:{name}": j.identity()})
+                out.append(self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed)))
+                self._backend_ran("judge", name)
+            except AuditError as exc:
+                self._backend_failed("judge", name, exc)
+                out.append(StageSummary(f"judge:{name}", warnings=[str(exc)]))
+        return out
 
     def score(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Score with each scorer; one whose dependencies are missing is reported and skipped."""
         from .scorers.stage import make_scorer, run_score
 
         opts = self.config.score.options
-        out = []
+        out: list[StageSummary] = []
+        if not self._has_pairs("score"):
+            return out
         for name in names or self.config.score.scorers:
             try:
                 s = make_scorer(name, opts.get(name))
@@ -106,32 +161,40 @@ class Run:
                 record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
                 out.append(self._done(run_score(self.store, s, chunk_size=self.config.score.chunk_size,
                                                 retry_failed=retry_failed)))
+                self._backend_ran("scorer", name)
             except AuditError as exc:
-                log.error("error: scorer %s: %s", name, exc)
-                self.errors.append(f"scorer {name}: {exc}")
+                self._backend_failed("scorer", name, exc)
                 out.append(StageSummary(f"score:{name}", warnings=[str(exc)]))
         return out
 
-    def analyze(self) -> dict:
+    def analyze(self) -> dict | None:
+        """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs."""
         from .analysis.audit import analyze, write_tables
+        from .store.run import atomic_write_text
+
+        if not self._has_pairs("analyze"):
+            return None
 
         result = analyze(self.store, self.config.analysis, seed=self.config.seed)
         path = self.store.root / "analysis.json"
-        path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         write_tables(result, self.store.root / "tables")
         log.info("analysis: %s", path)
         return result
 
-    def report(self, analysis: dict | None = None) -> Path:
+    def report(self, analysis: dict | None = None) -> Path | None:
+        """Write RUN/report.html; None when the run has no pairs to report on."""
         from .report.html import write_report
 
         if analysis is None:  # always from the records as they are now, never a stale analysis.json
             analysis = self.analyze()
+        if analysis is None:
+            return None
         out = write_report(self.store, analysis, self.store.root / "report.html")
         log.info("report: %s", out)
         return out
 
-    def audit(self) -> Path:
+    def audit(self) -> Path | None:
         """Every stage the config asks for, in order; each skips what is already done."""
         if self.config.images.backend == "import":
             if not self.config.images.import_path:
@@ -139,6 +202,8 @@ class Run:
             self.import_pairs(self.config.images.import_path)
         else:
             self.edit()
+        if not self._has_pairs("run"):
+            return None
         self.judge()
         self.score()
         return self.report(self.analyze())

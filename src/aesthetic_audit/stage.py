@@ -14,6 +14,8 @@ class StageSummary:
     cached: int = 0
     failed: int = 0
     warnings: list[str] = field(default_factory=list)
+    # What the summary line suggests after failures; stages without --retry-failed say what works for them.
+    retry_hint: str = "rerun with --retry-failed to try them again (`status RUN` lists them)"
 
     def pending(self, keys: Iterable[str], store, retry_failed: bool = False) -> set[str]:
         """Which keys still need computing; counts the others as cached (ok) or failed (stored failed,
@@ -34,4 +36,5 @@ class StageSummary:
                  f"{self.failed} failed"]
         if self.warnings:
             parts.append(f"{len(self.warnings)} warnings")
-        return ", ".join(parts)
+        line = ", ".join(parts)
+        return f"{line}; {self.retry_hint}" if self.failed and self.retry_hint else line

@@ -7,7 +7,7 @@ import os
 from contextlib import contextmanager
 import sys
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("aesthetic_audit")
@@ -43,22 +43,33 @@ def log_to_run(run_dir: Path) -> None:
     log.setLevel(logging.DEBUG)
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterable[T]:
-    """A tqdm bar on stderr unless quiet."""
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "item") -> Iterable[T]:
+    """A tqdm bar on stderr unless quiet; one step per element of ``iterable``, counted in ``unit``."""
     if _state["verbosity"] == 0 or total == 0:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="item", leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 @contextmanager
-def progress_counter(desc: str = ""):
-    """A bar for work whose size is not known up front; yields ``update(n)`` (a no-op when quiet)."""
-    if _state["verbosity"] == 0:
+def progress_counter(desc: str = "", *, total: int | None = None, unit: str = "item"):
+    """A bar advanced by hand: yields ``update(n)`` (a no-op when quiet). Stages that work in batches
+    advance it by the batch's items, so the bar counts the stage's items, not its batches."""
+    if _state["verbosity"] == 0 or total == 0:
         yield lambda n=1: None
         return
     from tqdm.auto import tqdm
 
-    with tqdm(desc=desc, unit="item", leave=False, dynamic_ncols=True) as bar:
+    with tqdm(desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True) as bar:
         yield bar.update
+
+
+def progress_chunks(n: int, size: int, *, desc: str = "", unit: str = "item") -> Iterator[range]:
+    """``range(start, stop)`` of each chunk of ``n`` items; the bar counts items, advanced as each chunk
+    finishes (when the next one is asked for)."""
+    with progress_counter(desc, total=n, unit=unit) as advance:
+        for start in range(0, n, size):
+            chunk = range(start, min(start + size, n))
+            yield chunk
+            advance(len(chunk))

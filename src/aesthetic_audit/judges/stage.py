@@ -10,7 +10,7 @@ from ..records import IMAGES, JUDGE, judge_key
 from ..registry import get
 from ..stage import StageSummary
 from ..store import Record, RunStore
-from ..ui import log, progress
+from ..ui import log, progress_chunks
 from .base import Judge
 
 
@@ -35,35 +35,39 @@ def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size
     summary = StageSummary(f"{JUDGE}:{judge.name}", total=len(images))
     pending = summary.pending(keys.values(), store, retry_failed)
     todo = [sha for sha in images if keys[sha] in pending]
-    for start in progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), desc=judge.name):
-        batch = todo[start:start + batch_size]
-        decoded, ok = [], []
-
-        def fail(sha: str, reason: str) -> None:
-            log.warning("failed: judge %s on %s: %s", judge.name, sha[:12], reason)
-            store.put(Record.failed(keys[sha], JUDGE, sha[:12], reason, judge=judge.name, image=sha))
-            summary.failed += 1
-
-        for sha in batch:
-            try:
-                decoded.append(decode_image(store.image_path(sha), name=sha[:12]))
-                ok.append(sha)
-            except InputError as exc:
-                fail(sha, str(exc))
-        try:
-            results = judge.judge(decoded, dims) if decoded else []
-        except Exception as exc:  # a model error fails this batch's items, not the run
-            for sha in ok:
-                fail(sha, f"judge error: {exc!r}")
-            continue
-        for sha, result in zip(ok, results):
-            if result.error:
-                fail(sha, result.error)
-                continue
-            summary.new += store.put(Record(keys[sha], JUDGE, sha[:12], {
-                "judge": judge.name, "judge_id": judge_id, "image": sha, "scores": result.scores,
-                "covered": [d for d, v in result.scores.items() if v is not None], **result.extra}))
+    for chunk in progress_chunks(len(todo), batch_size, desc=f"judge {judge.name}", unit="image"):
+        _judge_batch(store, judge, dims, todo[chunk.start:chunk.stop], keys, judge_id, summary)
     return summary
+
+
+def _judge_batch(store: RunStore, judge: Judge, dims: list[str], batch: list[str], keys: dict[str, str],
+                 judge_id: str, summary: StageSummary) -> None:
+    decoded, ok = [], []
+
+    def fail(sha: str, reason: str) -> None:
+        log.warning("failed: judge %s on %s: %s", judge.name, sha[:12], reason)
+        store.put(Record.failed(keys[sha], JUDGE, sha[:12], reason, judge=judge.name, image=sha))
+        summary.failed += 1
+
+    for sha in batch:
+        try:
+            decoded.append(decode_image(store.image_path(sha), name=sha[:12]))
+            ok.append(sha)
+        except InputError as exc:
+            fail(sha, str(exc))
+    try:
+        results = judge.judge(decoded, dims) if decoded else []
+    except Exception as exc:  # a model error fails this batch's items, not the run
+        for sha in ok:
+            fail(sha, f"judge error: {exc!r}")
+        return
+    for sha, result in zip(ok, results):
+        if result.error:
+            fail(sha, result.error)
+            continue
+        summary.new += store.put(Record(keys[sha], JUDGE, sha[:12], {
+            "judge": judge.name, "judge_id": judge_id, "image": sha, "scores": result.scores,
+            "covered": [d for d, v in result.scores.items() if v is not None], **result.extra}))
 
 
 def make_judge(name: str) -> Judge:

@@ -8,7 +8,7 @@ committed on its own, so a killed worker loses at most the item it was computing
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
 import sqlite3
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import InputError
+from ..errors import AuditError, InputError
 from ..hashing import bytes_hash, canonical_json
 
 SCHEMA = """
@@ -53,8 +53,12 @@ class Record:
 
 
 class RunStore:
-    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+    def __init__(self, root: str | os.PathLike, *, create: bool = True, readonly: bool = False):
+        """``readonly`` opens an existing run for reading only (``status``, ``export``): it writes nothing,
+        so it works on a run directory the user may not write to."""
         self.root = Path(root)
+        self.readonly = readonly
+        create = create and not readonly
         if not self.root.exists():
             if not create:
                 raise InputError(f"run directory {self.root} does not exist")
@@ -64,7 +68,12 @@ class RunStore:
         elif not create and not (self.root / "records.sqlite").exists():
             raise InputError(f"{self.root} is not a run directory (no records.sqlite)")
         self.images_dir = self.root / "images"
-        self.images_dir.mkdir(exist_ok=True)
+        if not readonly:
+            try:
+                self.images_dir.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"run directory {self.root} is not writable ({exc.strerror}); "
+                                 "status and export still read it") from None
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
@@ -74,14 +83,42 @@ class RunStore:
     def db(self) -> sqlite3.Connection:
         # A connection must not cross a fork: reopen in each process.
         if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.root / "records.sqlite", timeout=60.0, isolation_level=None)
+            path = self.root / "records.sqlite"
+            try:
+                conn = self._connect_readonly(path) if self.readonly else self._connect(path)
+            except sqlite3.DatabaseError as exc:
+                raise InputError(f"{path}: not a readable run database ({exc}); the file is corrupt or not "
+                                 "a records.sqlite: restore it from a backup or start a new run") from None
+            self._conn, self._pid = conn, os.getpid()
+            self.worker = f"{os.uname().nodename}:{os.getpid()}"
+        return self._conn
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=60000")
             conn.executescript(SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-            self.worker = f"{os.uname().nodename}:{os.getpid()}"
-        return self._conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _connect_readonly(path: Path) -> sqlite3.Connection:
+        uri = path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
+        try:
+            conn.execute("SELECT COUNT(*) FROM records").fetchone()
+        except sqlite3.OperationalError:
+            # A WAL database needs its -shm file; in a folder nobody may write, read it as immutable
+            # (nothing can be writing to it there anyway).
+            conn.close()
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            conn.execute("SELECT COUNT(*) FROM records").fetchone()
+        return conn
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -174,14 +211,15 @@ class RunStore:
         path = self._image_path(sha, suffix)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data)
+            atomic_write(path, data)
         return sha
 
     def put_image(self, image: Any) -> str:
-        """Store a PIL image as PNG (lossless, deterministic bytes for the same pixels)."""
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", optimize=False)
-        return self.put_image_bytes(buf.getvalue(), ".png")
+        """Store a PIL image as an RGB PNG whose bytes depend on the pixels only (no metadata), so
+        the same pixels always get the same hash."""
+        from ..images.decode import encode_png
+
+        return self.put_image_bytes(encode_png(image), ".png")
 
     def _image_path(self, sha: str, suffix: str) -> Path:
         return self.images_dir / sha[:2] / f"{sha}{suffix}"
@@ -200,20 +238,60 @@ class RunStore:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {}
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.manifest_path} is corrupt ({exc}); the records are intact: move the file "
+                             "aside and pass the config again with -c to rebuild it") from None
+        except OSError as exc:
+            raise InputError(f"{self.manifest_path}: cannot read ({exc.strerror})") from None
+        if not isinstance(manifest, dict):
+            raise InputError(f"{self.manifest_path} is corrupt (not a JSON object); move it aside and pass "
+                             "the config again with -c to rebuild it")
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-        _atomic_write(self.manifest_path, text.encode("utf-8"))
+        atomic_write_text(self.manifest_path, text)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a killed process never leaves a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run outputs are meant to be shared
-    os.replace(tmp, path)
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a killed process or a full disk
+    leaves the previous file (or none), never a partial one. An OS error (no space, read-only disk)
+    becomes one AuditError naming the file, and the temporary file is removed."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        # A device or pipe (-o /dev/stdout) cannot be replaced by a rename, and must not be.
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise AuditError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return
+    if path.is_symlink():
+        path = path.resolve()  # replace the file a link points to, never the link itself
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not reach the disk before the data
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise AuditError(f"cannot write {path}: {exc.strerror or exc}; "
+                             "any previous version of the file is unchanged") from None
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``atomic_write`` for UTF-8 text, written byte for byte (no newline translation)."""
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _row_to_record(row: tuple) -> Record:
