@@ -5,8 +5,9 @@ The LLM rewriter uses chat completions; judge, labeller and image-API backends u
 
 - a request never outlasts ``timeout_s``: the deadline covers connecting, sending and reading the whole
   reply, so a server trickling bytes cannot hold it (httpx's own timeouts apply per read);
-- a redirect is never followed: it fails the item and names the Location, so the API key never reaches
-  another origin (and a POST never silently turns into a GET);
+- a redirect of a POST is never followed: it fails the item and names the Location, so the API key never
+  reaches another origin (and a POST never silently turns into a GET); ``get_bytes`` (an image an API links
+  to) follows redirects but sends the key to the API's own origin only;
 - a reply over ``max_reply_bytes`` fails the item; replies are streamed and never held beyond the cap;
 - 408/429/5xx, timeouts and connection errors are retried with jittered exponential backoff, honouring
   a numeric Retry-After;
@@ -46,10 +47,12 @@ MAX_BACKOFF_S = 60.0        # exponential growth stops here
 MAX_RETRY_AFTER_S = 120.0   # a server asking for longer is not waited on beyond this
 JITTER = 0.25               # up to +25% on each wait, so concurrent requests do not retry in lockstep
 ERROR_BODY_BYTES = 64 * 1024  # plenty for an error message; the rest of an error body is not read
+_POLL_S = 0.2               # how often a waiting caller wakes up to notice Ctrl-C
 SHUTDOWN_WAIT_S = 5.0       # a stopped map waits this long for its cancelled requests to close
 
 # 408 and 429 are "try again later"; every 5xx may be transient. Other 4xx mean the request itself is wrong.
 _RETRYABLE_4XX = frozenset({408, 429})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MIN_SCRUBBED_KEY = 8  # shorter "keys" are placeholders; replacing them would garble messages
 
 
@@ -146,7 +149,12 @@ class OpenAICompatClient:
         thread.start()
         try:
             while True:
-                kind, value = out.get()  # interruptible: Ctrl-C lands here or in the caller's code
+                try:
+                    # A short timeout, not a blocking get: the OS may deliver SIGINT to another thread, and
+                    # then only a main thread that wakes up on its own runs the KeyboardInterrupt handler.
+                    kind, value = out.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
                 if kind == "result":
                     yield value
                 elif kind == "error":
@@ -211,37 +219,70 @@ class OpenAICompatClient:
         """
         return await self._post(path, body, meta, lambda data: data)
 
+    async def get_bytes(self, url: str, *, meta: dict[str, Any] | None = None, max_redirects: int = 5) -> bytes:
+        """GET an absolute http(s) ``url`` (e.g. an image an API links to) and return its body, at most
+        ``max_reply_bytes``.
+
+        Runs inside :meth:`map` and retries like :meth:`post_json`, except that connection failures do not
+        count towards the dead-endpoint stop: the URL may be on another host than the API. Redirects are
+        followed up to ``max_redirects`` hops, each to http(s) only. The key is sent only to ``base_url``'s
+        own origin (scheme, host, port), so a URL or redirect elsewhere (a CDN, a storage bucket) never sees
+        it. Messages show URLs without their query, which in a signed URL is a credential.
+        """
+        batch, item = self._context()
+        shown = _without_query(url)
+        return await self._retrying(
+            lambda: self._attempt("GET", shown, self._get(batch, item, url, shown, max_redirects), lambda _: ""),
+            meta, on_unreachable=None)
+
     async def _post(self, path: str, body: Any, meta: dict[str, Any] | None,
                     check: Callable[[Any], Any]) -> Any:
+        batch, item = self._context()
+        url = self.url(path)
+        payload = json.dumps(body).encode("utf-8")
+
+        async def attempt() -> Any:
+            raw = await self._attempt("POST", url, self._exchange(batch, item, url, payload),
+                                      lambda status: self._hint(status, body))
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise _Retryable(f"response body is not JSON: {raw[:200]!r}") from None
+            return check(data)
+
+        return await self._retrying(attempt, meta, on_unreachable=lambda exc: self._count_unreachable(batch, item, exc))
+
+    def _context(self) -> tuple[_Batch, _Item]:
         batch = _batch.get(None)
         if batch is None:
             raise RuntimeError("OpenAICompatClient requests run inside OpenAICompatClient.map")
-        item = _item.get(None) or _Item()
-        url = self.url(path)
-        payload = json.dumps(body).encode("utf-8")
+        return batch, _item.get(None) or _Item()
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Any]], meta: dict[str, Any] | None,
+                        on_unreachable: Callable[[_Retryable], None] | None) -> Any:
         meta = meta if meta is not None else {}
-        attempt = 0
+        tries = 0
         while True:
             meta["attempts"] = meta.get("attempts", 0) + 1
             try:
-                return check(await self._attempt(batch, item, url, payload, body))
+                return await attempt()
             except RequestFailed as exc:
-                raise RequestFailed(self._scrub(str(exc))) from None
+                raise RequestFailed(self.scrub(str(exc))) from None
             except _Retryable as exc:
-                if attempt == self.max_retries:
-                    if exc.connection:
-                        self._count_unreachable(batch, item, exc)
-                    raise RequestFailed(self._scrub(f"{exc} (gave up after {attempt + 1} attempts)")) from None
+                if tries == self.max_retries:
+                    if exc.connection and on_unreachable is not None:
+                        on_unreachable(exc)
+                    raise RequestFailed(self.scrub(f"{exc} (gave up after {tries + 1} attempts)")) from None
                 meta["retries"] = meta.get("retries", 0) + 1
-                await self._sleep(self._delay(attempt, exc.retry_after))
-                attempt += 1
+                await self._sleep(self._delay(tries, exc.retry_after))
+                tries += 1
 
     def _count_unreachable(self, batch: _Batch, item: _Item, exc: _Retryable) -> None:
         item.unreachable = True
         batch.streak += 1
         if batch.streak >= self.max_connection_failures:
             batch.dead = True
-            raise EndpointUnreachable(self._scrub(
+            raise EndpointUnreachable(self.scrub(
                 f"{exc}; {batch.streak} items in a row could not connect ({self.max_retries + 1} attempts each), "
                 f"so the stage stopped instead of trying every item. Check {self.settings}.base_url "
                 f"({self.base_url}) and that the server is running, then rerun the same command"))
@@ -253,16 +294,11 @@ class OpenAICompatClient:
             base = min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
         return base * (1 + JITTER * self._rand())
 
-    async def _attempt(self, batch: _Batch, item: _Item, url: str, payload: bytes, body: Any) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "aesthetic-audit"}
-        # Read per request so a key exported mid-run is used; unset means a local server that needs none.
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+    async def _attempt(self, method: str, url: str, exchange: Awaitable[tuple[int, httpx.Headers, bytes]],
+                       hint: Callable[[int], str]) -> bytes:
+        """One exchange under the total deadline: the body of a 2xx reply, or the error, retryable or not."""
         try:
-            status, reply_headers, raw = await asyncio.wait_for(
-                self._exchange(batch, item, url, payload, headers), self.timeout_s)
+            status, reply_headers, raw = await asyncio.wait_for(exchange, self.timeout_s)
         except asyncio.TimeoutError:
             raise _Retryable(f"timed out after {self.timeout_s:g} s waiting for {url}") from None
         except httpx.ConnectError as exc:  # refused, or the host name did not resolve
@@ -272,17 +308,23 @@ class OpenAICompatClient:
         except httpx.RequestError as exc:  # e.g. a reply whose Content-Encoding does not decode
             raise _Retryable(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
         if 200 <= status < 300:
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise _Retryable(f"response body is not JSON: {raw[:200]!r}") from None
+            return raw
         message = _error_message(raw)
         if status in _RETRYABLE_4XX or status >= 500:
             raise _Retryable(f"HTTP {status}: {message}", _retry_after(reply_headers.get("Retry-After")))
-        raise RequestFailed(f"HTTP {status} from POST {url} (not retried): {message}{self._hint(status, body)}")
+        raise RequestFailed(f"HTTP {status} from {method} {url} (not retried): {message}{hint(status)}")
 
-    async def _exchange(self, batch: _Batch, item: _Item, url: str, payload: bytes,
-                        headers: dict[str, str]) -> tuple[int, httpx.Headers, bytes]:
+    def _headers(self, accept: str, send_key: bool) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "aesthetic-audit"}
+        # Read per request so a key exported mid-run is used; unset means a local server that needs none.
+        key = os.environ.get(self.api_key_env) if send_key else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def _exchange(self, batch: _Batch, item: _Item, url: str,
+                        payload: bytes) -> tuple[int, httpx.Headers, bytes]:
+        headers = {**self._headers("application/json", send_key=True), "Content-Type": "application/json"}
         async with batch.http.stream("POST", url, content=payload, headers=headers) as resp:
             batch.streak = 0  # the server answered: the endpoint is alive, whatever it said
             item.unreachable = False
@@ -293,11 +335,38 @@ class OpenAICompatClient:
                     f"POST {url} was redirected (HTTP {status}) to {location}; redirects are not followed, so "
                     f"the API key never goes to another address: set {self.settings}.base_url to the address "
                     "that serves the API")
-            if 200 <= status < 300:
-                raw = await self._read_capped(resp, url)
-            else:
-                raw = await _read_head(resp, ERROR_BODY_BYTES)
-            return status, resp.headers, raw
+            return status, resp.headers, await self._read_reply(resp, url)
+
+    async def _get(self, batch: _Batch, item: _Item, url: str, shown: str,
+                   max_redirects: int) -> tuple[int, httpx.Headers, bytes]:
+        own = _origin(httpx.URL(self.base_url))
+        current = url
+        for _ in range(max_redirects + 1):
+            try:
+                target = httpx.URL(current)
+            except httpx.InvalidURL:
+                target = None
+            if target is None or target.scheme not in ("http", "https") or not target.host:
+                raise RequestFailed(f"refusing to fetch {_without_query(current)[:200]!r} (from {shown}): only "
+                                    "http and https URLs are fetched")
+            headers = self._headers("image/*, */*", send_key=_origin(target) == own)
+            async with batch.http.stream("GET", target, headers=headers) as resp:
+                batch.streak = 0
+                item.unreachable = False
+                location = resp.headers.get("Location")
+                if resp.status_code in _REDIRECTS and location:
+                    try:
+                        current = str(target.join(location))
+                    except httpx.InvalidURL:
+                        raise RequestFailed(f"{shown} redirected to an invalid URL") from None
+                    continue
+                return resp.status_code, resp.headers, await self._read_reply(resp, shown)
+        raise RequestFailed(f"{shown}: more than {max_redirects} redirects")
+
+    async def _read_reply(self, resp: httpx.Response, url: str) -> bytes:
+        if 200 <= resp.status_code < 300:
+            return await self._read_capped(resp, url)
+        return await _read_head(resp, ERROR_BODY_BYTES)
 
     async def _read_capped(self, resp: httpx.Response, url: str) -> bytes:
         too_big = RequestFailed(f"the reply from {url} is larger than {self.max_reply_bytes} bytes; raise "
@@ -323,7 +392,7 @@ class OpenAICompatClient:
                 f" and {self.settings}.model ({model})" if model else "")
         return ""
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """A server may echo the key in an error body; it must not reach logs or records."""
         key = os.environ.get(self.api_key_env)
         return text.replace(key, "[API key]") if key and len(key) >= _MIN_SCRUBBED_KEY else text
@@ -354,6 +423,17 @@ def _os_reason(exc: BaseException) -> str:
             reason = os.strerror(seen.errno) if seen.errno > 0 else str(seen.strerror or seen)
         seen = seen.__cause__ or seen.__context__
     return reason
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _without_query(url: str) -> str:
+    try:
+        return str(httpx.URL(url).copy_with(query=None, fragment=None, username=None, password=None))
+    except httpx.InvalidURL:
+        return url.split("?", 1)[0].split("#", 1)[0]
 
 
 async def _read_head(resp: httpx.Response, limit: int) -> bytes:
