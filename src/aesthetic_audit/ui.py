@@ -20,11 +20,27 @@ def configure(verbosity: int = 1) -> None:
     log.setLevel(logging.DEBUG)
     for h in [h for h in log.handlers if getattr(h, "_aa_console", False)]:
         log.removeHandler(h)
-    console = logging.StreamHandler(sys.stderr)
+    console = _Stderr()
     console._aa_console = True  # type: ignore[attr-defined]
     console.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test's capture, a redirected stream), not the
+    stream that was current when logging was configured, which may since have been closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def log_to_run(run_dir: Path) -> None:
