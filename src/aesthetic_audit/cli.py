@@ -19,7 +19,7 @@ from .ui import configure, log
 DEMO_DIR = "runs/demo"
 
 EPILOG = """
-stages, in order:  prompts -> edit | import -> judge -> score -> analyze -> report
+stages, in order:  prompts -> generate | edit | import -> judge -> score -> analyze -> report
   every stage reads and writes RUN (a directory); rerunning a stage computes only what is missing.
 exit status:       0 all done; 1 done, but some items failed or a backend could not run
                    (see `aesthetic-audit status RUN`); 2 an error stopped the command.
@@ -132,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dimensions", help="comma-separated dimension keys to edit (default: all the editor "
                                         "can realise; see `ls dimensions`)")
 
+    p = command("generate", "prompt pairs -> image pairs: I_o from p_o, I_a from p_a, per generator",
+                "Render each prompt pair of the run with each generator: I_o from p_o, I_a from p_a, one image "
+                "pair per (prompt pair, generator), its model the generator's name. Seeds derive from --seed, "
+                "the prompt pair and the side (both sides share one unless images.generate.paired_seeds is "
+                "false). Batches halve on out-of-memory; failed items are recorded with their reason; a "
+                "rerun renders only what is missing.\n"
+                "Settings live under images.generate: options.NAME (device, dtype, batch_size, model for a "
+                "local folder, revision, params/sides for call parameters), sweep (lora_scale: the "
+                "alignment-strength dial; negative: the 'conventional beauty' negative prompt), img2img "
+                "(enabled, strength, of: generated | pairs), origins (which prompt pairs).\n"
+                f"presets (`aesthetic-audit ls generators` shows their settings):\n{_preset_lines()}\n"
+                f"backends: {_names('generators')}")
+    _common(p, retry=True)
+    p.add_argument("--generator", dest="generators", action="append", metavar="NAME",
+                   help="a preset or backend name (repeatable); replaces images.generate.generators")
+
     p = command("import", "import existing image pairs (folders, CSV/JSONL manifest, HF dataset)",
                 "Import image pairs that exist already. Layouts, detected from PATH:\n"
                 "  folder    PATH/original/ + PATH/distorted/ (or I_o/ + I_a/) with matching file stems, and\n"
@@ -140,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "            [, dims, model, label]\n"
                 "  hf        the study's benchmark schema as Parquet (a file or folder) or a dataset saved\n"
                 "            with save_to_disk (image_original, image_distorted, prompt_original, ...)\n"
+                "  generated a folder of images named <pair_id>_o.<ext> and <pair_id>_a.<ext> (what\n"
+                "            `export --layout generate` asks for)\n"
+                "A pair_id column (or file name) links a pair to the run's prompt pair: p_o, p_a and dims come\n"
+                "from it when the row has none; a pair_id the run does not hold fails its row. The generator\n"
+                "name comes from a model column, else --model.\n"
                 "Bad rows become failed records and the import goes on. Image paths outside the manifest's\n"
                 "folder are refused unless --allow-outside is given.")
     _common(p)
@@ -147,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "or a dataset saved with save_to_disk")
     p.add_argument("--allow-outside", action="store_true",
                    help="read image paths that lead outside the manifest's folder (absolute paths, ../)")
+    p.add_argument("--model", help="generator name for rows without a model column (images.import_model)")
 
     p = command("judge", "per-dimension scores J(I, d) in [0, 2] for every image",
                 "Judge every image of the run's pairs on every dimension: J(I, d) in [0, 2] "
@@ -176,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = command("run", "all stages the config asks for: images, judge, score, analyze, report",
-                "Run every stage the config asks for, in order: images (edit or import), judge, score, "
+                "Run every stage the config asks for, in order: images (images.backend: generate, edit or "
+                "import; generate needs the run's prompt pairs), judge, score, "
                 "analyze, report. Each stage skips what is already done.")
     _common(p)
 
@@ -200,8 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", required=True, choices=["prompts", "images", "judge", "score"])
     p.add_argument("-o", "--out", type=Path, required=True, help="output file; format from its suffix")
     p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="override the suffix")
-    p.add_argument("--layout", choices=["own", "study"], default="own",
-                   help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected")
+    p.add_argument("--layout", choices=["own", "study", "generate"], default="own",
+                   help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected; "
+                        "'generate' writes pair_id, p_o, p_a, dims, file_o, file_a (the file names to give the "
+                        "images you render elsewhere; import them back with `import`)")
+    p.add_argument("--template", default="{pair_id}_{side}.png",
+                   help="--layout generate: file name template with {pair_id}, {side} (o or a) and {index} "
+                        "(the row's position, e.g. {index:04d}); default {pair_id}_{side}.png, which `import` "
+                        "of a folder recognises (other names import through the exported manifest)")
     p.add_argument("--ok-only", action="store_true", help="leave failed records out")
     p.add_argument("--origin", choices=["captions", "editor", "import"],
                    help="prompts only: keep the prompt pairs of one origin (the prompt stage's captions, the "
@@ -220,12 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-head-width", type=int,
                    help="open_clip only: vision attention head width when the checkpoint's width is not a known one")
 
-    p = command("ls", "list dimensions, scorers, judges, transforms or rewriters",
+    p = command("ls", "list dimensions, scorers, judges, transforms, rewriters or generators",
                 "List what is available: the dimension catalogue, or the registered backends of a kind "
-                "(built-in and from installed plugins).")
-    p.add_argument("what", choices=["dimensions", "scorers", "judges", "transforms", "rewriters"])
+                "(built-in and from installed plugins); for generators also the presets and their settings.")
+    p.add_argument("what", choices=["dimensions", "scorers", "judges", "transforms", "rewriters", "generators"])
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
     return parser
+
+
+def _preset_lines() -> str:
+    from .images.generators.presets import presets
+
+    def weights(o: dict) -> str:  # kept under the help's 100 columns
+        extra = f" + {o['transformer']}" if o.get("transformer") else f" + LoRA {o['lora']}" if o.get("lora") else ""
+        return f"{str(o.get('model', '')).rsplit('/', 1)[-1]}{extra}"
+
+    return "\n".join(f"  {p.name:25} {weights(p.options)}" for p in presets().values())
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -237,7 +276,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     cmd = args.command
     if cmd == "import":
         out.update({"images.backend": "import", "images.import_path": str(args.path.resolve()),
-                    "images.allow_outside": args.allow_outside})
+                    "images.allow_outside": args.allow_outside, "images.import_model": args.model})
     if cmd == "prompts":
         filters = {}
         for f in args.filter:
@@ -253,6 +292,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.update({"images.backend": "editor", "images.editor.photos": args.photos,
                     "images.editor.dimensions": _csv(args.dimensions),
                     "images.editor.strengths": args.strengths})
+    elif cmd == "generate":
+        out.update({"images.backend": "generate", "images.generate.generators": args.generators})
     elif cmd == "judge":
         out["judge.judges"] = _csv(args.judges)
     elif cmd == "score":
@@ -265,7 +306,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _open(args: argparse.Namespace):
     from .pipeline import Run
 
-    # Reading commands must not create a run for a mistyped path.
+    # Reading commands must not create a run for a mistyped path (nor generate: it needs the run's prompts).
     return Run.open(args.run, args.config, _overrides(args), create=args.command in ("prompts", "edit", "import", "run", "demo"))
 
 
@@ -327,6 +368,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
         elif cmd == "edit":
             run.edit(retry_failed=args.retry_failed)
+        elif cmd == "generate":
+            run.generate(retry_failed=args.retry_failed)
         elif cmd == "import":
             run.import_pairs(args.path)
         elif cmd == "judge":
@@ -353,6 +396,9 @@ def _ls(args: argparse.Namespace) -> None:
             print(f"{d.key:22} {d.name:45} [{tag}]  anti: {d.anti}")
             print(f"{'':22} editor: {editor}")
         return
+    if args.what == "generators":
+        _ls_generators()
+        return
     from .registry import available
 
     for name, obj in available(args.what).items():
@@ -364,6 +410,35 @@ def _ls(args: argparse.Namespace) -> None:
             print(f"{name:22} {obj.dimension:22} {obj.description}")
         else:
             print(f"{name:16} {getattr(obj, 'description', '')}")
+
+
+def _ls_generators() -> None:
+    from .images.generators.presets import describe_params, presets
+    from .registry import available
+
+    print("presets (aesthetic-audit generate RUN --generator NAME):")
+    for p in presets().values():
+        opts = p.options
+        weights = opts.get("model", "-") + (f" @ {opts['revision']}" if opts.get("revision") else
+                                            " (revision not pinned)" if "revision" in opts else "")
+        print(f"{p.name:26} {p.backend:14} {weights}")
+        extras = [f"{k} {v}" for k, v in opts.items() if k not in ("model", "revision", "lora", "lora_scale")
+                  and v is not None]
+        if opts.get("lora"):
+            extras.append(f"lora {opts['lora']} scale {opts.get('lora_scale', 1.0):g}")
+        if extras:
+            print(f"{'':26} {'; '.join(extras)}")
+        if p.asymmetric:
+            print(f"{'':26} p_o side: {describe_params(p.side('o'))}")
+            print(f"{'':26} p_a side: {describe_params(p.side('a'))}  (differs from p_o: see the note)")
+        else:
+            print(f"{'':26} both sides: {describe_params(p.side('o'))}")
+        if p.with_negative:
+            print(f"{'':26} with the negative-prompt mitigation: {describe_params(p.with_negative)}")
+        print(textwrap.fill(p.description, 100, initial_indent=" " * 27, subsequent_indent=" " * 27))
+    print("backends:")
+    for name, obj in available("generators").items():
+        print(f"{name:26} {getattr(obj, 'description', '')}")
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -379,6 +454,8 @@ def _status(args: argparse.Namespace) -> None:
         images = config.get("images", {})
         print(f"  config   seed {config.get('seed')}; images {images.get('backend')}"
               + (f" ({images.get('import_path')})" if images.get("backend") == "import" else "")
+              + (f" ({', '.join(images.get('generate', {}).get('generators', []))})"
+                 if images.get("backend") == "generate" else "")
               + f"; judges {', '.join(config.get('judge', {}).get('judges', []))}"
               + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}")
     counts = store.counts()
@@ -419,12 +496,16 @@ def _export(args: argparse.Namespace) -> None:
     from .store.export import export_stage
 
     layout = None
+    if args.layout != "own" and args.stage != "prompts":
+        raise AuditError(f"--layout {args.layout} applies to --stage prompts only")
     if args.layout == "study":
-        if args.stage != "prompts":
-            raise AuditError("--layout study applies to --stage prompts only")
         from .prompts.pairs_io import study_layout
 
         layout = study_layout
+    elif args.layout == "generate":
+        from .store.export import generate_layout
+
+        layout = generate_layout(args.template)
     store = RunStore(args.run, create=False, readonly=True)
     path = export_stage(store, args.stage, args.out, args.format, include_failed=not args.ok_only, layout=layout,
                         origin=args.origin)

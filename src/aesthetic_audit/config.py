@@ -91,10 +91,87 @@ def absolute_path(value: str) -> str:
     return os.path.abspath(os.path.expanduser(value))
 
 
+# The mitigation of the negative sweep axis: what "conventionally beautiful" looks like, said as a
+# negative prompt, so a generator can be pushed away from it while it renders p_a.
+CONVENTIONAL_BEAUTY = ("beautiful, aesthetically pleasing, masterpiece, best quality, professional photography, "
+                       "perfect lighting, sharp focus, vivid harmonious colors, clean balanced composition, "
+                       "highly detailed, polished, award-winning")
+
+
+class SweepConfig(_Section):
+    lora_scale: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="the alignment-strength dial: one generator per LoRA scale, e.g. [0, 0.25, 0.5, 0.75, 1] "
+        "(generators without a LoRA run once)")
+    negative: list[str | bool | None] | None = Field(
+        None, description="one generator per value: null (no mitigation), true (negative_prompt) or a text, "
+        "applied as the p_a side's negative prompt, e.g. [null, true]")
+
+
+class Img2ImgConfig(_Section):
+    enabled: bool = Field(False, description="I_a = img2img(I_o, p_a, strength) instead of text-to-image from p_a")
+    strength: float = Field(0.5, ge=0, le=1, description="how far I_a may move from I_o (the study: 0.5)")
+    of: Literal["generated", "pairs"] = Field(
+        "generated", description="'generated': the generator's own I_o from p_o; 'pairs': the I_o of the run's "
+        "edited or imported image pairs")
+
+
+class GenerateConfig(_Section):
+    generators: list[str] = Field(default_factory=list, description="presets or backend names "
+                                  "(`aesthetic-audit ls generators`), e.g. [flux-dev, sd35m]")
+    presets: list[dict[str, Any]] = Field(
+        default_factory=list, description="your own named generators, in the built-in presets' format: "
+        "[{name, description, backend, options, params, sides, with_negative}]")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-generator options over the preset's, e.g. {flux-dev: {model: "
+        "/models/FLUX.1-dev, device: cuda, batch_size: 4, params: {width: 512, height: 512}}}")
+    paired_seeds: bool = Field(True, description="I_o and I_a of a pair share their seed (a paired comparison); "
+                               "false: each side gets its own")
+    batch_size: int | None = Field(None, ge=1, description="requests per pipeline call for every generator "
+                                   "(options.NAME.batch_size wins); halved on out-of-memory")
+    origins: list[Literal["captions", "editor", "import"]] = Field(
+        ["captions", "import"], min_length=1, description="which prompt pairs to render, by origin")
+    negative_prompt: str = Field(CONVENTIONAL_BEAUTY, description="the 'conventional beauty' negative prompt "
+                                 "that sweep.negative: [true] applies")
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    img2img: Img2ImgConfig = Field(default_factory=Img2ImgConfig)
+
+    @model_validator(mode="after")
+    def _known_generators(self):
+        from .errors import AuditError
+        from .images.generators.presets import generator_specs, known_names, presets, user_presets
+        from .registry import available
+
+        try:
+            own = user_presets(self.presets)
+        except AuditError as exc:
+            raise ValueError(str(exc)) from None
+        known = {**presets(), **own, **available("generators")}
+        unknown = [n for n in self.options if n not in known]
+        if unknown:
+            raise ValueError(f"images.generate.options: unknown generator {', '.join(map(repr, unknown))}; "
+                             f"{known_names(own)}")
+        for name, opts in self.options.items():
+            if not isinstance(opts, dict):
+                raise ValueError(f"images.generate.options.{name} must be a mapping of option names to values, "
+                                 f"e.g. {{device: cuda}}; got {opts!r}")
+        try:
+            specs = generator_specs(self)
+        except AuditError as exc:
+            raise ValueError(str(exc)) from None
+        for spec in specs:
+            _build(spec)
+        return self
+
+
 class ImagesConfig(_Section):
-    backend: Literal["editor", "import"] = "editor"
+    backend: Literal["editor", "import", "generate"] = Field(
+        "editor", description="what `run` makes image pairs with: editor (photos), import (import_path) or "
+        "generate (images.generate; needs the run's prompt pairs)")
     editor: EditorConfig = Field(default_factory=EditorConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     import_path: str | None = Field(None, description="pairs to import: folder, CSV/JSONL manifest or dataset")
+    import_model: str | None = Field(None, description="import: the generator name of pairs whose rows have "
+                                     "no model column")
     allow_outside: bool = Field(False, description="import: read image paths that lead outside the "
                                 "manifest's folder (absolute paths, ../)")
 
@@ -160,6 +237,20 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"scorer {name}: bad options {sorted(options)}: {exc}") from None
     except AuditError as exc:
         raise ValueError(f"scorer {name}: {exc}") from None
+
+
+def _build(spec) -> None:
+    """A generator's option names must be ones its backend takes. Their values are checked when `generate`
+    builds the generator: some depend on the machine (a hub id without a pinned revision is fine offline),
+    and a run made offline must still open for `report` elsewhere."""
+    from .errors import AuditError
+
+    try:
+        spec.build()
+    except TypeError as exc:
+        raise ValueError(f"generator {spec.name}: bad options {sorted(spec.options)}: {exc}") from None
+    except AuditError:
+        pass
 
 
 class AnalysisConfig(_Section):

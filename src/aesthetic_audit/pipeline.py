@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import AuditConfig, load_config
+from .config import AuditConfig, GenerateConfig, load_config
 from .dimensions import Catalogue, load_catalogue, load_visionreward_rubric
-from .errors import AuditError
+from .errors import AuditError, ConfigError
 from .records import BACKEND, IMAGES, PROMPTS, backend_key
 from .stage import StageSummary
 from .store import Record, RunStore
@@ -79,6 +79,56 @@ class Run:
         record_stage(self.store, self.config, "images", {"images": {"name": "editor"}})
         return self._done(run_edit(self.store, self.config, self.catalogue, retry_failed=retry_failed))
 
+    def generate(self, *, retry_failed: bool = False) -> list[StageSummary]:
+        """Render the run's prompt pairs with each generator of ``images.generate.generators``; one that
+        cannot run (missing weights or extra) is reported, recorded and skipped. A dead API endpoint stops
+        the stage (what was rendered stays stored)."""
+        from .clients.openai_compat import EndpointUnreachable
+        from .images.generate import run_generate
+        from .images.generators.presets import generator_specs, known_names
+
+        gc = self.config.images.generate
+        specs = generator_specs(gc)
+        if not specs:
+            raise ConfigError(f"generate: no generator given; pass --generator NAME (repeatable) or set "
+                              f"images.generate.generators; {known_names()}")
+        if not self._has_inputs(gc):
+            return []
+        # Built before any runs, so a bad option value stops the command before anything is rendered.
+        built = [(spec, spec.build()) for spec in specs]
+        out = []
+        for spec, generator in built:
+            try:
+                out.append(self._done(run_generate(self.store, self.config, spec, generator=generator,
+                                                   retry_failed=retry_failed)))
+                self._backend_ran("generator", spec.name)
+            except EndpointUnreachable:
+                raise
+            except AuditError as exc:
+                self._backend_failed("generator", spec.name, exc)
+                out.append(StageSummary(f"images:{spec.name}", warnings=[str(exc)]))
+        return out
+
+    def _has_inputs(self, gc: GenerateConfig) -> bool:
+        """Whether there is anything to render; if not, say what to run first (exit status 1)."""
+        from .images.generate import prompt_records, source_pairs
+
+        run = self.store.root
+        if gc.img2img.enabled and gc.img2img.of == "pairs":
+            if source_pairs(self.store):
+                return True
+            why = (f"img2img of the run's pairs needs image pairs: make them with `aesthetic-audit edit {run}` "
+                   f"or `aesthetic-audit import {run} PATH`")
+        elif prompt_records(self.store, gc.origins):
+            return True
+        else:
+            why = (f"the run has no prompt pairs of origin {', '.join(gc.origins)}: start with "
+                   f"`aesthetic-audit prompts {run}` (or `prompts {run} --import FILE`)")
+        msg = f"generate: nothing to do; {why}"
+        log.error("%s", msg)
+        self.errors.append(msg)
+        return False
+
     def import_pairs(self, path: str | Path, *, allow_outside: bool | None = None) -> StageSummary:
         """``allow_outside`` (default: the config's ``images.allow_outside``) lets image paths lead outside
         the folder of the manifest that names them."""
@@ -88,7 +138,7 @@ class Run:
         if allow_outside is None:
             allow_outside = self.config.images.allow_outside
         record_stage(self.store, self.config, "images", {"images": {"name": "import", "path": str(path)}})
-        result = import_pairs(path, self.store, allow_outside=allow_outside,
+        result = import_pairs(path, self.store, allow_outside=allow_outside, model=self.config.images.import_model,
                               progress=lambda rows, total: progress(rows, total=total, desc="import", unit="pair"))
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
                                        new=result.ok, cached=result.skipped_existing, failed=result.failed,
@@ -106,11 +156,13 @@ class Run:
         if failed:
             why = f"all {failed} image pairs failed (`aesthetic-audit status {run}` says why)"
         elif prompts:
-            why = (f"the run has {prompts} prompt pairs but no image pairs yet: make them with "
-                   f"`aesthetic-audit edit {run}` (edit photos) or `aesthetic-audit import {run} PATH`")
+            why = (f"the run has {prompts} prompt pairs but no image pairs yet: render them with "
+                   f"`aesthetic-audit generate {run} --generator NAME` (`ls generators` lists them), edit "
+                   f"photos with `aesthetic-audit edit {run}` or bring your own with `aesthetic-audit import {run} "
+                   f"PATH`")
         else:
             why = (f"the run has no image pairs: start with `aesthetic-audit prompts {run}`, then "
-                   f"`edit` or `import`, or run `aesthetic-audit demo`")
+                   f"`generate`, `edit` or `import`, or run `aesthetic-audit demo`")
         msg = f"{what}: nothing to do; {why}"
         log.error("%s", msg)
         self.errors.append(msg)
@@ -200,6 +252,9 @@ class Run:
             if not self.config.images.import_path:
                 raise AuditError("images.backend is 'import' but images.import_path is not set")
             self.import_pairs(self.config.images.import_path)
+        elif self.config.images.backend == "generate":
+            if not self.generate():
+                return None  # generate said what is missing
         else:
             self.edit()
         if not self._has_pairs("run"):

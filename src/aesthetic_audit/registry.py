@@ -21,6 +21,7 @@ KINDS = {
     "judges": "aesthetic_audit.judges",
     "transforms": "aesthetic_audit.images.editor",
     "rewriters": "aesthetic_audit.prompts.rewriters",
+    "generators": "aesthetic_audit.images.generators",
 }
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

@@ -7,11 +7,20 @@ folder    ``<dir>/original/`` + ``<dir>/distorted/`` (or ``I_o/`` + ``I_a/``) ho
           optional ``dims, model, label``. An image no prompts row names is a failed record.
 manifest  a ``.csv`` / ``.jsonl`` file with ``image_o, image_a`` (paths relative to the manifest),
           ``p_o, p_a`` and optional ``dims, model, label``.
+generated a folder of images named ``<pair_id>_o.<ext>`` and ``<pair_id>_a.<ext>`` (what
+          ``export --layout generate`` asks for by default; other files beside them are left alone).
 hf        the study's published benchmark schema (``image_original``, ``image_distorted`` as Hugging Face
           Image structs {bytes, path}, ``prompt_original``, ``prompt_distorted``, ``selected_dims``,
           ``model``, optional ``index`` and ``llm_selected``), either saved with ``save_to_disk`` (a folder
           of ``.arrow`` streams beside ``state.json``/``dataset_info.json``, or a ``DatasetDict`` of such
           folders) or as Parquet (one file or a folder of them). Read with pyarrow alone.
+
+Linking to the run's prompt pairs: a row with a ``pair_id`` (a column, or the generated folder's file
+names) is the image pair of that prompt record. Its ``p_o``, ``p_a`` and ``dims`` come from the record;
+prompts in the row, when given, must be the record's. A ``pair_id`` the run does not hold fails its row.
+The pair's ``model`` (the generator) is the row's ``model``, else the import's ``model`` argument
+(``--model``). The exported ``generate`` layout itself is a manifest: ``file_o``/``file_a`` are accepted
+for ``image_o``/``image_a``.
 
 Column names of one layout are accepted in the others (``image_original`` in a CSV, ``p_o`` in Parquet).
 ``dims`` is a JSON list or a ';'-separated string. ``label`` is -1 / 0 / 1 or tie / original /
@@ -35,6 +44,7 @@ import csv
 import io
 import json
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +53,17 @@ from typing import Any, Callable, Iterable, Iterator, NoReturn
 from ..dimensions import parse_dims
 from ..errors import InputError
 from ..hashing import spec_hash
-from ..records import IMAGES, failed_item_key, image_pair_key
+from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key
 from ..store.run import Record, RunStore
-from ..textio import read_text
+from ..textio import read_text, spreadsheet_safe
 from .decode import decode_image, read_bytes
 
 IMPORT_BACKEND = {"name": "import", "version": "1"}
 
 # Canonical field <- accepted column names, first match wins.
 _ALIASES = {
-    "image_o": ("image_o", "image_original"),
-    "image_a": ("image_a", "image_distorted"),
+    "image_o": ("image_o", "image_original", "file_o"),
+    "image_a": ("image_a", "image_distorted", "file_a"),
     "p_o": ("p_o", "prompt_original"),
     "p_a": ("p_a", "prompt_distorted"),
     "dims": ("dims", "selected_dims"),
@@ -62,10 +72,14 @@ _ALIASES = {
     "llm_selected": ("llm_selected",),
     "index": ("index",),
     "file": ("file",),
+    "pair_id": ("pair_id",),
 }
 _REQUIRED = ("image_o", "image_a", "p_o", "p_a")
 _FOLDER_PAIRS = (("original", "distorted"), ("I_o", "I_a"))
 _LABEL_WORDS = {"tie": -1, "original": 0, "anti-aesthetic": 1}
+# What `export --layout generate` names files by default: <pair_id>_o.png, <pair_id>_a.png.
+_GENERATED = re.compile(r"^(?P<pair_id>[0-9a-f]{64})_(?P<side>[oa])$")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -84,11 +98,12 @@ class _Row:
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> the source's column name
 
 
-def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = False,
+def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = False, model: str | None = None,
                  progress: Callable[..., Iterable] | None = None) -> ImportSummary:
     """Import every pair found at ``path`` into ``store``; rows are processed in file order.
 
-    ``allow_outside`` lets image paths lead outside the folder of the file that names them.
+    ``allow_outside`` lets image paths lead outside the folder of the file that names them. ``model`` is
+    the generator name of rows without a ``model`` column.
     ``progress`` wraps the rows and is called as ``progress(rows, total=n)`` with the number of rows
     (``aesthetic_audit.ui.progress`` fits). ``failed`` counts bad rows on every import, also when
     their failed record was already stored. A row that failed before and imports now has its failed
@@ -99,7 +114,7 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
     rows, total = _rows(source)
     for row in (progress(rows, total=total) if progress is not None else rows):
         failed_key = failed_item_key(IMAGES, source.name, row.item)
-        record = _record(row, store, failed_key, allow_outside)
+        record = _record(row, store, failed_key, allow_outside, model)
         stored = store.put(record)
         if record.status == "failed":
             failed += 1
@@ -113,7 +128,8 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
 
 
 def detect_format(path: str | Path) -> str:
-    """'folder', 'manifest', 'arrow' or 'parquet'; InputError naming the accepted layouts otherwise."""
+    """'folder', 'manifest', 'arrow', 'parquet' or 'generated'; InputError naming the accepted layouts
+    otherwise."""
     p = Path(path)
     if p.is_file():
         suffix = p.suffix.lower()
@@ -130,52 +146,75 @@ def detect_format(path: str | Path) -> str:
             return "folder"
         if any(p.rglob("*.parquet")):
             return "parquet"
+        if any(_GENERATED.match(f.stem) for f in p.iterdir() if f.is_file()):
+            return "generated"
     elif not p.exists():
         raise InputError(f"import: {p} does not exist")
     raise InputError(
         f"import: cannot tell the layout of {p}. Expected a folder with original/ + distorted/ (or I_o/ + I_a/) "
         "and prompts.csv|jsonl, a .csv/.jsonl manifest, a Hugging Face save_to_disk folder (.arrow files), "
-        "or a .parquet file or folder of them")
+        "a .parquet file or folder of them, or a folder of <pair_id>_o.<ext> + <pair_id>_a.<ext> images")
 
 
 # -- one row -> one record --------------------------------------------------------------------------
 
-def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool) -> Record:
+def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool, model: str | None) -> Record:
     try:
         if row.error is not None:
             raise InputError(row.error)
-        return _ok_record(row, store, allow_outside)
+        return _ok_record(row, store, allow_outside, model)
     except InputError as exc:
         # A failed row has no content hashes; its key is where it came from (file name and row), so
         # importing the same bad row again adds nothing.
         return Record.failed(failed_key, IMAGES, row.item, str(exc), source_item=row.item)
 
 
-def _ok_record(row: _Row, store: RunStore, allow_outside: bool) -> Record:
+def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: str | None) -> Record:
     f = row.fields
-    p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
-    dims = parse_dims(f.get("dims"))
+    linked = _text(f.get("pair_id"))
+    if linked is not None:
+        p_o, p_a, dims = _linked_prompts(store, linked, f)
+    else:
+        p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
+        dims = parse_dims(f.get("dims"))
     label = _label(f)
-    model = _text(f.get("model"))
+    model = _text(f.get("model")) or default_model
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
     image_o = _decode(f.get("image_o"), "image_o", row, allow_outside)
     image_a = _decode(f.get("image_a"), "image_a", row, allow_outside)
     sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
     # The pair's content only: no seed (nothing random happens) and no location.
-    key = image_pair_key(backend=IMPORT_BACKEND,
-                         inputs={"image_o": sha_o, "image_a": sha_a, "p_o": p_o, "p_a": p_a, "dims": dims},
-                         seed=None)
+    inputs = {"image_o": sha_o, "image_a": sha_a, "p_o": p_o, "p_a": p_a, "dims": dims}
+    if linked is not None:
+        inputs["pair_id"] = linked
+    key = image_pair_key(backend=IMPORT_BACKEND, inputs=inputs, seed=None)
     data = {
         "image_pair_id": key,
-        # No prompts-stage record exists for imported pairs; hashing the prompt pair gives the same
-        # prompt the same pair_id across models, so analyses can pair generators per prompt.
-        "pair_id": spec_hash({"imported_prompt_pair": {"p_o": p_o, "p_a": p_a, "dims": dims}}),
+        # Without a prompt record to link to, hashing the prompt pair gives the same prompt the same
+        # pair_id across models, so analyses can pair generators per prompt.
+        "pair_id": linked or spec_hash({"imported_prompt_pair": {"p_o": p_o, "p_a": p_a, "dims": dims}}),
         "p_o": p_o, "p_a": p_a, "dims": dims,
         "image_o": sha_o, "image_a": sha_a,
         "backend": IMPORT_BACKEND["name"], "strength": None, "transforms": [],
         "label": label, "model": model, "source_item": row.item,
     }
     return Record(key=key, stage=IMAGES, item=row.item, data=data)
+
+
+def _linked_prompts(store: RunStore, pair_id: str, fields: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """The prompts and dims of the run's prompt record ``pair_id``; prompts the row gives must be its own
+    (a CSV cell may carry the export's spreadsheet escaping)."""
+    record = store.get(pair_id)
+    if record is None or record.stage != PROMPTS or record.status != "ok":
+        raise InputError(f"pair_id {pair_id} matches no prompt pair of this run (import into the run the "
+                         "prompt pairs were exported from)")
+    for column in ("p_o", "p_a"):
+        given = fields.get(column)
+        if isinstance(given, str) and given.strip() and given not in (record.data[column],
+                                                                      spreadsheet_safe(record.data[column])):
+            raise InputError(f"{column} differs from the {column} of prompt pair {pair_id}: {given!r} vs "
+                             f"{record.data[column]!r}; leave the column out to take the prompt pair's")
+    return record.data["p_o"], record.data["p_a"], list(record.data.get("dims") or [])
 
 
 def _decode(value: Any, column: str, row: _Row, allow_outside: bool):
@@ -269,8 +308,9 @@ def _rows(source: Path) -> tuple[Iterator[_Row], int]:
     """The rows of ``source`` and how many there are. Table rows are small, so a manifest or prompts
     file is read whole; a dataset is counted from its metadata and read lazily (its rows hold images)."""
     kind = detect_format(source)
-    if kind in ("manifest", "folder"):
-        rows = list(_manifest_rows(source) if kind == "manifest" else _folder_rows(source))
+    if kind in ("manifest", "folder", "generated"):
+        reader = {"manifest": _manifest_rows, "folder": _folder_rows, "generated": _generated_rows}[kind]
+        rows = list(reader(source))
         return iter(rows), len(rows)
     if kind == "arrow":
         files = _arrow_sources(source)
@@ -292,6 +332,8 @@ def _canonical(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _check_columns(columns: list[str], required: tuple[str, ...], where: str) -> None:
     have = _column_names(columns)
+    if "pair_id" in have:  # the prompts come from the linked prompt pair
+        required = tuple(r for r in required if r not in ("p_o", "p_a"))
     missing = [" or ".join(_ALIASES[r]) for r in required if r not in have]
     if missing:
         raise InputError(f"{where}: missing column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
@@ -365,6 +407,32 @@ def _folder_rows(root: Path) -> Iterator[_Row]:
             for path in index[stem]:
                 yield _Row(item=_shown(path, root), base=root,
                            error=f"no row in {prompts_file.name} names {stem!r}, so this image has no prompts")
+
+
+def _generated_rows(root: Path) -> Iterator[_Row]:
+    """One row per pair_id of a folder of <pair_id>_o.<ext> and <pair_id>_a.<ext> images; an image named
+    otherwise, or a pair missing a side, is a failed row. Non-image files (the exported manifest) are
+    left alone."""
+    found: dict[str, dict[str, list[Path]]] = {}
+    for path in sorted(root.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        m = _GENERATED.match(path.stem)
+        if m is None:
+            yield _Row(item=path.name, base=root, error="the name is not <pair_id>_o.<ext> or <pair_id>_a.<ext>, "
+                                                        "so this image belongs to no prompt pair")
+            continue
+        found.setdefault(m["pair_id"], {}).setdefault(m["side"], []).append(path)
+    for pair_id, sides in found.items():
+        row = _Row(item=pair_id, base=root, fields={"pair_id": pair_id})
+        for side, column in (("o", "image_o"), ("a", "image_a")):
+            paths = sides.get(side, [])
+            if len(paths) == 1:
+                row.fields[column] = paths[0]
+            else:
+                row.error = (f"image {pair_id}_{side}.*: " + ("file not found" if not paths else
+                             f"ambiguous, several files ({', '.join(p.name for p in paths)})"))
+        yield row
 
 
 def _stem_index(folder: Path) -> dict[str, list[Path]]:

@@ -8,6 +8,13 @@ CSV is for spreadsheets: a text cell that a spreadsheet would run as a formula (
 -, @, tab or carriage return) is written with a leading single quote. Parquet and JSONL are data
 formats and keep every value exactly as stored.
 
+The ``generate`` layout (prompts only) is for rendering a run's prompt pairs elsewhere: one row per ok
+prompt pair with ``pair_id``, ``p_o``, ``p_a``, ``dims``, ``file_o`` and ``file_a``, the file names the
+images should get, from a template with ``{pair_id}``, ``{side}`` (o or a) and ``{index}`` (the row's
+position from 0; format specs work: ``{index:04d}``). The default ``{pair_id}_{side}.png`` names can be
+imported as a plain folder; any names import through this file itself, as a manifest (its ``file_o``,
+``file_a`` columns are image paths, ``pair_id`` links each pair to its prompt record).
+
 Prompt records carry an ``origin`` column in every layout: ``captions`` (the prompt stage),
 ``editor`` (the edit stage's prompts, one per photo and draw) or ``import`` (pairs imported with
 ``prompts --import``); ``origin=`` keeps one of them.
@@ -70,6 +77,29 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path, fmt: str | None = N
 def _flat(value: Any) -> Any:
     """Nested values become JSON strings in tabular formats (JSONL keeps them nested)."""
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+
+
+def generate_layout(template: str) -> Callable[[list[dict]], list[dict]]:
+    """The ``generate`` layout with file names from ``template``; InputError when the template is not one
+    that gives every pair and side its own name."""
+    def name(pair_id: str, side: str, index: int) -> str:
+        try:
+            return template.format(pair_id=pair_id, side=side, index=index)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise InputError(f"--template {template!r}: {exc!r}; use {{pair_id}}, {{side}} and {{index}}") from None
+
+    a, b = name("p1", "o", 1), name("p2", "a", 2)
+    if len({a, b, name("p1", "a", 1), name("p2", "o", 2)}) < 4 or "/" in a + b or "\\" in a + b:
+        raise InputError(f"--template {template!r} must give each pair and side its own file name, without "
+                         "folders: use {side} and {pair_id} or {index}, e.g. {pair_id}_{side}.png")
+
+    def layout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ok = [r for r in rows if r.get("status") == "ok"]
+        return [{"pair_id": r["key"], "p_o": r["p_o"], "p_a": r["p_a"], "dims": r["dims"],
+                 "file_o": name(r["key"], "o", i), "file_a": name(r["key"], "a", i), "origin": r["origin"]}
+                for i, r in enumerate(ok)]
+
+    return layout
 
 
 def export_stage(store: RunStore, stage: str, path: str | Path, fmt: str | None = None, *,
