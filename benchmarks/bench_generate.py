@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=8, help="prompt pairs for the stage measurement")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -130,6 +131,7 @@ def main() -> None:
             for name in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):  # alternate who goes first
                 runs[name].append(seconds(paths[name], cuda))
         memory = {name: peaks(fn, cuda) for name, fn in paths.items()}
+        stage = stage_vs_bare(gen, pipe, model, params, args, Path(tmp), cuda)
 
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"pipeline {type(pipe).__name__} on {gen.device} {gen.dtype_label()}, {args.size}x{args.size}, "
@@ -143,6 +145,50 @@ def main() -> None:
     print(f"overhead: ours / bare = {med['ours'] / med['bare']:.3f} ({(med['ours'] / med['bare'] - 1) * 100:+.1f}%; "
           "goal within 5%)")
     print(f"process peak RSS: +{rss_loaded - rss0:.0f} MiB loading, +{maxrss_mib() - rss_loaded:.0f} MiB generating")
+    n_images, t_stage, t_bare = stage
+    print(f"the whole generate stage ({n_images // 2} prompt pairs -> {n_images} images, store writes and records "
+          f"included) vs a bare loop over the same prompts in batches of {args.batch}:")
+    print(f"  stage {n_images / t_stage:.2f} images/s, bare {n_images / t_bare:.2f} images/s, "
+          f"stage / bare = {t_stage / t_bare:.3f} ({(t_stage / t_bare - 1) * 100:+.1f}%; goal within 5%)")
+
+
+def stage_vs_bare(gen, pipe, model: str, params: dict, args, tmp: Path, cuda: bool) -> tuple[int, float, float]:
+    """The generate stage (planning, seeds, keys, batching, PNG encoding, store writes) on ``args.pairs``
+    prompt pairs, each repeat into a new run, vs the bare pipeline over the same prompts and seeds."""
+    from aesthetic_audit.dimensions import load_catalogue
+    from aesthetic_audit.images.generate import plan_jobs, run_generate
+    from aesthetic_audit.images.generators.presets import generator_specs
+    from aesthetic_audit.pipeline import Run
+    from aesthetic_audit.prompts.stage import run_prompts
+
+    overrides = {"prompts.n": args.pairs, "images.backend": "generate", "images.generate.generators": ["diffusers"],
+                 "images.generate.batch_size": args.batch,
+                 "images.generate.options": {"diffusers": {"model": model, "params": params}}}
+
+    def fresh_run(r: int):
+        run = Run.open(tmp / f"run{r}", overrides=overrides)
+        run_prompts(run.store, run.config, load_catalogue())
+        return run
+
+    template = fresh_run(-1)
+    spec = generator_specs(template.config.images.generate)[0]
+    jobs = plan_jobs(template.store, template.config, spec, gen.identity())
+    requests = [req for job in jobs for req in (job.o, job.a)]
+
+    def bare():
+        with torch.inference_mode():
+            for start in range(0, len(requests), args.batch):
+                chunk = requests[start:start + args.batch]
+                pipe(prompt=[q.prompt for q in chunk], output_type="pil", **params,
+                     generator=[torch.Generator("cpu").manual_seed(q.seed) for q in chunk])
+
+    times = {"stage": [], "bare": []}
+    for r in range(args.repeats):
+        run = fresh_run(r)
+        timed = {"stage": lambda: run_generate(run.store, run.config, spec, generator=gen), "bare": bare}
+        for name in (("stage", "bare") if r % 2 == 0 else ("bare", "stage")):
+            times[name].append(seconds(timed[name], cuda))
+    return len(requests), statistics.median(times["stage"]), statistics.median(times["bare"])
 
 
 if __name__ == "__main__":
