@@ -794,8 +794,11 @@ async def ask(i):
     return await client.chat([{"role": "user", "content": str(i)}], model="m")
 
 def interrupt_the_loop_thread():
+    # Wait for the request thread however long a loaded machine takes to start it, then let the
+    # requests get under way.
+    while not (loop_thread := next((t for t in threading.enumerate() if t.name == "openai-compat"), None)):
+        time.sleep(0.05)
     time.sleep(0.5)
-    loop_thread = next(t for t in threading.enumerate() if t.name == "openai-compat")
     signal.pthread_kill(loop_thread.ident, signal.SIGINT)  # lands on a thread that is not the main one
 
 threading.Thread(target=interrupt_the_loop_thread, daemon=True).start()
