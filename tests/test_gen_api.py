@@ -111,6 +111,18 @@ def test_options_params_and_seed_go_into_the_body(api):
         "prompt": "item-01: a blurry, very dark photo of a dog", "n": 1, "seed": 1234}
 
 
+@pytest.mark.parametrize("kind", [OpenAIImages, ChatImage])
+def test_a_large_seed_is_sent_as_31_bits_and_recorded(api, kind):
+    if kind is ChatImage:
+        api.script("item-01", chat_ok({"images": [{"image_url": {"url": data_url(IMG)}}]}))
+    seed = 2**40 + 2**31 + 12345  # the stage derives 60-bit seeds
+    result = one(make(api, kind=kind, send_seed=True), req("item-01", seed=seed))
+    assert result.ok and result.extra["seed_sent"] is True and result.extra["seed"] == 12345
+    assert api.requests("item-01")[0]["body"]["seed"] == 12345
+    unsent = one(make(api, kind=kind), req("item-01", seed=seed))
+    assert unsent.extra["seed_sent"] is False and "seed" not in unsent.extra
+
+
 def test_a_batch_runs_concurrently_up_to_the_limit_and_keeps_its_order(api):
     api.gate = threading.Barrier(3)  # every request waits until 3 are in flight together
     gen = make(api, concurrency=3)
@@ -378,7 +390,7 @@ def test_chat_blank_image_is_an_error(api):
 # --- identity, options, registry -------------------------------------------------------------------------
 
 def test_identity_holds_what_changes_images_and_nothing_secret_or_runtime():
-    gen = OpenAIImages(base_url="https://user:pw@images.example.com/v1/?api-key=qs", model="m", size="512x512",
+    gen = OpenAIImages(base_url="https://images.example.com/v1/", model="m", size="512x512",
                        api_key_env=KEY_ENV, concurrency=9, timeout_s=3, max_reply_bytes=10, send_seed=True)
     assert gen.identity() == {"name": "openai-images", "version": "1", "options": {
         "base_url": "https://images.example.com/v1", "model": "m", "size": "512x512", "quality": None,
@@ -400,6 +412,17 @@ def test_identity_holds_what_changes_images_and_nothing_secret_or_runtime():
 def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         OpenAIImages(**options)
+
+
+@pytest.mark.parametrize("kind", [OpenAIImages, ChatImage])
+@pytest.mark.parametrize("url", ["https://user:pw-5f3a@images.example.com/v1", "https://images.example.com/v1?key=5f3a",
+                                 "https://tok-5f3a@images.example.com/v1", "https://images.example.com/v1#5f3a"])
+def test_credentials_in_base_url_are_config_errors_naming_api_key_env(kind, url):
+    with pytest.raises(ConfigError) as caught:
+        kind(base_url=url, model="m")
+    message = str(caught.value)
+    assert "option 'base_url'" in message and "api_key_env" in message
+    assert "5f3a" not in message  # the message does not repeat what it refuses to record
 
 
 def test_chat_image_needs_base_url_and_model():

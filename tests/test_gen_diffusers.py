@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -17,12 +18,14 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from aesthetic_audit.errors import ConfigError  # noqa: E402
-from aesthetic_audit.images.generators.base import GenerationRequest, OutOfMemory  # noqa: E402
+from aesthetic_audit.images.generators.base import (GenerationRequest, GenerationResult, Generator,  # noqa: E402
+                                                     OutOfMemory, blank_reason)
 from aesthetic_audit.images.generators.diffusers_t2i import DiffusersGenerator, Loaded  # noqa: E402
 from aesthetic_audit.registry import get  # noqa: E402
 from aesthetic_audit.scorers._weights import MissingWeightsError, WeightsError  # noqa: E402
 
-from tiny.diffusion import PIPELINE_BUILDERS, PIPELINES, SIZE, T5_LENGTH, write_finetune, write_lora  # noqa: E402
+from tiny.diffusion import (PIPELINE_BUILDERS, PIPELINES, SIZE, T5_LENGTH, write_finetune, write_lora,  # noqa: E402
+                            write_peft_lora)
 
 KINDS = list(PIPELINE_BUILDERS)
 PROMPT = "a blurry photo of a cat"
@@ -249,6 +252,8 @@ def test_identity(tiny, loras, tmp_path):
     assert ident() == ref  # fp32 is the CPU default, scale 1 the default
     assert ident(lora_scale=0.5) != ref
     assert ident(dtype="bf16") != ref
+    assert ident(vae_tiling=True) != ref  # a tiled decode blends its tiles: other pixels
+    assert ident(vae_slicing=True, cpu_offload=False) == ref
     assert ident(model=str(tiny["sd3"]), lora=None) != ident(lora=None)
     moved = shutil.copytree(tiny["flux"], tmp_path / "elsewhere")
     assert ident(model=str(moved)) == ref
@@ -260,7 +265,7 @@ def test_identity(tiny, loras, tmp_path):
     gen.load()
     assert gen.identity() == before
     assert before["scheduler"] == "FlowMatchEulerDiscreteScheduler"
-    assert before["options"] == {"allow_pickle": False, "img2img": True}
+    assert before["options"] == {"allow_pickle": False, "img2img": True, "vae_tiling": False}
 
 
 def cache_repo(cache, name: str, commit: str, files) -> None:
@@ -386,3 +391,144 @@ def test_scheduler_override(tiny):
     out = pixels(gen.generate([req("sdxl")])[0])
     assert type(gen.loaded.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     assert mad(out, pixels(DiffusersGenerator(model=str(tiny["sdxl"])).generate([req("sdxl")])[0])) > 0.2
+
+
+def test_negative_prompt_on_flux_needs_true_cfg(tiny):
+    """FluxPipeline drops a negative prompt unless true_cfg_scale > 1: such requests fail with the fix named
+    instead of rendering the same image as without it; with true CFG they render."""
+    gen = DiffusersGenerator(model=str(tiny["flux"]), batch_size=4)
+    negative = "a sharp bright photo"
+    unset, one, four = gen.generate([req("flux", negative_prompt=negative),
+                                     req("flux", negative_prompt=negative, params=params("flux", true_cfg_scale=1.0)),
+                                     req("flux", negative_prompt=negative, params=params("flux", true_cfg_scale=4.0))])
+    assert unset.error == ("FluxPipeline ignores a negative prompt unless true_cfg_scale > 1 (it is 1.0): set "
+                           "params.true_cfg_scale > 1, e.g. 4, for negative prompts on Flux")
+    assert one.error == unset.error and four.ok
+    assert gen.generate([req("flux")])[0].ok  # no negative prompt: nothing to check
+
+
+def test_peft_adapter_as_peft_loads_it(tiny, tmp_path):
+    """A LoRA saved by PEFT (keys base_model.model.*, lora_alpha 8 and r 4 in adapter_config.json: the SD3.5M
+    Flow-GRPO format) renders at scale 1 what the same pipeline gives with its transformer wrapped by
+    PeftModel.from_pretrained, the study's way; scale 0 is the base model. Its config enters the identity."""
+    from peft import PeftModel
+
+    kind = "sd3"
+    file = write_peft_lora(tiny[kind], tmp_path / "flowgrpo")
+    reqs = [req(kind, seed=s) for s in (1, 2)]
+    study = DiffusersGenerator(model=str(shutil.copytree(tiny[kind], tmp_path / "study")), batch_size=2)
+    base = [pixels(r) for r in study.generate(reqs)]
+    PeftModel.from_pretrained(study.loaded.pipe.transformer, str(file.parent))  # injects the layers in place
+    want = [pixels(r) for r in study.generate(reqs)]
+    assert min(mad(w, b) for w, b in zip(want, base)) > 1  # the adapter does change the images
+
+    gens = {s: DiffusersGenerator(model=str(tiny[kind]), lora=str(file.parent), weight_name=file.name, lora_scale=s,
+                                  batch_size=2) for s in (1.0, 0)}
+    for w, got in zip(want, gens[1.0].generate(reqs)):
+        diff = np.abs(pixels(got) - w)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # alpha folded into B: float rounding only
+    assert all(np.array_equal(pixels(got), b) for got, b in zip(gens[0].generate(reqs), base))
+    assert gens[1.0].identity()["lora"]["config_sha256"] == hashlib.sha256(
+        (file.parent / "adapter_config.json").read_bytes()).hexdigest()
+
+    (file.parent / "adapter_config.json").unlink()
+    with pytest.raises(MissingWeightsError, match="is a PEFT adapter .*adapter_config.json .* must lie beside it"):
+        DiffusersGenerator(model=str(tiny[kind]), lora=str(file)).identity()
+
+
+def test_lora_that_reaches_no_layer_is_an_error(tiny, loras, tmp_path):
+    """SD3's loader keeps only keys under transformer.: a LoRA for a UNet (or any other prefix) loads nothing
+    without a word; the backend names the file instead of failing later when switching adapters."""
+    gen = DiffusersGenerator(model=str(shutil.copytree(tiny["sd3"], tmp_path / "sd3")), lora=str(loras["sdxl"]))
+    with pytest.raises(WeightsError, match=r"pytorch_lora_weights.safetensors reached none of "
+                                           r"StableDiffusion3Pipeline's layers"):
+        gen.load()
+
+
+def test_only_constant_frames_are_blank_for_a_local_model(tiny):
+    """A requested near-black render (std 1 per channel) is an image from a local model, though a hosted API's
+    check would call it a placeholder; an exactly constant frame (a safety filter's) is blank for both, in
+    the backend and in the stage."""
+    from types import SimpleNamespace
+
+    from diffusers.image_processor import VaeImageProcessor
+
+    from aesthetic_audit.images.generate import _Batches
+
+    rng = np.random.default_rng(0)
+    dark = np.clip(8 + rng.normal(0, 1, (SIZE, SIZE, 3)), 0, 255).round().astype(np.uint8)
+    constant = np.full((SIZE, SIZE, 3), 8, np.uint8)
+    assert 0.5 < dark.reshape(-1, 3).std(axis=0).max() < 2
+    assert blank_reason(Image.fromarray(dark)) is not None
+    assert blank_reason(Image.fromarray(dark), tolerance=0) is None
+    assert blank_reason(Image.fromarray(constant), tolerance=0).startswith("blank image: one flat colour (8, 8, 8)")
+
+    class Pipe:
+        image_processor = VaeImageProcessor()
+
+        def __call__(self, prompt, generator, output_type, num_inference_steps, width, height):
+            return SimpleNamespace(images=np.stack([dark, constant]).astype(np.float32) / 255)
+
+    gen = DiffusersGenerator(model=str(tiny["sdxl"]), batch_size=2)
+    gen.load()
+    gen.loaded = Loaded(Pipe())
+    got_dark, got_constant = gen.generate([req("sdxl", seed=1), req("sdxl", seed=2)])
+    assert np.array_equal(np.asarray(got_dark.image), dark)
+    assert got_constant.error.startswith("blank image: one flat colour (8, 8, 8)")
+
+    class Hosted(Generator):
+        name = "hosted"
+
+    for generator, ok in ((gen, True), (Hosted(), False)):
+        image, error = _Batches(None, generator, None)._checked(GenerationResult(Image.fromarray(dark)), "I_o (p_o)")
+        assert (error is None) == ok and (image is not None) == ok
+        _, error = _Batches(None, generator, None)._checked(GenerationResult(Image.fromarray(constant)), "I_o (p_o)")
+        assert error.startswith("I_o (p_o): blank image")
+
+
+def test_run_unloads_each_generator_before_the_next(tiny, loras, tmp_path, monkeypatch):
+    """`generate` with several generators holds one pipeline at a time: a generator's pipeline is freed
+    before the next generator builds its own, and all are freed at the end; the generators of a LoRA scale
+    sweep run on one pipeline, built once, with the adapter loaded once."""
+    from aesthetic_audit.pipeline import Run
+
+    folders = {k: shutil.copytree(tiny[k], tmp_path / k) for k in ("sdxl", "flux")}  # pipelines of their own
+    refs, builds, lora_loads = [], [], []
+    build, add_lora = DiffusersGenerator._build, DiffusersGenerator._add_lora
+
+    def spy_build(self):
+        builds.append((self.model.local.name, sum(r() is not None for r in refs)))  # pipelines alive now
+        pipe = build(self)
+        refs.append(weakref.ref(pipe))
+        return pipe
+
+    def spy_add_lora(self):
+        known = set(self.loaded.adapters)
+        add_lora(self)
+        lora_loads.extend(self.loaded.adapters - known)
+
+    monkeypatch.setattr(DiffusersGenerator, "_build", spy_build)
+    monkeypatch.setattr(DiffusersGenerator, "_add_lora", spy_add_lora)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"p_o": "A red bicycle.", "p_a": "A blurry red bicycle.", "dims": ["clarity"]}\n')
+    config = tmp_path / "gen.yaml"
+    common = "device: cpu, dtype: fp32, batch_size: 2"
+    config.write_text(f"""
+images:
+  generate:
+    generators: [tiny-sdxl, tiny-flux]
+    sweep: {{lora_scale: [0, 0.5, 1.0]}}
+    presets:
+      - {{name: tiny-sdxl, description: x, backend: diffusers,
+         options: {{model: {folders['sdxl']}, lora: {loras['sdxl']}, {common}}},
+         params: {{num_inference_steps: 2, width: {SIZE}, height: {SIZE}}}}}
+      - {{name: tiny-flux, description: y, backend: diffusers, options: {{model: {folders['flux']}, {common}}},
+         params: {{num_inference_steps: 2, width: {SIZE}, height: {SIZE}, max_sequence_length: {T5_LENGTH}}}}}
+""")
+    run = Run.open(tmp_path / "run", config)
+    run.prompts(import_path=pairs)
+    summaries = run.generate()
+    assert [(s.total, s.new, s.failed) for s in summaries] == [(1, 1, 0)] * 4  # sdxl at 3 scales, then flux
+    assert builds == [("sdxl", 0), ("flux", 0)]
+    assert len(lora_loads) == 1
+    assert [r() for r in refs] == [None, None]

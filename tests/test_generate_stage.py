@@ -3,6 +3,7 @@ and out-of-memory, failures, resume after SIGKILL, the CLI, and export -> render
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,20 @@ def test_per_side_parameters_of_a_preset_are_used_and_recorded(tmp_path, cli, fa
     code, _, err = cli("-q", "generate", run, "--set", "images.generate.options.fake-asym.sides.a.num_inference_steps=40")
     assert code == 0, err
     assert len(_ok(run)) == 8
+
+
+def test_the_report_shows_each_generators_settings_and_asymmetric_sides(tmp_path, cli, fake, test_presets):
+    run = _with_prompts(cli, tmp_path, pairs=PAIRS[:2])
+    code, _, err = cli("-q", "generate", run, "-c", test_presets, "--generator", "fake-asym", "--generator", FAKE)
+    assert code == 0, err
+    code, _, err = cli("-q", "report", run, "--set", "analysis.bootstrap=100")
+    assert code == 0, err
+    section = (run / "report.html").read_text().split("<h2>Generators</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = {row.split("</td>", 1)[0].rsplit(">", 1)[1]: row for row in section.split("<tr>")[2:]}
+    assert set(rows) == {"fake-asym", FAKE}
+    assert "steps 40, guidance 4.0" in rows["fake-asym"] and "steps 32, guidance 6.0, negative &#x27;&#x27;" \
+        in rows["fake-asym"] and "<b>asymmetric</b>" in rows["fake-asym"]
+    assert "asymmetric" not in rows[FAKE] and "same" in rows[FAKE]
 
 
 def test_a_lora_scale_sweep_gives_one_generator_per_value(tmp_path, cli, fake, test_presets):
@@ -345,9 +360,53 @@ def test_a_prompts_only_run_says_to_generate(tmp_path, cli):
     RunStore(empty).counts()  # an empty run: a database and no records
     code, _, err = cli("generate", empty, "--generator", "flux-dev")
     assert code == 1 and "no prompt pairs of origin captions, import" in err and f"prompts {empty}" in err
+    # `run` makes prompt pairs of origin captions only: a run rendering imported ones says what is missing
     code, _, err = cli("run", empty, "--set", "images.backend=generate", "--set",
-                       "images.generate.generators=[flux-dev]")
-    assert code == 1 and err.count("nothing to do") == 1
+                       "images.generate.generators=[flux-dev]", "--set", "images.generate.origins=[import]")
+    assert code == 1 and err.count("nothing to do") == 1 and "no prompt pairs of origin import" in err
+
+
+def test_run_with_the_generate_backend_starts_with_the_prompt_stage(tmp_path, cli, fake):
+    run = tmp_path / "fresh"
+    code, _, err = cli("-q", "run", run, "--set", "images.backend=generate", "--set", "prompts.n=3", "--set",
+                       f"images.generate.generators=[{FAKE}]", "--set", "score.scorers=[composite]",
+                       "--set", "analysis.bootstrap=200")
+    assert code == 0, err
+    prompts = {r.key: r.data for r in RunStore(run).records("prompts")}
+    assert len(prompts) == 3 and {d["origin"] for d in prompts.values()} == {"captions"}
+    pairs = _ok(run)
+    assert sorted(r.data["pair_id"] for r in pairs) == sorted(prompts)
+    assert {r.data["p_a"] for r in pairs} == {d["p_a"] for d in prompts.values()}
+    assert json.loads((run / "analysis.json").read_text())["n_pairs"] == 3 and (run / "report.html").is_file()
+    # an unknown generator stops `run` before the prompt stage writes anything
+    other = tmp_path / "other"
+    code, _, err = cli("run", other, "--set", "images.backend=generate", "--set", "prompts.n=3", "--set",
+                       "images.generate.generators=[flux-devv]")
+    assert code == 2 and "unknown generator 'flux-devv'" in err
+    assert not other.exists() or list(RunStore(other).records("prompts")) == []
+
+
+def test_each_record_carries_the_generators_whole_identity(tmp_path, cli, fake, test_presets):
+    from aesthetic_audit.hashing import spec_hash
+
+    run = _with_prompts(cli, tmp_path, pairs=PAIRS[:2])
+    code, _, err = cli("-q", "generate", run, "-c", test_presets, "--generator", "fake-lora")
+    assert code == 0, err
+    want = fake_generator.FakeGenerator(lora="loras/pickscore.safetensors", lora_scale=1.0).identity()
+    assert want["options"]["lora_scale"] == 1.0
+    for r in _ok(run):
+        assert r.data["generator"]["identity"] == want
+        assert r.data["generator"]["identity_hash"] == spec_hash(want)
+    # the same name with another setting overwrites the manifest's entry; the earlier records still say
+    # what made their images
+    code, _, err = cli("-q", "generate", run, "--set", "images.generate.options.fake-lora.lora_scale=0.5")
+    assert code == 0, err
+    scaled = fake_generator.FakeGenerator(lora="loras/pickscore.safetensors", lora_scale=0.5).identity()
+    manifest = json.loads((run / "manifest.json").read_text())["backends"]["generator:fake-lora"]
+    assert manifest["identity"] == scaled
+    identities = sorted((r.data["generator"]["identity"]["options"]["lora_scale"], r.data["generator"]["identity_hash"])
+                        for r in _ok(run))
+    assert identities == sorted([(1.0, spec_hash(want))] * 2 + [(0.5, spec_hash(scaled))] * 2)
 
 
 def test_run_with_the_generate_backend_does_every_stage(tmp_path, cli, fake):
@@ -470,6 +529,32 @@ def test_export_for_generation_then_import_links_pairs_to_their_prompts(tmp_path
     assert failed.item == "notes.png" and "belongs to no prompt pair" in failed.error
 
 
+def test_a_linked_import_without_a_model_name_warns_naming_model(tmp_path, cli):
+    from aesthetic_audit.pipeline import Run
+
+    run = _with_prompts(cli, tmp_path, pairs=PAIRS[:2])
+    assert cli("export", run, "--stage", "prompts", "--layout", "generate", "-o", tmp_path / "todo.csv")[0] == 0
+    with open(tmp_path / "todo.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = tmp_path / "rendered"
+    out.mkdir()
+    for i, r in enumerate(rows[:1]):
+        _noise_png(out / r["file_o"], 2 * i)
+        _noise_png(out / r["file_a"], 2 * i + 1)
+    summary = Run.open(run, create=False).import_pairs(out)
+    assert summary.new == 1 and len(summary.warnings) == 1
+    assert "1 image pair(s) linked by pair_id were stored without a model name" in summary.warnings[0]
+    assert "--model NAME" in summary.warnings[0] and [r.data["model"] for r in _ok(run)] == [None]
+    for i, r in enumerate(rows[1:], 1):
+        _noise_png(out / r["file_o"], 2 * i)
+        _noise_png(out / r["file_a"], 2 * i + 1)
+    code, _, err = cli("import", run, out)  # the CLI says it too, counting only the pairs stored now
+    assert code == 0 and "1 new, 1 cached" in err and "1 warnings" in err
+    assert "warning" in err.lower() and "1 image pair(s) linked by pair_id were stored without a model name" in err
+    code, _, err = cli("import", run, out, "--model", "flux-dev")  # named: nothing new, nothing to warn about
+    assert code == 0 and "without a model name" not in err
+
+
 def test_a_manifest_with_pair_ids_links_and_names_a_pair_id_the_run_lacks(tmp_path, cli):
     run = _with_prompts(cli, tmp_path, pairs=PAIRS[:2])
     code, _, err = cli("export", run, "--stage", "prompts", "--layout", "generate", "--template",
@@ -560,3 +645,33 @@ images:
     config.write_text("images:\n  generate:\n    presets: [{name: Bad.Name, description: x, backend: y}]\n")
     code, _, err = cli("generate", run, "-c", config)
     assert code == 2 and "images.generate.presets Bad.Name: name:" in err
+
+
+def test_generate_help_says_the_run_must_exist(capsys):
+    from aesthetic_audit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "created if missing" not in text and "an existing run directory holding prompt pairs" in text
+    assert "HF_HUB_OFFLINE=1" in text and "options.NAME.revision" in text
+
+
+def test_readme_generate_examples_with_hub_presets_pin_or_go_offline():
+    """A hub preset without a pinned revision exits 2 while the hub is reachable: every README command
+    that builds one must set HF_HUB_OFFLINE=1, pin its revision or point its model at a folder."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = re.sub(r"\\\n\s*", " ", readme).splitlines()
+    hub = {name for name, p in presets().items() if p.backend == "diffusers"}
+    checked = 0
+    for line in commands:
+        line = line.split("  #", 1)[0]
+        names = set(re.findall(r"--generator (\S+)", line)) & hub
+        if "aesthetic-audit generate" not in line or not names:
+            continue
+        checked += 1
+        for name in names:
+            assert "HF_HUB_OFFLINE=1 aesthetic-audit" in line or f"options.{name}.revision=" in line \
+                or f"options.{name}.model=" in line, line
+    assert checked >= 4
+    assert "No preset pins a hub" in readme

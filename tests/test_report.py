@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 
@@ -114,3 +115,58 @@ def test_missing_image_does_not_break_the_report(tmp_path):
         path.unlink()
     text = write_report(store, analyze(store, AnalysisConfig(bootstrap=100)), tmp_path / "r.html").read_text()
     assert "image unavailable" in text and "No failed items." in text
+
+
+def _generated(store: RunStore, model: str, generator: dict, params: dict, n: int, failed: int = 0) -> None:
+    records = []
+    for i in range(n + failed):
+        key = image_pair_key(backend=generator, inputs={"model": model, "i": i}, seed=0)
+        data = {"pair_id": f"p{i}", "p_o": "a cat", "p_a": "a murky cat", "dims": ["clarity"], "backend": "generate",
+                "model": model, "generator": generator, "params": params, "label": None, "transforms": []}
+        if i >= n:
+            records.append(Record.failed(key, IMAGES, f"{model}:{i}", "I_o (p_o): blank image", **data))
+            continue
+        sha_o = store.put_image(Image.new("RGB", (16, 16), (i, 2, 3)))
+        sha_a = store.put_image(Image.new("RGB", (16, 16), (i, 3, 2)))
+        records.append(Record(key, IMAGES, f"{model}:{i}", {"image_pair_id": key, **data, "image_o": sha_o,
+                                                            "image_a": sha_a}))
+    store.put_many(records)
+
+
+def _generators_table(text: str) -> list[list[str]]:
+    """The Generators section's body rows, as the text of their cells."""
+    section = text.split("<h2>Generators</h2>", 1)[1].split("<h2>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_generators_section_shows_each_generators_settings_per_side(tmp_path):
+    store = _build(tmp_path / "run", n_pairs=2, n_failures=0)
+    asym = {"name": f"sd35m{EVIL}", "preset": "sd35m", "backend": "diffusers", "identity_hash": "1" * 64,
+            "identity": {"name": "diffusers", "model": {"repo": "org/<b>m</b>", "revision": "c" * 40},
+                         "dtype": "bf16", "lora": {"sha256": "f" * 64, "scale": 0.5},
+                         "options": {"lora": "jieliu/SD3.5M-FlowGRPO-PickScore"}},
+            "options": {"lora": "jieliu/SD3.5M-FlowGRPO-PickScore"}}
+    same = {"name": "api", "preset": None, "backend": "openai-images", "identity_hash": "2" * 64,
+            "identity": {"name": "openai-images", "options": {"model": "gpt-image-1-mini",
+                                                              "base_url": "https://images.example.com/v1"}},
+            "options": {"model": "gpt-image-1-mini"}}
+    _generated(store, f"sd35m{EVIL}", asym, {"o": {"num_inference_steps": 40, "guidance_scale": 4.0},
+                                             "a": {"num_inference_steps": 32, "guidance_scale": 6.0}}, n=2, failed=1)
+    _generated(store, "api", same, {"o": {"quality": "low"}, "a": {"quality": "low"}}, n=3)
+    path = write_report(store, analyze(store, AnalysisConfig(bootstrap=100), seed=0), tmp_path / "report.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<script" not in text and "<b>m</b>" not in text
+    assert "sd35m&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text and "org/&lt;b&gt;m&lt;/b&gt;" in text
+    rows = _generators_table(text)
+    assert rows == [
+        [f"sd35m{EVIL}", "diffusers", f"org/<b>m</b> @ {'c' * 40}", "bf16", "jieliu/SD3.5M-FlowGRPO-PickScore × 0.5",
+         "steps 40, guidance 4.0", "steps 32, guidance 6.0", "asymmetric", "2", "1"],
+        ["api", "openai-images", "gpt-image-1-mini at https://images.example.com/v1", "–", "–", "quality 'low'",
+         "quality 'low'", "same", "3", "0"]]
+
+
+def test_a_run_without_generated_pairs_has_no_generators_section(report):
+    _, text, _ = report
+    assert "<h2>Generators</h2>" not in text

@@ -17,6 +17,7 @@ from .errors import AuditError
 from .ui import configure, log
 
 DEMO_DIR = "runs/demo"
+CREATING = ("prompts", "edit", "import", "run", "demo")  # commands that create a missing run directory
 
 EPILOG = """
 stages, in order:  prompts -> generate | edit | import -> judge -> score -> analyze -> report
@@ -29,7 +30,9 @@ quick start:       aesthetic-audit demo            (the whole offline audit into
 
 def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True, retry: bool = False) -> None:
     if run:
-        p.add_argument("run", metavar="RUN", type=Path, help="run directory (created if missing)")
+        creates = p.prog.split()[-1] in CREATING
+        p.add_argument("run", metavar="RUN", type=Path,
+                       help="run directory (created if missing)" if creates else "an existing run directory")
     if retry:
         p.add_argument("--retry-failed", action="store_true", help="try items recorded as failed again")
     if config:
@@ -142,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "local folder, revision, params/sides for call parameters), sweep (lora_scale: the "
                 "alignment-strength dial; negative: the 'conventional beauty' negative prompt), img2img "
                 "(enabled, strength, of: generated | pairs), origins (which prompt pairs).\n"
+                "Hub weights need a pinned commit (options.NAME.revision, transformer_revision, lora_revision) "
+                "or HF_HUB_OFFLINE=1 with the model in the Hugging Face cache; presets pin none.\n"
                 f"presets (`aesthetic-audit ls generators` shows their settings):\n{_preset_lines()}\n"
                 f"backends: {_names('generators')}")
-    _common(p, retry=True)
+    p.add_argument("run", metavar="RUN", type=Path,
+                   help="an existing run directory holding prompt pairs (from `prompts`); generate creates none")
+    _common(p, run=False, retry=True)
     p.add_argument("--generator", dest="generators", action="append", metavar="NAME",
                    help="a preset or backend name (repeatable); replaces images.generate.generators")
 
@@ -199,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", "all stages the config asks for: images, judge, score, analyze, report",
                 "Run every stage the config asks for, in order: images (images.backend: generate, edit or "
-                "import; generate needs the run's prompt pairs), judge, score, "
+                "import; generate runs the prompt stage first when the run has no prompt pairs), judge, score, "
                 "analyze, report. Each stage skips what is already done.")
     _common(p)
 
@@ -307,7 +314,7 @@ def _open(args: argparse.Namespace):
     from .pipeline import Run
 
     # Reading commands must not create a run for a mistyped path (nor generate: it needs the run's prompts).
-    return Run.open(args.run, args.config, _overrides(args), create=args.command in ("prompts", "edit", "import", "run", "demo"))
+    return Run.open(args.run, args.config, _overrides(args), create=args.command in CREATING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,19 +94,30 @@ class Run:
                               f"images.generate.generators; {known_names()}")
         if not self._has_inputs(gc):
             return []
-        # Built before any runs, so a bad option value stops the command before anything is rendered.
+        # Built before any runs, so a bad option value stops the command before anything is rendered
+        # (building loads nothing).
         built = [(spec, spec.build()) for spec in specs]
         out = []
-        for spec, generator in built:
-            try:
-                out.append(self._done(run_generate(self.store, self.config, spec, generator=generator,
-                                                   retry_failed=retry_failed)))
-                self._backend_ran("generator", spec.name)
-            except EndpointUnreachable:
-                raise
-            except AuditError as exc:
-                self._backend_failed("generator", spec.name, exc)
-                out.append(StageSummary(f"images:{spec.name}", warnings=[str(exc)]))
+        held = []  # generators run on weights that the next one shares (a LoRA scale sweep on one pipeline)
+        try:
+            for i, (spec, generator) in enumerate(built):
+                try:
+                    out.append(self._done(run_generate(self.store, self.config, spec, generator=generator,
+                                                       retry_failed=retry_failed)))
+                    self._backend_ran("generator", spec.name)
+                except EndpointUnreachable:
+                    raise
+                except AuditError as exc:
+                    self._backend_failed("generator", spec.name, exc)
+                    out.append(StageSummary(f"images:{spec.name}", warnings=[str(exc)]))
+                held.append(generator)
+                # Unload before the next loads: ten presets' weights never fit in memory at once.
+                if i + 1 == len(built) or not generator.shares_weights(built[i + 1][1]):
+                    while held:
+                        held.pop().unload()
+        finally:
+            while held:
+                held.pop().unload()
         return out
 
     def _has_inputs(self, gc: GenerateConfig) -> bool:
@@ -142,6 +153,7 @@ class Run:
                               progress=lambda rows, total: progress(rows, total=total, desc="import", unit="pair"))
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
                                        new=result.ok, cached=result.skipped_existing, failed=result.failed,
+                                       warnings=list(result.warnings),
                                        retry_hint="fix the rows `status RUN` lists and import again"))
 
     def _has_pairs(self, what: str) -> bool:
@@ -253,6 +265,16 @@ class Run:
                 raise AuditError("images.backend is 'import' but images.import_path is not set")
             self.import_pairs(self.config.images.import_path)
         elif self.config.images.backend == "generate":
+            from .images.generate import prompt_records
+            from .images.generators.presets import generator_specs
+
+            gc = self.config.images.generate
+            # A fresh run starts from the prompt stage, whose pairs have origin "captions"; img2img of the
+            # run's pairs renders no prompt pairs, and a run rendering other origins only has them already.
+            if not (gc.img2img.enabled and gc.img2img.of == "pairs") and "captions" in gc.origins \
+                    and not prompt_records(self.store, gc.origins):
+                generator_specs(gc)  # an unknown generator stops the run before the prompts are written
+                self.prompts()
             if not self.generate():
                 return None  # generate said what is missing
         else:

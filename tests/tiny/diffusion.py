@@ -182,3 +182,18 @@ def write_finetune(pipeline: Path, out: Path, *, seed: int = 7, scale: float = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out))
     return out
+
+
+def write_peft_lora(pipeline: Path, out: Path, *, seed: int = 6, rank: int = 4, alpha: int = 8) -> Path:
+    """A random LoRA on the denoiser's attention projections as PEFT saves it (``get_peft_model`` +
+    ``save_pretrained``: adapter_model.safetensors with keys ``base_model.model.*`` and adapter_config.json
+    with lora_alpha and r), the format of the SD3.5M Flow-GRPO adapters; returns the weights file. Its scale
+    alpha / r is 2, so an adapter loaded without it would have half the effect."""
+    from peft import LoraConfig, get_peft_model
+
+    _, model = denoiser(pipeline)
+    seeded(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    peft_model.save_pretrained(str(out))
+    return out / "adapter_model.safetensors"

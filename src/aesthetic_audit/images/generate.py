@@ -76,7 +76,10 @@ class _Job:
 def plan_jobs(store: RunStore, config: AuditConfig, spec: GeneratorSpec, identity: dict[str, Any]) -> list[_Job]:
     gc = config.images.generate
     ii = gc.img2img
-    generator = {"name": spec.name, "preset": spec.preset, "backend": spec.backend, "identity": spec_hash(identity),
+    # The whole identity on every record: the manifest keeps one entry per generator name, overwritten when
+    # a later run of the same name changes a setting, so only the record says what made its images.
+    generator = {"name": spec.name, "preset": spec.preset, "backend": spec.backend, "identity": identity,
+                 "identity_hash": spec_hash(identity),
                  "options": {k: v for k, v in spec.options.items() if k not in RUNTIME_OPTIONS}, "sweep": spec.sweep}
     jobs = []
     if ii.enabled and ii.of == "pairs":
@@ -190,7 +193,8 @@ class _Batches:
     def _checked(self, result: GenerationResult, side: str) -> tuple[Image.Image | None, str | None]:
         if not result.ok:
             return None, f"{side}: {result.error or 'no image'}"
-        reason = blank_reason(result.image)  # backends that know placeholder hashes check those themselves
+        # backends that know placeholder hashes check those themselves
+        reason = blank_reason(result.image, tolerance=self.generator.blank_tolerance)
         if reason:
             return None, f"{side}: {reason}"
         return result.image.convert("RGB"), None

@@ -56,6 +56,7 @@ from ..hashing import spec_hash
 from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key
 from ..store.run import Record, RunStore
 from ..textio import read_text, spreadsheet_safe
+from ..ui import log
 from .decode import decode_image, read_bytes
 
 IMPORT_BACKEND = {"name": "import", "version": "1"}
@@ -87,6 +88,7 @@ class ImportSummary:
     ok: int = 0                 # new records stored
     failed: int = 0             # rows that could not be imported (each has a failed record)
     skipped_existing: int = 0   # rows whose pair was already in the run
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -110,7 +112,7 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
     record removed.
     """
     source = Path(path)
-    ok = failed = skipped = 0
+    ok = failed = skipped = unnamed = 0
     rows, total = _rows(source)
     for row in (progress(rows, total=total) if progress is not None else rows):
         failed_key = failed_item_key(IMAGES, source.name, row.item)
@@ -122,9 +124,19 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
             store.discard_failed([failed_key])
             if stored:
                 ok += 1
+                unnamed += record.data["model"] is None and _text(row.fields.get("pair_id")) is not None
             else:
                 skipped += 1
-    return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped)
+    warnings = ()
+    if unnamed:
+        # Linked pairs are generated images; without the generator's name they cannot be told apart per
+        # generator, and the key omits the model, so importing them again with --model changes nothing.
+        warnings = (f"{unnamed} image pair(s) linked by pair_id were stored without a model name (no 'model' "
+                    "column and no --model): the analysis cannot break them down by generator, and importing "
+                    "them again with --model will not name them. Import rendered images with --model NAME (the "
+                    "generator), or a 'model' column",)
+        log.warning("import: %s", warnings[0])
+    return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped, warnings=warnings)
 
 
 def detect_format(path: str | Path) -> str:

@@ -19,6 +19,8 @@ from PIL import Image, ImageOps
 
 from .. import __version__
 from ..analysis.audit import COMBOS, Pair, RunData, format_number
+from ..images.generators.presets import describe_params
+from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
 
 THUMB_SIDE = 256
@@ -93,6 +95,7 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
     data = RunData.from_store(store)
     body = "\n".join([
         _header(store, analysis),
+        _generators_section(store),
         _summary_section(analysis),
         _heatmap_section(analysis),
         _strength_section(analysis),
@@ -195,6 +198,56 @@ def _header(store: RunStore, analysis: dict[str, Any]) -> str:
             f'<p class="note">Do image generators and reward models respect explicit anti-aesthetic '
             f"requests? Every number below is recomputed from the run's per-item records; "
             f"{_e(_ci_label(analysis))}.</p>\n<dl class=\"info\">\n{rows}\n</dl>")
+
+
+def _generators_section(store: RunStore) -> str:
+    """One row per generator setting that made image pairs: its weights, dtype, LoRA and the call
+    parameters of each side, marked where the sides differ (the study's SD3.5M did so)."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in store.records(IMAGES, status=None):
+        d = r.data
+        gen = d.get("generator")
+        if d.get("backend") != "generate" or not isinstance(gen, dict):
+            continue
+        params = d.get("params") or {}
+        group = groups.setdefault((str(d.get("model")), str(gen.get("identity_hash", gen.get("identity"))),
+                                   repr(sorted(params.items()))), {"gen": gen, "params": params, "ok": 0, "failed": 0})
+        group["ok" if r.status == "ok" else "failed"] += 1
+    if not groups:
+        return ""
+    rows = []
+    for (model, _, _), g in groups.items():
+        gen, o, a = g["gen"], g["params"].get("o"), g["params"].get("a")
+        identity = gen["identity"] if isinstance(gen.get("identity"), dict) else {}
+        options = {**gen.get("options", {}), **identity.get("options", {})}
+        lora = identity.get("lora") or ({"scale": options.get("lora_scale")} if options.get("lora") else None)
+        asymmetric = o is not None and a is not None and o != a
+        rows.append([f'<td class="text">{_e(model)}</td>', _e(gen.get("backend") or "–"),
+                     f'<td class="text">{_e(_weights(identity, options))}</td>',
+                     _e(identity.get("dtype") or options.get("dtype") or "–"),
+                     _e(f"{options.get('lora')} × {lora.get('scale')}" if lora else "–"),
+                     f'<td class="text">{_e("–" if o is None else describe_params(o))}</td>',
+                     f'<td class="text">{_e("–" if a is None else describe_params(a))}</td>',
+                     "<b>asymmetric</b>" if asymmetric else "same", _e(g["ok"]), _e(g["failed"])])
+    return "\n".join([
+        "<h2>Generators</h2>",
+        '<p class="note">The settings each generator rendered with, from its image pairs\' records. '
+        "<b>asymmetric</b>: p_o and p_a were rendered with different call parameters, so I_o and I_a "
+        "differ by more than their prompts.</p>",
+        _table(["generator", "backend", "model / weights", "dtype", "LoRA × scale", "p_o side", "p_a side",
+                "sides", "pairs", "failed"], rows)])
+
+
+def _weights(identity: dict[str, Any], options: dict[str, Any]) -> str:
+    """The base weights: hub repo and commit, a local folder with the number of files hashed, or the
+    model option (an API's model name)."""
+    model = identity.get("model")
+    if isinstance(model, dict) and model.get("repo"):
+        return f"{model['repo']} @ {model.get('revision') or 'unpinned'}"
+    if isinstance(model, dict) and "files" in model:
+        return f"{options.get('model', 'local folder')} ({len(model['files'])} files, SHA-256 recorded)"
+    where = options.get("base_url")
+    return " at ".join(str(v) for v in (options.get("model"), where) if v) or "–"
 
 
 def _summary_section(analysis: dict[str, Any]) -> str:

@@ -16,8 +16,10 @@ Per request: the image goes through the safe decoder, then ``blank_reason`` (a f
 placeholder is a failure). Every other failure is an error result of one line; the key never appears in
 one. What these APIs cannot do is an error, not silently dropped: image-to-image, and a negative prompt
 unless ``negative_in_prompt: true`` appends it to the prompt as text ("Avoid: ..."), which is recorded.
-The seed goes into the body only with ``send_seed: true`` (many services ignore or reject it); either
-way ``extra["seed_sent"]`` says so, since without it the same request can give another image.
+The seed goes into the body only with ``send_seed: true`` (many services ignore or reject it), reduced to
+31 bits (many reject larger ones); either way ``extra["seed_sent"]`` says so, since without it the same
+request can give another image, and ``extra["seed"]`` holds the value sent. ``base_url`` may hold no user,
+password or query string: options are recorded, and the key comes from ``api_key_env``.
 
 ``params`` of a request become body fields (so a preset can set e.g. ``quality`` per side); for
 ``openai-images`` ``width`` and ``height`` become ``size``. A field the service does not know comes back
@@ -70,6 +72,20 @@ class _Options(BaseModel):
     max_reply_bytes: int = Field(64 * 2**20, ge=1)
 
     _reserved: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        # Options are stored in every record and the manifest and quoted in messages: a key must not be here.
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            return value  # the client names what is wrong with it
+        if url.userinfo or url.query or url.fragment:
+            raise ValueError("must not hold a user name, password, query string or fragment: options are "
+                             "written into the run's records and manifest; put the API key in the environment "
+                             "variable that the option api_key_env names (default OPENAI_API_KEY)")
+        return value
 
     @field_validator("known_placeholders")
     @classmethod
@@ -141,7 +157,7 @@ class _HostedGenerator(Generator):
 
     def identity(self) -> dict[str, Any]:
         options = {k: v for k, v in self.options.items() if k not in _NOT_IDENTITY}
-        options["base_url"] = _public_url(self.settings.base_url)
+        options["base_url"] = self.settings.base_url.rstrip("/")
         return {"name": self.name, "version": self.version, "options": options}
 
     def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -152,7 +168,8 @@ class _HostedGenerator(Generator):
 
     async def _request(self, request: GenerationRequest) -> _Reply:
         meta: dict[str, Any] = {}
-        reply = _Reply(extra={"seed_sent": self.settings.send_seed})
+        reply = _Reply(extra={"seed_sent": self.settings.send_seed,
+                              **({"seed": _seed_value(request.seed)} if self.settings.send_seed else {})})
         try:
             prompt = self._prompt(request, reply.extra)
             reply.data, reply.source = await self._call(request, prompt, meta, reply.extra)
@@ -183,7 +200,7 @@ class _HostedGenerator(Generator):
         raise NotImplementedError
 
     def _seed(self, request: GenerationRequest) -> dict[str, Any]:
-        return {"seed": request.seed} if self.settings.send_seed else {}
+        return {"seed": _seed_value(request.seed)} if self.settings.send_seed else {}
 
     async def _image_at(self, url: str, where: str, meta: dict[str, Any]) -> tuple[bytes, str]:
         """The bytes behind an image URL found in the reply: a base64 data URL, or an http(s) URL."""
@@ -329,9 +346,10 @@ def _b64(text: str, where: str) -> bytes:
         raise _BadReply(f"{where} is not valid base64 (starts {text[:40]!r})") from None
 
 
-def _public_url(url: str) -> str:
-    """Scheme, host, port and path: no user, password, query or fragment, which may hold credentials."""
-    return str(httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None)).rstrip("/")
+def _seed_value(seed: int) -> int:
+    """The seed as sent: 31 bits, since many services reject a seed that does not fit a signed 32-bit int
+    (the stage derives 60-bit seeds)."""
+    return seed % 2**31
 
 
 def _describe(exc: ValidationError) -> str:

@@ -58,26 +58,32 @@ class GenerationResult:
         return self.error is None and self.image is not None
 
 
-# Options that change where and how fast a generator runs, not which image a request gets.
+# Options that change where and how fast a generator runs, not which image a request gets. Not VAE tiling:
+# a tiled decode blends tile seams, so its pixels differ.
 RUNTIME_OPTIONS = frozenset({"batch_size", "device", "cpu_offload", "sequential_cpu_offload", "vae_slicing",
-                             "vae_tiling", "concurrency", "timeout_s", "max_retries", "backoff_s",
-                             "max_connection_failures", "max_reply_bytes", "offline"})
+                             "concurrency", "timeout_s", "max_retries", "backoff_s", "max_connection_failures",
+                             "max_reply_bytes", "offline"})
 
 # Below this standard deviation (0-255 scale, of every channel over all pixels) an image is one flat colour:
 # a hosted API's placeholder, or a safety filter's black frame. Real renders, even of fog, sit far above.
 BLANK_STD = 2.0
 
 
-def blank_reason(image: Image.Image, known_placeholders: frozenset[str] = frozenset()) -> str | None:
-    """Why ``image`` is not a real render (a uniform frame, a known placeholder), or None."""
+def blank_reason(image: Image.Image, known_placeholders: frozenset[str] = frozenset(), *,
+                 tolerance: float = BLANK_STD) -> str | None:
+    """Why ``image`` is not a real render (a uniform frame, a known placeholder), or None. A frame is uniform
+    when every channel's standard deviation is below ``tolerance``; with 0, only when every channel holds one
+    value (a safety filter's frame), so a requested near-black render passes."""
     import numpy as np
 
     from ...hashing import bytes_hash
 
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)
     # Per channel: a flat blue frame (the study's failure placeholder) has a large spread across channels.
-    if float(arr.reshape(-1, 3).std(axis=0).max()) < BLANK_STD:
-        mean = tuple(int(round(v)) for v in arr.reshape(-1, 3).mean(axis=0))
+    flat = bool((arr.max(axis=0) == arr.min(axis=0)).all()) if tolerance == 0 else \
+        float(arr.std(axis=0).max()) < tolerance
+    if flat:
+        mean = tuple(int(round(v)) for v in arr.mean(axis=0))
         return f"blank image: one flat colour {mean} (a placeholder or a safety filter's output)"
     if known_placeholders and bytes_hash(arr.astype(np.uint8).tobytes()) in known_placeholders:
         return "a known placeholder image"
@@ -95,6 +101,9 @@ class Generator:
     extra: ClassVar[str | None] = None  # the pip extra its dependencies come from
     supports_img2img: ClassVar[bool] = False
     supports_negative_prompt: ClassVar[bool] = False
+    # blank_reason's tolerance for this backend's images: a hosted API's placeholders are near-flat; a local
+    # model's only blank output is a safety filter's exactly constant frame (0), as a flat render can be asked for.
+    blank_tolerance: ClassVar[float] = BLANK_STD
 
     def __init__(self, **options: Any):
         self.options = options
@@ -116,6 +125,20 @@ class Generator:
 
     def _load(self) -> None:
         """Load weights or check the endpoint's settings; subclasses override."""
+
+    def unload(self) -> None:
+        """Release what ``load()`` took (weights, device memory); a later ``generate`` loads again."""
+        if self._loaded:
+            self._unload()
+            self._loaded = False
+
+    def _unload(self) -> None:
+        """Drop loaded weights; subclasses that hold any override."""
+
+    def shares_weights(self, other: "Generator") -> bool:
+        """Whether ``other`` runs on the weights this generator loaded (then unloading between the two would
+        only load them again)."""
+        return False
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, in order. A bad request gets a result with ``error`` set; it never

@@ -8,9 +8,11 @@ once); a hub model as repo + commit. Moving a folder keeps its records' keys.
 
 On top of the base model: ``transformer`` swaps in a fine-tuned transformer/UNet (a diffusers folder, or a
 checkpoint file with the diffusers key layout: how DanceFlux and PrefGRPO-Flux sit on FLUX.1-dev); ``lora``
-loads an adapter at ``lora_scale``. The adapter is never fused, and at scale 0 it is not loaded at all, so
-scale 0 is the base model bit for bit. Generators that differ only in LoRA (a scale sweep) share one loaded
-pipeline and switch adapters before each call.
+loads an adapter at ``lora_scale``, in diffusers' layout or as PEFT saved it (adapter_config.json beside
+it, its lora_alpha / r honoured: the SD3.5M Flow-GRPO adapters). The adapter is never fused, and at scale 0
+it is not loaded at all, so scale 0 is the base model bit for bit. Generators that differ only in LoRA (a scale
+sweep) share one loaded pipeline and switch adapters before each call; ``unload()`` lets go of it (the stage
+unloads each generator before the next that does not share it).
 
 Determinism: every request gets its own CPU torch.Generator seeded with ``request.seed``, so its initial
 noise does not depend on its batch-mates, the batch size or the device.
@@ -18,7 +20,9 @@ noise does not depend on its batch-mates, the batch size or the device.
 
 from __future__ import annotations
 
+import gc
 import inspect
+import math
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import AuditError, ConfigError, require
-from ...hashing import canonical_json
+from ...hashing import canonical_json, spec_hash
 from ...registry import register
 from ...scorers._torch import dtype_name, resolve_device, resolve_dtype
 from ...scorers._weights import (COMMIT, PICKLE_SUFFIXES, MissingFile, MissingWeightsError, Resolver, WeightsError,
@@ -40,6 +44,10 @@ PIPELINES = {"auto": "AutoPipelineForText2Image", "flux": "FluxPipeline", "sd3":
              "sdxl": "StableDiffusionXLPipeline"}
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name save_lora_weights writes and load_lora_weights looks for
+# A PEFT adapter (PeftModel.save_pretrained: adapter_model.safetensors + adapter_config.json) names its layers
+# under this prefix, and its scale lora_alpha / r lives in the config.
+PEFT_PREFIX = "base_model.model."
+PEFT_CONFIG = "adapter_config.json"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # Call arguments the backend sets itself; a request's params must not carry them.
 RESERVED = frozenset({"prompt", "negative_prompt", "generator", "output_type", "image", "strength", "return_dict",
@@ -173,6 +181,50 @@ def files_identity(files: list[Path], root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
 
 
+def checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
+    """The tensor names of a weights file; a safetensors file's from its header alone."""
+    if path.suffix != ".safetensors":
+        return list(load_state_dict(path, allow_pickle=allow_pickle))
+    st = require("safetensors", "models", "the diffusers generator")
+    try:
+        with st.safe_open(str(path), framework="numpy") as f:
+            return list(f.keys())
+    except Exception as exc:  # SafetensorError, OSError: a damaged or truncated file
+        raise WeightsError(f"cannot read {path} as safetensors (damaged or incomplete? download it again): "
+                           f"{type(exc).__name__}: {first_line(exc)}") from None
+
+
+def peft_to_diffusers(state: dict[str, Any], config_path: Path, component: str) -> dict[str, Any]:
+    """A PEFT adapter's layers in diffusers' LoRA layout (``<component>.<module>.lora_A.weight``), its scale
+    folded into lora_B. PEFT adds (lora_alpha / r) * B @ A per module (alpha / sqrt(r) with rslora, r and
+    alpha from the config's patterns); diffusers, given a state dict without alphas, adds B @ A. So scale 1
+    here is what ``PeftModel.from_pretrained`` gives (how the Flow-GRPO adapters were trained and used)."""
+    peft = require("peft", "models", "loading PEFT adapters")
+    from peft.utils.other import get_pattern_key
+
+    try:
+        cfg = peft.LoraConfig.from_pretrained(str(config_path.parent))
+    except Exception as exc:  # not JSON, or keys of another adapter type
+        raise WeightsError(f"cannot read {config_path} as a LoRA config: {type(exc).__name__}: "
+                           f"{first_line(exc)}") from None
+    if cfg.peft_type != peft.PeftType.LORA or cfg.use_dora:
+        raise WeightsError(f"{config_path}: only plain LoRA adapters load (this is "
+                           f"{'DoRA' if cfg.use_dora else cfg.peft_type})")
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(PEFT_PREFIX) or ".lora_" not in key:
+            raise WeightsError(f"{config_path.parent}: {key} is not a LoRA layer; only LoRA layers can be loaded "
+                               "(no modules_to_save)")
+        name = key[len(PEFT_PREFIX):]
+        if ".lora_B." in name:
+            module = name.split(".lora_B.")[0]
+            r = cfg.rank_pattern.get(get_pattern_key(cfg.rank_pattern.keys(), module), cfg.r)
+            alpha = cfg.alpha_pattern.get(get_pattern_key(cfg.alpha_pattern.keys(), module), cfg.lora_alpha)
+            value = value * (alpha / math.sqrt(r) if cfg.use_rslora else alpha / r)
+        out[f"{component}.{name}"] = value
+    return out
+
+
 @dataclass(eq=False)
 class Loaded:
     """A loaded pipeline, shared by the generators that differ only in LoRA (weakly held: freed with them)."""
@@ -196,6 +248,7 @@ class DiffusersGenerator(Generator):
     extra = "models"
     supports_img2img = True
     supports_negative_prompt = True
+    blank_tolerance = 0.0  # only a safety filter's constant frame is blank: dark or flat renders can be asked for
 
     def __init__(self, *, model: str | None = None, revision: str | None = None, pipeline: str = "auto",
                  dtype: str | None = None, device: str | None = None, batch_size: int = 1, cpu_offload: bool = False,
@@ -325,6 +378,22 @@ class DiffusersGenerator(Generator):
                                "safetensors, or opt in with allow_pickle=true")
         return path
 
+    def lora_config_file(self) -> Path | None:
+        """A PEFT adapter's adapter_config.json (beside its weights: it holds lora_alpha and r, so the
+        adapter's strength), or None for a LoRA in diffusers' layout."""
+        path, loc = self.lora_file(), self.lora
+        if not any(k.startswith(PEFT_PREFIX) for k in checkpoint_keys(path, self.allow_pickle)):
+            return None
+        if loc.repo:
+            name = Path(self.weight_name or LORA_FILE).with_name(PEFT_CONFIG).as_posix()
+            return Resolver(offline=self.offline).file(loc.source("lora"), name)
+        config = path.with_name(PEFT_CONFIG)
+        if not config.is_file():
+            raise MissingPipelineFiles([MissingFile(loc.source(), PEFT_CONFIG, "not found")],
+                                       f"lora {path} is a PEFT adapter (keys {PEFT_PREFIX}*): its {PEFT_CONFIG} "
+                                       "(lora_alpha and r, which set its strength) must lie beside it")
+        return config
+
     # -- identity ---------------------------------------------------------------------------------
     def dtype_label(self) -> str:
         """The dtype option, or the default for the device: bf16 on CUDA, fp32 elsewhere."""
@@ -363,6 +432,9 @@ class DiffusersGenerator(Generator):
                         component_files(path, self.variant, self.allow_pickle)[0], path)}
             if self.lora:
                 ident["lora"] = {"sha256": file_sha256(self.lora_file()), "scale": self.lora_scale}
+                config = self.lora_config_file()
+                if config is not None:
+                    ident["lora"]["config_sha256"] = file_sha256(config)
             ident["options"] = {k: v for k, v in sorted(self.options.items()) if k not in NOT_IDENTITY}
             self._identity = ident
         return self._identity
@@ -375,10 +447,7 @@ class DiffusersGenerator(Generator):
         if self.cpu_offload and self.device == "cpu":
             raise ConfigError("cpu_offload moves models between the CPU and an accelerator: it needs device "
                               "cuda or mps")
-        key = canonical_json({"folder": str(self.model_folder().resolve()), "device": self.device,
-                              **{k: v for k, v in ident.items() if k not in {"lora", "options"}},
-                              **{k: self.options.get(k) for k in ("variant", "allow_pickle", "attention_backend",
-                                                                  "cpu_offload", "vae_tiling", "vae_slicing")}})
+        key = self._pipeline_key()
         loaded = _SHARED.get(key)
         if loaded is None:
             loaded = Loaded(self._build())
@@ -393,6 +462,31 @@ class DiffusersGenerator(Generator):
                 raise ConfigError(f"img2img: no image-to-image pipeline for {type(loaded.pipe).__name__}: "
                                   f"{first_line(exc)}") from None
             loaded.img2img.set_progress_bar_config(disable=True)
+
+    def _pipeline_key(self) -> str:
+        """What a loaded pipeline is made of: generators with the same key (they differ only in LoRA) share it."""
+        ident = self.identity()
+        return canonical_json({"folder": str(self.model_folder().resolve()),
+                               "device": resolve_device(self.device_option),
+                               **{k: v for k, v in ident.items() if k not in {"lora", "options"}},
+                               **{k: self.options.get(k) for k in ("variant", "allow_pickle", "attention_backend",
+                                                                   "cpu_offload", "vae_tiling", "vae_slicing")}})
+
+    def shares_weights(self, other: Generator) -> bool:
+        if not isinstance(other, DiffusersGenerator):
+            return False
+        try:
+            return self._pipeline_key() == other._pipeline_key()
+        except AuditError:  # other cannot load; it says so when it runs
+            return False
+
+    def _unload(self) -> None:
+        # The last generator on a pipeline to let go frees it: _SHARED holds pipelines weakly.
+        self.loaded = None
+        gc.collect()  # a pipeline's modules hold reference cycles
+        t = torch()
+        if t.cuda.is_available():
+            t.cuda.empty_cache()
 
     @property
     def cpu_offload(self) -> bool:
@@ -497,16 +591,27 @@ class DiffusersGenerator(Generator):
                 raise ConfigError(f"attention_backend {backend!r}: {first_line(exc)}") from None
 
     def _add_lora(self) -> None:
-        loaded = self.loaded
-        path = self.lora_file()
-        self.adapter = "lora_" + file_sha256(path)[:16]
+        loaded, pipe = self.loaded, self.loaded.pipe
+        path, config = self.lora_file(), self.lora_config_file()
+        self.adapter = "lora_" + spec_hash({k: v for k, v in self.identity()["lora"].items() if k != "scale"})[:16]
         if self.adapter in loaded.adapters:
             return
         try:
-            loaded.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=self.adapter)
+            if config is None:
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=self.adapter)
+            else:
+                state = peft_to_diffusers(load_state_dict(path, allow_pickle=self.allow_pickle), config,
+                                          "transformer" if getattr(pipe, "transformer", None) is not None else "unet")
+                pipe.load_lora_weights(state, adapter_name=self.adapter)
+        except AuditError:
+            raise
         except Exception as exc:  # a damaged file, or a LoRA for another model
-            raise WeightsError(f"cannot load the LoRA {path} into {type(loaded.pipe).__name__}: "
+            raise WeightsError(f"cannot load the LoRA {path} into {type(pipe).__name__}: "
                                f"{type(exc).__name__}: {first_line(exc)}") from exc
+        # diffusers skips keys it does not recognise without a word: an adapter that reached no layer is an error
+        if not any(self.adapter in names for names in pipe.get_list_adapters().values()):
+            raise WeightsError(f"the LoRA {path} reached none of {type(pipe).__name__}'s layers: its keys name "
+                               "layers of another model, or a layout diffusers does not read")
         loaded.adapters.add(self.adapter)
         loaded.active = None
 
@@ -576,6 +681,13 @@ class DiffusersGenerator(Generator):
             why = f"{type(pipe).__name__} does not take {', '.join(bad)}" if not set(bad) & RESERVED else \
                 f"{', '.join(sorted(set(bad) & RESERVED))} is set by the backend, not by params"
             return [GenerationResult(None, error=f"bad params: {why}")] * len(reqs)
+        if reqs[0].negative_prompt is not None and "true_cfg_scale" in accepted:
+            # Flux uses a negative prompt only with true CFG; without it the image would ignore the negative
+            true_cfg = kwargs.get("true_cfg_scale", accepted["true_cfg_scale"].default)
+            if not (isinstance(true_cfg, (int, float)) and true_cfg > 1):
+                return [GenerationResult(None, error=f"{type(pipe).__name__} ignores a negative prompt unless "
+                                         f"true_cfg_scale > 1 (it is {true_cfg}): set params.true_cfg_scale > 1, "
+                                         "e.g. 4, for negative prompts on Flux")] * len(reqs)
         kwargs.update(prompt=[r.prompt for r in reqs], output_type="np",
                       # CPU generators: the same initial noise on every device
                       generator=[t.Generator("cpu").manual_seed(int(r.seed)) for r in reqs])
@@ -596,14 +708,14 @@ class DiffusersGenerator(Generator):
                 * len(reqs)
         return [self._result(pipe, a) for a in arrays]
 
-    @staticmethod
-    def _result(pipe, array: np.ndarray) -> GenerationResult:
+    @classmethod
+    def _result(cls, pipe, array: np.ndarray) -> GenerationResult:
         nonfinite = int((~np.isfinite(array)).sum())
         if nonfinite:
             return GenerationResult(None, error=f"NaN/inf in {nonfinite} of {array.size} output values (the "
                                     "latents overflowed: try dtype=bf16 or fp32)", extra={"nonfinite": nonfinite})
         image = pipe.image_processor.numpy_to_pil(array[None])[0]
-        reason = blank_reason(image)
+        reason = blank_reason(image, tolerance=cls.blank_tolerance)
         return GenerationResult(None, error=reason) if reason else GenerationResult(image)
 
     @staticmethod

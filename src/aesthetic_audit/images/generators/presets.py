@@ -72,8 +72,10 @@ def describe_params(params: dict[str, Any]) -> str:
     short = {"num_inference_steps": "steps", "guidance_scale": "guidance", "true_cfg_scale": "true CFG",
              "negative_prompt": "negative"}
     rest = dict(params)
-    parts = [f"{short.get(k, k)} {v!r}" if isinstance(v, str) else f"{short.get(k, k)} {v}"
-             for k, v in rest.items() if k not in ("width", "height")]
+    # A fixed order: records store their parameters with sorted keys, presets in the order written.
+    order = sorted(rest, key=lambda k: (list(short).index(k) if k in short else len(short), k))
+    parts = [f"{short.get(k, k)} {rest[k]!r}" if isinstance(rest[k], str) else f"{short.get(k, k)} {rest[k]}"
+             for k in order if k not in ("width", "height")]
     if "width" in rest and "height" in rest:
         parts.append(f"{rest['width']}x{rest['height']}")
     return ", ".join(parts) or "backend defaults"
