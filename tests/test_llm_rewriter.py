@@ -751,10 +751,14 @@ def _stored(run) -> int:
         return 0
 
 
-@pytest.mark.slow  # twice, under a heavily overloaded machine, the child did not answer SIGINT for 60 s
+def _sigint_as_in_a_terminal() -> None:
+    """For a child about to get SIGINT: a test run started as a background job (a CI script, nohup ...
+    &) ignores SIGINT, children inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_stage_at_once_and_keeps_what_was_done(tmp_path):
-    # End to end through a real SIGINT. Slow-marked until the overload failure is understood: the
-    # child then wrote nothing at all in 60 s; -X faulthandler and SIGABRT below dump its threads.
+    # End to end through a real SIGINT; on a hang, -X faulthandler and SIGABRT dump the child's threads.
     run = tmp_path / "run"
     # 5 replies at once, then replies that would take 10 minutes, like the deadline and the backoff waits.
     with FakeChat(delay_s=600, fast=5) as server:
@@ -762,7 +766,8 @@ def test_ctrl_c_stops_the_stage_at_once_and_keeps_what_was_done(tmp_path):
                "--rewriter", "llm", "-n", "40", "--set", f"prompts.llm.base_url={server.base_url}",
                "--set", f"prompts.llm.api_key_env={KEY_ENV}", "--set", "prompts.llm.concurrency=2",
                "--set", "prompts.llm.timeout_s=600"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), text=True,
+                                preexec_fn=_sigint_as_in_a_terminal)
         try:
             deadline = time.monotonic() + 60  # a hang guard, not a speed test
             while not (server.requests >= 7 and _stored(run) == 5):
@@ -815,5 +820,6 @@ def test_ctrl_c_delivered_to_the_request_thread_still_stops_the_caller(tmp_path)
     # noticed (a flake of the Ctrl-C test under load). Deliver it to the event-loop thread on purpose.
     with FakeChat(delay_s=600) as server:
         proc = subprocess.run([sys.executable, "-c", SIGINT_ON_LOOP_THREAD, server.base_url], capture_output=True,
-                              text=True, env=_env(), timeout=120)  # a hang guard, not a speed test
+                              text=True, env=_env(), timeout=120,  # a hang guard, not a speed test
+                              preexec_fn=_sigint_as_in_a_terminal)
     assert proc.stdout.strip() == "interrupted", proc.stderr
