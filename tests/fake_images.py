@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fake_llm import send_action
+
 
 def pattern(key: str, size: tuple[int, int] = (24, 16)) -> np.ndarray:
     """A distinct, far-from-flat RGB image per key (uint8, H x W x 3)."""
@@ -173,19 +175,7 @@ def _handler(fake: FakeImages) -> type[BaseHTTPRequestHandler]:
             self._send(fake._get_action(self.path, dict(self.headers)))
 
         def _send(self, action: dict[str, Any]) -> None:
-            if action.get("delay") and fake.stopping.wait(action["delay"]):
-                return  # the server is stopping: drop the request unanswered
-            try:
-                self.send_response(action["status"])
-                for name, value in action.get("headers", {}).items():
-                    self.send_header(name, value)
-                if "Content-Type" not in action.get("headers", {}):
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(action["body"])))
-                self.end_headers()
-                self.wfile.write(action["body"])
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and hung up, as the timeout tests intend
+            send_action(self, action, fake.stopping)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

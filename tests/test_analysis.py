@@ -95,7 +95,8 @@ def _close(cell, value):
 def test_shape_and_config(run):
     _, a = run
     json.dumps(a, allow_nan=False)  # strict JSON: undefined values are None
-    assert set(a) == {"config", "n_pairs", "dimensions", "labels", "scorers", "judges", "safety", "failures"}
+    assert set(a) == {"config", "n_pairs", "dimensions", "labels", "label_sources", "scorers", "judges", "safety",
+                      "failures"}
     assert a["config"] == {"bootstrap": 200, "ci": 0.9, "seed": 3}
     assert a["n_pairs"] == 4
     assert a["dimensions"] == ["clarity", "color brightness", "emotion"]

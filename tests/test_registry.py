@@ -121,7 +121,21 @@ def test_an_item_that_breaks_the_model_step_fails_alone(name, tmp_path):
 def test_judge_contract(name):
     from aesthetic_audit.dimensions import load_catalogue
 
-    judge = available("judges")[name]()
+    if name == "vlm":  # needs a model: a backend that answers uniformly stands in for one
+        from aesthetic_audit.vlm.base import AnswerProbs
+
+        class Uniform:
+            def identity(self):
+                return {"model": "uniform"}
+
+            def answer_probs(self, prompts, answers):
+                return [AnswerProbs((1 / len(answers),) * len(answers), tuple(answers)) for _ in prompts]
+
+        judge = available("judges")[name](url="http://127.0.0.1:9/v1", model="m")
+        judge.backend = Uniform()
+    else:
+        judge = available("judges")[name]()
+    judge.prepare(load_catalogue())
     dims = load_catalogue().keys()
     results = judge.judge(_images(), dims)
     assert len(results) == 2

@@ -20,7 +20,7 @@ DEMO_DIR = "runs/demo"
 CREATING = ("prompts", "edit", "import", "run", "demo")  # commands that create a missing run directory
 
 EPILOG = """
-stages, in order:  prompts -> generate | edit | import -> judge -> score -> analyze -> report
+stages, in order:  prompts -> generate | edit | import -> judge -> labels -> score -> analyze -> report
   every stage reads and writes RUN (a directory); rerunning a stage computes only what is missing.
 exit status:       0 all done; 1 done, but some items failed or a backend could not run
                    (see `aesthetic-audit status RUN`); 2 an error stopped the command.
@@ -182,7 +182,43 @@ def build_parser() -> argparse.ArgumentParser:
                 "(0 anti-aesthetic, 1 neutral, 2 conventional). Prompt-independent.\n"
                 f"judges: {_names('judges')} (default: {', '.join(defaults.judge.judges)})")
     _common(p, retry=True)
-    p.add_argument("--judges", help="comma-separated judge names (see `ls judges`)")
+    p.add_argument("--judges", help="comma-separated judge names (see `ls judges`); NAME:ALIAS runs another "
+                                    "instance with options judge.options.NAME:ALIAS")
+
+    p = command("labels", "which image of each pair better matches p_a: VLM labellers or human labels",
+                "Label every pair of the run with each pairwise labeller: a VLM sees p_a and both images (in a "
+                "recorded, seeded order) and answers first / second / tie; the label is 1 (I_a preferred), "
+                "0 (I_o) or -1 (tie). A labeller needs a model: labels.options.vlm.model (a local Qwen-VL "
+                "folder) or labels.options.vlm.url + model (an OpenAI-compatible endpoint); both_orders: true "
+                "asks in both orders and counts disagreements as ties.\n"
+                "--import FILE reads human labels instead: Label Studio's JSON export of tasks made with "
+                "`export --layout label-studio`, or CSV/TSV/JSONL with rater, image_pair_id and choice.")
+    _common(p, retry=True)
+    p.add_argument("--labellers", help="comma-separated labeller names (vlm, or vlm:ALIAS)")
+    p.add_argument("--import", dest="import_path", type=Path, metavar="FILE", help="import human labels")
+
+    p = command("validate-judge", "check a judge against VisionReward-style human annotations",
+                "Compare per-image judge outputs with raw VisionReward annotations per dimension (target class "
+                "= sign(raw) + 1): MAE, class-balanced MAE, support-weighted F1 of the rounded expected score "
+                "and of the argmax, accuracy; overall and per dimension, with n and bootstrap CIs (resampling "
+                "images).\n"
+                "PRED alone: the study's rater-evaluation file ({\"pred\": [...], \"gt\": [...]}). PRED and GT: "
+                "predictions (image, dimension, score[, pred]) and annotations (image, dimension, raw) as "
+                "JSON/JSONL/CSV, long or wide (see the README). With --images DIR, PRED is not read: the judge "
+                "given by --judge judges every image in DIR first and GT is the annotations file.")
+    _common(p, run=False)
+    p.add_argument("pred", type=Path, metavar="PRED_OR_GT", help="predictions (or, with --images, the annotations)")
+    p.add_argument("gt", type=Path, nargs="?", metavar="GT", help="annotations, when PRED holds predictions only")
+    p.add_argument("--images", type=Path, help="a folder of images to judge first (file stem = image id)")
+    p.add_argument("--judge", default="classical", help="with --images: the judge to run (options from "
+                                                        "judge.options.NAME; default classical)")
+    p.add_argument("--dims", help="comma-separated dimensions to validate (default: all present on both sides)")
+    p.add_argument("--rounding", choices=["half-up", "half-even"], default="half-up",
+                   help="how E[J] is rounded to a class for F1 (half-even is numpy's rounding, which the study's "
+                        "notebook used; default half-up)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--format", dest="fmt", choices=["table", "json"], default="table")
+    p.add_argument("-o", "--out", type=Path, help="also write the JSON result here")
 
     p = command("score", "reward-model scores for the four (image, prompt) combinations",
                 "Score r(I, p) for the four combinations of every pair (I_o/I_a x p_o/p_a) with each scorer.\n"
@@ -227,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "Export a stage's records (the database is the truth; exports are derived). CSV cells that "
                 "a spreadsheet would run as formulas are escaped. Reads only.")
     p.add_argument("run", metavar="RUN", type=Path)
-    p.add_argument("--stage", required=True, choices=["prompts", "images", "judge", "score"])
-    p.add_argument("-o", "--out", type=Path, required=True, help="output file; format from its suffix")
+    p.add_argument("--stage", choices=["prompts", "images", "judge", "labels", "score"],
+                   help="the stage whose records to export (not needed with --layout label-studio)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file; format from its suffix (a folder "
+                                                                   "for --layout label-studio)")
     p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="override the suffix")
-    p.add_argument("--layout", choices=["own", "study", "generate"], default="own",
+    p.add_argument("--layout", choices=["own", "study", "generate", "label-studio"], default="own",
                    help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected; "
                         "'generate' writes pair_id, p_o, p_a, dims, file_o, file_a (the file names to give the "
                         "images you render elsewhere; import them back with `import`)")
@@ -239,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the row's position, e.g. {index:04d}); default {pair_id}_{side}.png, which `import` "
                         "of a folder recognises (other names import through the exported manifest)")
     p.add_argument("--ok-only", action="store_true", help="leave failed records out")
+    p.add_argument("--images", dest="ls_images", choices=["embed", "path", "url"], default="embed",
+                   help="--layout label-studio: images as data URLs (embed, default), file paths served by "
+                        "Label Studio's local-files storage (path), or --url-prefix + file name (url)")
+    p.add_argument("--url-prefix", help="--layout label-studio --images url: where the run's images are served")
+    p.add_argument("--pairs", type=int, help="--layout label-studio: at most this many pairs (a seeded sample)")
+    p.add_argument("--document-root", type=Path, help="--layout label-studio --images path: Label Studio's "
+                   "LOCAL_FILES_DOCUMENT_ROOT (default: the run directory)")
+    p.add_argument("--model", dest="models", action="append", metavar="NAME",
+                   help="--layout label-studio: only pairs of this generator (repeatable)")
     p.add_argument("--origin", choices=["captions", "editor", "import"],
                    help="prompts only: keep the prompt pairs of one origin (the prompt stage's captions, the "
                         "editor's photos, or an import); every layout has an origin column")
@@ -256,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-head-width", type=int,
                    help="open_clip only: vision attention head width when the checkpoint's width is not a known one")
 
-    p = command("ls", "list dimensions, scorers, judges, transforms, rewriters or generators",
+    p = command("ls", "list dimensions, scorers, judges, labellers, transforms, rewriters or generators",
                 "List what is available: the dimension catalogue, or the registered backends of a kind "
                 "(built-in and from installed plugins); for generators also the presets and their settings.")
-    p.add_argument("what", choices=["dimensions", "scorers", "judges", "transforms", "rewriters", "generators"])
+    p.add_argument("what", choices=["dimensions", "scorers", "judges", "labellers", "transforms", "rewriters",
+                                    "generators"])
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
     return parser
 
@@ -303,6 +351,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.update({"images.backend": "generate", "images.generate.generators": args.generators})
     elif cmd == "judge":
         out["judge.judges"] = _csv(args.judges)
+    elif cmd == "labels":
+        out["labels.labellers"] = _csv(args.labellers)
     elif cmd == "score":
         out.update({"score.scorers": _csv(args.scorers), "score.chunk_size": args.chunk_size})
     out = {k: v for k, v in out.items() if v is not None}  # flags not given change nothing
@@ -363,6 +413,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         _export(args)
     elif cmd == "convert":
         _convert(args)
+    elif cmd == "validate-judge":
+        return _validate_judge(args)
     elif cmd == "demo":
         run = _open(args)
         run.prompts()
@@ -381,6 +433,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             run.import_pairs(args.path)
         elif cmd == "judge":
             run.judge(retry_failed=args.retry_failed)
+        elif cmd == "labels":
+            run.labels(retry_failed=args.retry_failed, import_path=args.import_path)
         elif cmd == "score":
             run.score(retry_failed=args.retry_failed)
         elif cmd == "analyze":
@@ -486,6 +540,47 @@ def _status(args: argparse.Namespace) -> None:
               f"`aesthetic-audit score {store.root} --retry-failed`")
 
 
+def _validate_judge(args: argparse.Namespace) -> int:
+    """Exit 0, or 1 when some images could not be judged (their annotations count as unmatched)."""
+    from .judges import validate as v
+
+    dims = _csv(args.dims)
+    if args.bootstrap < 0:
+        raise AuditError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    if args.images is None:
+        result = v.validate(args.pred, args.gt, dims=dims, rounding=args.rounding, n_boot=args.bootstrap)
+    else:
+        from .config import load_config
+        from .dimensions import load_catalogue, load_visionreward_rubric
+        from .judges.stage import make_judge
+
+        if args.gt is not None:
+            raise AuditError("with --images give one file, the annotations (the judge makes the predictions)")
+        config = load_config(args.config, {**parse_set(args.sets), **({"seed": args.seed} if args.seed is not None
+                                                                       else {})})
+        catalogue = load_catalogue(config.dimensions_file)
+        rubric = load_visionreward_rubric(config.rubric_file) if config.rubric_file else None
+        if rubric:
+            catalogue = catalogue.with_rubrics({k: r["rubric"] for k, r in rubric.items()})
+        judge = make_judge(args.judge, config.judge.options.get(args.judge))
+        judge.prepare(catalogue, {k: r["options"] for k, r in rubric.items()} if rubric else None)
+        judge.load()
+        try:
+            result = v.validate_judge(judge, args.images, args.pred, dims=dims, rounding=args.rounding,
+                                      n_boot=args.bootstrap, seed=config.seed, batch_size=config.judge.batch_size)
+        finally:
+            judge.unload()
+        for image, reason in list(result["failures"]["items"].items())[:20]:
+            log.warning("failed: %s: %s", image, reason)
+    if args.out:
+        from .store.run import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        log.info("wrote %s", args.out)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.fmt == "json" else v.format_table(result))
+    return 1 if (result.get("failures") or {}).get("n") else 0
+
+
 def _convert(args: argparse.Namespace) -> None:
     if args.openclip:
         from .scorers._openclip import convert_checkpoint
@@ -503,6 +598,17 @@ def _export(args: argparse.Namespace) -> None:
     from .store.export import export_stage
 
     layout = None
+    if args.layout == "label-studio":
+        from .labels.humans import export_label_studio
+
+        store = RunStore(args.run, create=False, readonly=True)
+        seed = (store.read_manifest().get("config") or {}).get("seed", 0)  # the run's seed orders the images
+        out = export_label_studio(store, args.out, images=args.ls_images, url_prefix=args.url_prefix,
+                                  document_root=args.document_root, seed=seed, pairs=args.pairs, models=args.models)
+        log.info("wrote %s and %s", out / "tasks.json", out / "labeling_config.xml")
+        return
+    if args.stage is None:
+        raise AuditError("--stage is required (prompts, images, judge, labels or score)")
     if args.layout != "own" and args.stage != "prompts":
         raise AuditError(f"--layout {args.layout} applies to --stage prompts only")
     if args.layout == "study":

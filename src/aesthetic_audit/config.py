@@ -202,12 +202,43 @@ class ScoreConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    judges: list[str] = Field(["classical"], description="registered judge names")
+    judges: list[str] = Field(["classical"], description="registered judge names; NAME:ALIAS runs another "
+                              "instance with its own options (vlm:gpt)")
+    batch_size: int = Field(8, ge=1, description="images handed to a judge per call; records are stored after "
+                            "each call")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-judge options, e.g. {vlm: {model: /models/judge, device: cuda, "
+        "dtype: bf16}} or {vlm: {url: http://localhost:8000/v1, model: served-name}}")
 
     @model_validator(mode="after")
     def _known_judges(self):
-        _check_backends("judges", self.judges, "judge.judges")
+        _check_instances("judges", self.judges, self.options, "judge")
         return self
+
+
+class LabelsConfig(_Section):
+    labellers: list[str] = Field(default_factory=list, description="pairwise labellers (vlm, or vlm:ALIAS for "
+                                 "another instance); none by default: a labeller needs a model or an endpoint")
+    batch_size: int = Field(8, ge=1, description="pairs handed to a labeller per call")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-labeller options, e.g. {vlm: {url: http://localhost:8000/v1, "
+        "model: served-name, both_orders: true}}")
+
+    @model_validator(mode="after")
+    def _known_labellers(self):
+        _check_instances("labellers", self.labellers, self.options, "labels")
+        return self
+
+
+def _check_instances(kind: str, names: list[str], options: dict[str, Any], where: str) -> None:
+    """NAME or NAME:ALIAS, NAME registered; options keyed the same way and mappings. Values are checked
+    when the stage builds the backend (a model folder may exist only on the machine that runs it)."""
+    _check_backends(kind, [n.split(":", 1)[0] for n in names], f"{where}.{kind}")
+    _check_backends(kind, [n.split(":", 1)[0] for n in options], f"{where}.options")
+    for name, opts in options.items():
+        if not isinstance(opts, dict):
+            raise ValueError(f"{where}.options.{name} must be a mapping of option names to values, "
+                             f"e.g. {{device: cuda}}; got {opts!r}")
 
 
 def _check_backends(kind: str, names: list[str], where: str) -> None:
@@ -270,6 +301,7 @@ class AuditConfig(_Section):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 

@@ -190,22 +190,76 @@ class Run:
     def _backend_ran(self, kind: str, name: str) -> None:
         self.store.discard_failed([backend_key(kind, name)])
 
+    @property
+    def rubric_options(self) -> dict[str, list[dict]] | None:
+        """The guideline file's option rows per dimension (the study's judge prompt lists them), if any."""
+        if not self.config.rubric_file:
+            return None
+        return {k: v["options"] for k, v in load_visionreward_rubric(self.config.rubric_file).items()}
+
     def judge(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
-        """Judge with each judge; one that cannot run is reported, recorded and skipped."""
+        """Judge with each judge; one that cannot run (or whose endpoint is down) is reported, recorded
+        and skipped."""
         from .judges.stage import make_judge, run_judge
 
         if not self._has_pairs("judge"):
             return []
         out = []
         for name in names or self.config.judge.judges:
+            j = None
             try:
-                j = make_judge(name)
+                j = make_judge(name, self.config.judge.options.get(name))
+                j.prepare(self.catalogue, self.rubric_options)
                 record_stage(self.store, self.config, f"judge:{name}", {f"judge:{name}": j.identity()})
-                out.append(self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed)))
+                out.append(self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed,
+                                                batch_size=self.config.judge.batch_size, name=name)))
                 self._backend_ran("judge", name)
             except AuditError as exc:
                 self._backend_failed("judge", name, exc)
                 out.append(StageSummary(f"judge:{name}", warnings=[str(exc)]))
+            finally:
+                if j is not None:
+                    j.unload()
+        return out
+
+    def labels(self, names: list[str] | None = None, *, retry_failed: bool = False,
+               import_path: str | Path | None = None) -> list[StageSummary]:
+        """Label every pair with each VLM labeller, or import human labels from ``import_path``."""
+        from .labels.stage import make_labeller, run_labels
+
+        if not self._has_pairs("labels"):
+            return []
+        if import_path is not None:
+            from .labels.humans import import_human_labels
+
+            record_stage(self.store, self.config, "labels", {"labels:import": {"file": str(import_path)}})
+            summary = import_human_labels(self.store, import_path)
+            for warning in summary.warnings:
+                log.warning("%s", warning)
+            return [self._done(summary)]
+        names = names or self.config.labels.labellers
+        if not names:
+            msg = ("labels: no labeller given; pass --labellers vlm with labels.options.vlm naming a model folder "
+                   "or an endpoint (see the README), or --import FILE for human labels")
+            log.error("%s", msg)
+            self.errors.append(msg)
+            return []
+        out = []
+        for name in names:
+            lab = None
+            try:
+                lab = make_labeller(name, self.config.labels.options.get(name))
+                record_stage(self.store, self.config, f"labels:{name}", {f"labeller:{name}": lab.identity()})
+                out.append(self._done(run_labels(self.store, lab, seed=self.config.seed, name=name,
+                                                 batch_size=self.config.labels.batch_size,
+                                                 retry_failed=retry_failed)))
+                self._backend_ran("labeller", name)
+            except AuditError as exc:
+                self._backend_failed("labeller", name, exc)
+                out.append(StageSummary(f"labels:{name}", warnings=[str(exc)]))
+            finally:
+                if lab is not None:
+                    lab.unload()
         return out
 
     def score(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
@@ -282,5 +336,7 @@ class Run:
         if not self._has_pairs("run"):
             return None
         self.judge()
+        if self.config.labels.labellers:
+            self.labels()
         self.score()
         return self.report(self.analyze())

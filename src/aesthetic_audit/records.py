@@ -14,6 +14,11 @@ images   one per image pair   data: image_pair_id (= key), pair_id, p_o, p_a, di
 judge    one per (judge, image)          data: judge, image, scores {dim: J in [0, 2] or null}, covered
 score    one per (scorer, image, prompt) data: scorer, image, prompt (null when prompt-blind), score,
                                                tokens, truncated, higher_is_better
+labels   one per (label source, image pair)  data: source ("vlm:<labeller>" or "human:<rater>"), labeller,
+                              labeller_id, image_pair_id, pair_id, model, image_o, image_a, p_a, value
+                              (-1 tie / 0 original / 1 anti-aesthetic), answers ([{first: "o"|"a",
+                              selection: -1|0|1 as answered (0 first, 1 second), value}]), disagree (both
+                              orders asked and they differ) or null, seed
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Sequence
 
 from .hashing import spec_hash
 
-PROMPTS, IMAGES, JUDGE, SCORE = "prompts", "images", "judge", "score"
+PROMPTS, IMAGES, JUDGE, SCORE, LABELS = "prompts", "images", "judge", "score", "labels"
 # A backend (scorer, judge) that could not run at all: one failed record per backend, listed by `status`.
 BACKEND = "backend"
 
@@ -72,3 +77,11 @@ def judge_key(*, judge: dict[str, Any], image: str, dims: Sequence[str]) -> str:
 
 def score_key(*, scorer: dict[str, Any], image: str, prompt: str | None) -> str:
     return spec_hash({"stage": SCORE, "scorer": scorer, "image": image, "prompt": prompt})
+
+
+def label_key(*, source: dict[str, Any] | str, image_o: str, image_a: str, prompt: str, seed: int | None) -> str:
+    """A pair label depends on who labels (a labeller's identity, or ``human:<rater>``), the two images,
+    the prompt they are judged against (p_a) and the seed that shuffles their order; not on which
+    generator or import brought the pair, so identical pairs are labelled once."""
+    return spec_hash({"stage": LABELS, "source": source, "image_o": image_o, "image_a": image_a, "prompt": prompt,
+                      "seed": seed})

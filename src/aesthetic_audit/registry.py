@@ -22,6 +22,7 @@ KINDS = {
     "transforms": "aesthetic_audit.images.editor",
     "rewriters": "aesthetic_audit.prompts.rewriters",
     "generators": "aesthetic_audit.images.generators",
+    "labellers": "aesthetic_audit.labels",
 }
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

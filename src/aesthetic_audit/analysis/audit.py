@@ -23,9 +23,10 @@ import numpy as np
 
 from ..config import AnalysisConfig
 from ..hashing import spec_hash
-from ..records import IMAGES, JUDGE, SCORE
+from ..records import IMAGES, JUDGE, LABELS, SCORE
 from ..store.run import RunStore, atomic_write_text
 from ..textio import spreadsheet_safe
+from .agreement import majority_vote
 from .stats import bootstrap_ci, reward_model_test
 
 NSFW_SCORER = "nsfw"
@@ -65,6 +66,10 @@ class RunData:
     scores: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
     truncated: dict[str, list[bool]] = field(default_factory=dict)
     judges: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    judge_desc: dict[str, str] = field(default_factory=dict)
+    # label source ("vlm:NAME", "human:RATER") -> (image_o, image_a, p_a) -> -1 tie / 0 original / 1 anti
+    labels: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)
+    disagree: dict[str, list[bool]] = field(default_factory=dict)  # both-orders labellers: per pair
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
@@ -98,11 +103,37 @@ class RunData:
         for rec in store.records(JUDGE):
             if not _is_current(current, f"judge:{rec.data['judge']}", rec.data.get("judge_id")):
                 continue
+            if rec.data.get("judge_desc"):
+                data.judge_desc[rec.data["judge"]] = rec.data["judge_desc"]
             per_image = data.judges.setdefault(rec.data["judge"], {}).setdefault(rec.data["image"], {})
             for dim, value in (rec.data.get("scores") or {}).items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     per_image[dim] = float(value)
+        for rec in store.records(LABELS):
+            d = rec.data
+            if d.get("value") not in (-1, 0, 1) or not d.get("source"):
+                continue
+            if d.get("labeller_id") and not _is_current(current, f"labeller:{d.get('labeller')}", d["labeller_id"]):
+                continue
+            data.labels.setdefault(d["source"], {})[(d["image_o"], d["image_a"], d.get("p_a", ""))] = int(d["value"])
+            if d.get("disagree") is not None:
+                data.disagree.setdefault(d["source"], []).append(bool(d["disagree"]))
         return data
+
+    def reference_labels(self) -> tuple[str | None, dict[tuple[str, str, str], int]]:
+        """The labels the reward-model test and the success rate use, and where they come from: the
+        human raters' majority when there are human labels, else the first VLM labeller by name. A
+        majority with no single winner is a tie."""
+        humans = {s: v for s, v in self.labels.items() if s.startswith("human:")}
+        if humans:
+            votes: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+            for values in humans.values():
+                for key, value in values.items():
+                    votes[key].append(value)
+            return "humans (majority)", {k: majority_vote(v) for k, v in votes.items()}
+        machine = sorted(s for s in self.labels if not s.startswith("human:"))
+        return (machine[0], self.labels[machine[0]]) if machine else (None, {})
+
 
     def score(self, scorer: str, image: str, prompt: str) -> float | None:
         """r(image, prompt): the prompt's own score, else the scorer's prompt-blind one."""
@@ -125,14 +156,17 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
     ``failures``. Every estimate is ``{estimate, low, high, n}`` with a percentile bootstrap interval.
     """
     data = RunData.from_store(store)
+    _apply_reference_labels(data)
     boot = _Bootstrap(config.bootstrap, config.ci, seed)
     out = {
         "config": {"bootstrap": config.bootstrap, "ci": config.ci, "seed": seed},
         "n_pairs": len(data.pairs),
         "dimensions": data.dimensions,
         "labels": _labels(data, boot),
+        "label_sources": _label_sources(data, boot, config),
         "scorers": {name: _scorer(data, name, boot) for name in data.scorers},
-        "judges": {name: _judge(data, name, boot) for name in sorted(data.judges)},
+        "judges": {name: {**_judge(data, name, boot), "backend": data.judge_desc.get(name, name)}
+                   for name in sorted(data.judges)},
         "safety": _safety(data, boot) if NSFW_SCORER in data.higher_is_better else None,
         "failures": _failures(store),
     }
@@ -149,13 +183,55 @@ class _Bootstrap:
 
 
 def _current_ids(store: RunStore) -> dict[str, str]:
-    """``{"scorer:NAME" | "judge:NAME": identity hash}`` of the backends the manifest says ran last."""
+    """``{"scorer:NAME" | "judge:NAME" | "labeller:NAME": identity hash}`` of the backends the manifest
+    says ran last (a scorer's entry wraps its identity with its weights files)."""
     backends = store.read_manifest().get("backends", {})
     out = {key: spec_hash(value["identity"]) for key, value in backends.items()
            if key.startswith("scorer:") and isinstance(value, dict) and "identity" in value}
-    for name, identity in (backends.get("judges") or {}).items():
-        out[f"judge:{name}"] = spec_hash(identity)
+    out.update({key: spec_hash(value) for key, value in backends.items()
+                if key.startswith(("judge:", "labeller:")) and isinstance(value, dict)})
     return out
+
+
+def _apply_reference_labels(data: RunData) -> None:
+    """Give every pair the reference label (humans' majority, else a VLM labeller) where one exists;
+    pairs without one keep the label they were built with (an editor pair's construction label)."""
+    source, labels = data.reference_labels()
+    if not labels:
+        return
+    for i, pair in enumerate(data.pairs):
+        value = labels.get((pair.image_o, pair.image_a, pair.p_a))
+        if value is not None:
+            data.pairs[i] = Pair(**{**pair.__dict__, "label": value, "label_source": source})
+        elif pair.label_source != "construction":
+            data.pairs[i] = Pair(**{**pair.__dict__, "label": None, "label_source": None})
+
+
+def _label_sources(data: RunData, boot: _Bootstrap, config: AnalysisConfig) -> dict[str, Any] | None:
+    """Per label source (each VLM labeller, each human rater): n, counts, the success rate (I_a
+    preferred; a tie or I_o is a failure) and, for labellers asked in both orders, how often the two
+    orders disagreed; then the agreement between sources (humans vs each labeller, Krippendorff's
+    alpha across raters)."""
+    from .agreement import multi_source_agreement
+
+    if not data.labels:
+        return None
+    keys = {(p.image_o, p.image_a, p.p_a) for p in data.pairs}
+    sources = {}
+    for source, values in sorted(data.labels.items()):
+        labels = [v for k, v in values.items() if k in keys]
+        flags = data.disagree.get(source, [])
+        sources[source] = {
+            "n": len(labels),
+            "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
+            "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
+            "order_disagreement": boot.mean([float(f) for f in flags]) if flags else None,
+        }
+    reference, _ = data.reference_labels()
+    agreement = multi_source_agreement({s: {k: v for k, v in vals.items() if k in keys}
+                                        for s, vals in data.labels.items()},
+                                       n_boot=config.bootstrap, seed=boot.seed)
+    return {"reference": reference, "sources": sources, "agreement": agreement}
 
 
 def _is_current(current: dict[str, str], backend: str, record_id: str | None) -> bool:
@@ -172,8 +248,11 @@ def _labels(data: RunData, boot: _Bootstrap) -> dict[str, Any] | None:
     labels = [p.label for p in data.pairs if p.label is not None and p.label_source != "construction"]
     if not labels:
         return None
+    sources = sorted({p.label_source or "?" for p in data.pairs if p.label is not None
+                      and p.label_source != "construction"})
     return {
         "n": len(labels),
+        "source": ", ".join(sources),
         "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
         "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
     }
@@ -209,7 +288,7 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     if labelled:
         res = reward_model_test([row[4] for row in labelled], [row[5] for row in labelled],
                                 [row[0].label for row in labelled])
-        rm_test = res._asdict()
+        rm_test = {**res._asdict(), "label_source": ", ".join(sorted({row[0].label_source or "?" for row in labelled}))}
     flags = data.truncated.get(name, [])
     return {
         "higher_is_better": data.higher_is_better[name],
@@ -336,8 +415,19 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
     if judges:
         tables.append(_Table(
             "judges", f"Judge: ΔJ = Σ_d J(I_a, d) − J(I_o, d) over the dimensions judged on both images; [{ci}].",
-            ["judge", "n", "missing", "delta_j", "j_aa"],
-            [[name, j["n"], j["missing"], j["delta_j"], j["j_aa"]] for name, j in judges.items()]))
+            ["judge", "backend", "n", "missing", "delta_j", "j_aa"],
+            [[name, j.get("backend", name), j["n"], j["missing"], j["delta_j"], j["j_aa"]]
+             for name, j in judges.items()]))
+    sources = (analysis.get("label_sources") or {}).get("sources") or {}
+    if sources:
+        tables.append(_Table(
+            "labels", f"Pair labels per source: success rate = share of pairs where I_a is preferred for p_a (a tie "
+                      f"or I_o is a failure); order disagreement = share of pairs whose two presentation orders "
+                      f"got different answers; [{ci}].",
+            ["source", "n", "anti_aesthetic", "original", "tie", "success_rate", "order_disagreement"],
+            [[name, b["n"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
+              b["success_rate"], b["order_disagreement"] or {"estimate": None, "low": None, "high": None, "n": 0}]
+             for name, b in sources.items()]))
     return tables
 
 

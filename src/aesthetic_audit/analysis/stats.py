@@ -9,7 +9,7 @@ with the same rules as scipy 1.17, so their p-values equal scipy's.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, NamedTuple, Sequence, Union
+from typing import Callable, Hashable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 from scipy import special
@@ -70,7 +70,8 @@ _CHUNK = 2_000_000  # resampled indices held in memory at once
 
 def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
                  statistic: Callable[..., float] | None = None, n_resamples: int = 2000,
-                 ci: float = 0.95, seed: int | Sequence[int] | None = 0) -> CI:
+                 ci: float = 0.95, seed: int | Sequence[int] | None = 0, *,
+                 clusters: Sequence[Hashable] | None = None) -> CI:
     """Percentile bootstrap: ``(estimate, low, high)``.
 
     ``data`` is one array, or a tuple of equal-length arrays whose rows are resampled together
@@ -80,6 +81,11 @@ def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
     ``statistic=None`` is the mean, computed for all resamples at once. Resamples on which the
     statistic is undefined (nan, e.g. AUROC of a one-class resample) are left out of the quantiles.
     The same seed gives the same interval. n = 0 gives nan; n = 1 gives ``low = high = estimate``.
+
+    ``clusters`` (one hashable id per row) makes it a cluster bootstrap: each resample draws the
+    ``k`` distinct clusters ``k`` times with replacement and takes all rows of every drawn cluster,
+    so rows that are not independent (the dimensions of one image, the pairs of one prompt) stay
+    together. One cluster gives ``low = high = estimate``.
     """
     paired = isinstance(data, tuple)
     arrays = tuple(np.asarray(a, dtype=float) for a in (data if paired else (data,)))
@@ -94,13 +100,24 @@ def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
             return float(np.mean(cols[0]))
         return float(statistic(*cols)) if paired else float(statistic(cols[0]))
 
+    if clusters is not None and len(clusters) != n:
+        raise ValueError(f"clusters must give one id per row: {len(clusters)} ids for {n} rows")
     if n == 0:
         return CI(math.nan, math.nan, math.nan)
     estimate = stat(*arrays)
-    if n == 1:
+    codes = cluster_codes(clusters) if clusters is not None else None
+    if n == 1 or (codes is not None and codes.max() == 0):
         return CI(estimate, estimate, estimate)
-    rng = np.random.default_rng(seed)
     thetas = np.empty(n_resamples)
+    if codes is not None:
+        rows, b = np.arange(n), 0
+        for counts in cluster_resample_counts(int(codes.max()) + 1, n_resamples, seed):
+            for drawn in counts:
+                # Row r is taken as many times as its cluster was drawn.
+                thetas[b] = stat(*(a[np.repeat(rows, drawn[codes])] for a in arrays))
+                b += 1
+        return percentile_ci(estimate, thetas, ci)
+    rng = np.random.default_rng(seed)
     step = max(1, _CHUNK // n)
     for start in range(0, n_resamples, step):
         stop = min(n_resamples, start + step)
@@ -110,6 +127,33 @@ def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
         else:
             for j, row in enumerate(idx):
                 thetas[start + j] = stat(*(a[row] for a in arrays))
+    return percentile_ci(estimate, thetas, ci)
+
+
+def cluster_codes(clusters: Sequence[Hashable]) -> np.ndarray:
+    """Cluster ids -> codes 0..k-1 in order of first appearance (ids of any hashable type)."""
+    index: dict[Hashable, int] = {}
+    return np.fromiter((index.setdefault(c, len(index)) for c in clusters), dtype=np.intp, count=len(clusters))
+
+
+def cluster_resample_counts(k: int, n_resamples: int, seed: int | Sequence[int] | None = 0) -> Iterator[np.ndarray]:
+    """The cluster bootstrap's resamples, in chunks: row b of a chunk holds how many times each of the
+    ``k`` clusters is drawn when ``k`` are drawn with replacement. ``bootstrap_ci(clusters=...)`` uses
+    these same draws, so a statistic computed from per-cluster sums (``counts @ sums``) gives its
+    interval exactly, for the same seed."""
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // max(k, 1))
+    for start in range(0, n_resamples, step):
+        chunk = np.empty((min(step, n_resamples - start), k), dtype=np.int64)
+        for row in chunk:
+            row[:] = np.bincount(rng.integers(0, k, size=k), minlength=k)
+        yield chunk
+
+
+def percentile_ci(estimate: float, thetas: np.ndarray, ci: float) -> CI:
+    """``(estimate, low, high)`` with the ``(1-ci)/2`` and ``(1+ci)/2`` quantiles of the resampled
+    values ``thetas``; nan values (resamples where the statistic is undefined) are left out."""
+    thetas = np.asarray(thetas, dtype=float)
     thetas = thetas[~np.isnan(thetas)]
     if thetas.size == 0:
         return CI(estimate, math.nan, math.nan)

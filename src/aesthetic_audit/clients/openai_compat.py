@@ -61,7 +61,12 @@ class EndpointUnreachable(AuditError):
 
 
 class RequestFailed(Exception):
-    """A request lost after its retries, or one not worth retrying; the message says why."""
+    """A request lost after its retries, or one not worth retrying; the message says why. ``status`` is
+    the HTTP status of a reply that was not retried (a 400 naming a parameter the server refuses)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class _Retryable(Exception):
@@ -267,7 +272,7 @@ class OpenAICompatClient:
             try:
                 return await attempt()
             except RequestFailed as exc:
-                raise RequestFailed(self.scrub(str(exc))) from None
+                raise RequestFailed(self.scrub(str(exc)), exc.status) from None
             except _Retryable as exc:
                 if tries == self.max_retries:
                     if exc.connection and on_unreachable is not None:
@@ -312,7 +317,7 @@ class OpenAICompatClient:
         message = _error_message(raw)
         if status in _RETRYABLE_4XX or status >= 500:
             raise _Retryable(f"HTTP {status}: {message}", _retry_after(reply_headers.get("Retry-After")))
-        raise RequestFailed(f"HTTP {status} from {method} {url} (not retried): {message}{hint(status)}")
+        raise RequestFailed(f"HTTP {status} from {method} {url} (not retried): {message}{hint(status)}", status)
 
     def _headers(self, accept: str, send_key: bool) -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": "aesthetic-audit"}
@@ -479,3 +484,32 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def describe_options_error(exc: Any) -> str:
+    """A backend's options that failed validation (a pydantic ValidationError), as one line naming each
+    bad option."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown option '{loc}'")
+        elif err["type"] == "missing":
+            problems.append(f"option '{loc}' is required")
+        else:
+            problems.append(f"option '{loc}': {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def check_plain_url(value: str) -> str:
+    """A base URL option must not carry a credential: options go into records, manifests and messages.
+    A URL httpx cannot parse passes here; the client names what is wrong with it."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        return value
+    if url.userinfo or url.query or url.fragment:
+        raise ValueError("must not hold a user name, password, query string or fragment: options are written "
+                         "into the run's records and manifest; put the API key in the environment variable that "
+                         "the option api_key_env names (default OPENAI_API_KEY)")
+    return value

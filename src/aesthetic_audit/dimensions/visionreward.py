@@ -22,10 +22,12 @@ _NAME_KEY = re.compile(r"^(?P<name>.*?)\s*\((?P<key>[^()]+)\)\s*$")
 
 
 def load_visionreward_rubric(path: str | Path) -> dict[str, dict]:
-    """Return ``{key: {"name": display name, "rubric": {0: text, 1: text, 2: text}}}``.
+    """Return ``{key: {"name": display name, "rubric": {0: text, 1: text, 2: text}, "options": [...]}}``.
 
     Options sharing a level are joined one per line, ``Option: Description``. A level with no option
-    in the file gets an empty string so a judge can still ask for all three.
+    in the file gets an empty string so a judge can still ask for all three. ``options`` keeps every row
+    in file order as ``{"option", "score", "level", "description"}``: the study's judge prompt lists the
+    options one by one, so a published judge needs them as the file has them.
     """
     path = Path(path)
     text = read_text(path, "VisionReward guideline file")
@@ -52,6 +54,8 @@ def load_visionreward_rubric(path: str | Path) -> dict[str, dict]:
             raise InputError(f"{path}:{lineno}: Score {row['Score']!r} is not an integer") from None
         level = (score > 0) - (score < 0) + 1
         option, desc = (row["Option"] or "").strip(), (row["Description"] or "").strip()
+        out[current].setdefault("options", []).append(
+            {"option": option, "score": score, "level": level, "description": desc})
         levels[current][level].append(f"{option}: {desc}" if option and desc else option or desc)
     if not out:
         raise InputError(f"{path}: no rows")

@@ -31,5 +31,19 @@ class Judge:
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "options": self.options}
 
+    def prepare(self, catalogue: Any, rubric_options: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """Bind the dimension catalogue (and a guideline file's option rows) before judging; a judge
+        that asks about rubrics uses them, others need nothing."""
+
+    def describe(self) -> str:
+        """What stands behind this judge's J, in a few words, for reports."""
+        return self.description or self.name
+
+    def load(self) -> None:
+        """Load weights or open connections; called before the first batch that needs them."""
+
+    def unload(self) -> None:
+        """Free what ``load`` took."""
+
     def judge(self, images: Sequence[Image.Image], dims: Sequence[str]) -> list[JudgeResult]:
         raise NotImplementedError

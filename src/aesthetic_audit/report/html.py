@@ -100,6 +100,7 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
         _heatmap_section(analysis),
         _strength_section(analysis),
         _judge_section(analysis),
+        _labels_section(analysis),
         _safety_section(analysis),
         _gallery_section(store, data, gallery_size),
         _failures_section(analysis, max_failures),
@@ -266,7 +267,7 @@ def _summary_section(analysis: dict[str, Any]) -> str:
         rm = s.get("reward_model_test")
         rm_text = ("–" if not rm else
                    f"{_num(rm['accuracy'])} / {_num(rm['f1'])} / {_num(rm['auroc'])} "
-                   f'<span class="ci">n = {_e(rm["n"])}</span>')
+                   f'<span class="ci">n = {_e(rm["n"])}; labels: {_e(rm.get("label_source") or "?")}</span>')
         trunc = s.get("truncated") or {}
         rows.append([
             f'<td class="text">{_e(name)}</td>',
@@ -280,10 +281,54 @@ def _summary_section(analysis: dict[str, Any]) -> str:
     labels = analysis.get("labels")
     if labels:
         c = labels["counts"]
-        parts.append(f'<p class="note">Generator success rate (labeller prefers I_a for p_a): '
+        parts.append(f'<p class="note">Generator success rate (labeller prefers I_a for p_a; labels: '
+                     f"{_e(labels.get('source') or '?')}): "
                      f"{_est(labels['success_rate'])}, n = {_e(labels['n'])} "
                      f"({_e(c['anti_aesthetic'])} anti-aesthetic, {_e(c['original'])} original, "
                      f"{_e(c['tie'])} ties).</p>")
+    return "\n".join(parts)
+
+
+def _labels_section(analysis: dict[str, Any]) -> str:
+    ls = analysis.get("label_sources")
+    if not ls:
+        return ""
+    parts = ["<h2>Pair labels</h2>",
+             '<p class="note">Which image better matches p_a, per label source (VLM labellers, human raters). '
+             "Success = I_a preferred; a tie or I_o is a failure. Order disagreement: labellers asked in both "
+             f"presentation orders, share of pairs whose answers differed (counted as ties). The tables use "
+             f"<b>{_e(ls.get('reference') or '–')}</b> as the reference labels.</p>"]
+    parts.append(_table(["source", "n", "I_a", "I_o", "tie", "success rate", "order disagreement"],
+                        [[f'<td class="text">{_e(name)}</td>', _e(b["n"]), _e(b["counts"]["anti_aesthetic"]),
+                          _e(b["counts"]["original"]), _e(b["counts"]["tie"]), _est(b["success_rate"]),
+                          _est(b["order_disagreement"]) if b.get("order_disagreement") else "–"]
+                         for name, b in ls["sources"].items()]))
+    parts.append(_agreement_html(ls.get("agreement") or {}))
+    return "\n".join(parts)
+
+
+def _agreement_html(agreement: dict[str, Any]) -> str:
+    """Two sources per row (and the human majority against each labeller): MAE on the ordinal scale
+    (original 0, tie 1, I_a 2), quadratic kappa, accuracy with ties removed and with tie and original
+    merged; then Krippendorff's alpha across the human raters."""
+    rows = [(f"{c['a']} vs {c['b']}", c) for c in agreement.get("pairwise", [])]
+    humans = agreement.get("humans") or {}
+    rows += [(f"humans (majority) vs {s}", c) for s, c in (humans.get("majority_vs") or {}).items()]
+    if not rows:
+        return ""
+    parts = ['<h3>Agreement between label sources</h3>',
+             '<p class="note">On the pairs both sources labelled. MAE on the ordinal scale (I_o 0, tie 1, I_a 2); '
+             "κ = Cohen's kappa with quadratic weights; accuracy with ties removed, and with tie and I_o merged "
+             "into one class. Study (labeller vs 18 raters): 0.29 / 0.80 / 0.923 / 0.85.</p>",
+             _table(["sources", "n", "MAE", "κ (quadratic)", "accuracy, no ties", "accuracy, tie = I_o"],
+                    [[f'<td class="text">{_e(name)}</td>', _e(c["n"]), _est(c["mae"]), _est(c["kappa"]),
+                      _est(c["accuracy_no_ties"]), _est(c["accuracy_tie_as_original"])] for name, c in rows])]
+    if humans.get("alpha"):
+        a = humans["alpha"]
+        parts.append(f'<p class="note">Krippendorff\'s α across {len(humans["raters"])} raters on '
+                     f'{_e(humans["n_pairs"])} pairs: ordinal {_est(a["ordinal"])}, nominal {_est(a["nominal"])}, '
+                     f'interval {_est(a["interval"])}; {_e(humans["split_votes"])} split majority votes count '
+                     f"as ties.</p>")
     return "\n".join(parts)
 
 
@@ -345,9 +390,10 @@ def _judge_section(analysis: dict[str, Any]) -> str:
     if not judges:
         parts.append('<p class="muted">No judgements in this run.</p>')
         return "\n".join(parts)
-    parts.append(_table(["judge", "n", "missing", "ΔJ", "J AA"],
-                        [[f'<td class="text">{_e(name)}</td>', _e(j["n"]), _e(j["missing"]),
-                          _est(j["delta_j"]), _est(j["j_aa"])] for name, j in judges.items()]))
+    parts.append(_table(["judge", "behind J", "n", "missing", "ΔJ", "J AA"],
+                        [[f'<td class="text">{_e(name)}</td>', f'<td class="text">{_e(j.get("backend", name))}</td>',
+                          _e(j["n"]), _e(j["missing"]), _est(j["delta_j"]), _est(j["j_aa"])]
+                         for name, j in judges.items()]))
     for name, j in judges.items():
         if not j["by_dimension"]:
             continue

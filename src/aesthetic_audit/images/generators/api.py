@@ -37,10 +37,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ...clients import OpenAICompatClient, RequestFailed
+from ...clients.openai_compat import check_plain_url, describe_options_error
 from ...errors import AuditError, ConfigError, InputError
 from ...registry import register
 from ..decode import decode_image
@@ -75,17 +75,8 @@ class _Options(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _no_credentials(cls, value: str) -> str:
-        # Options are stored in every record and the manifest and quoted in messages: a key must not be here.
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL:
-            return value  # the client names what is wrong with it
-        if url.userinfo or url.query or url.fragment:
-            raise ValueError("must not hold a user name, password, query string or fragment: options are "
-                             "written into the run's records and manifest; put the API key in the environment "
-                             "variable that the option api_key_env names (default OPENAI_API_KEY)")
-        return value
+    def _plain_url(cls, value: str) -> str:
+        return check_plain_url(value)
 
     @field_validator("known_placeholders")
     @classmethod
@@ -145,7 +136,7 @@ class _HostedGenerator(Generator):
         try:
             self.settings = self._options(**options)
         except ValidationError as exc:
-            raise ConfigError(f"generator {self.name}: {_describe(exc)}") from None
+            raise ConfigError(f"generator {self.name}: {describe_options_error(exc)}") from None
         s = self.settings
         # A batch larger than the concurrency keeps every slot busy while the slowest requests finish.
         super().__init__(**{**s.model_dump(), "batch_size": s.batch_size or 4 * s.concurrency})
@@ -351,15 +342,3 @@ def _seed_value(seed: int) -> int:
     (the stage derives 60-bit seeds)."""
     return seed % 2**31
 
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            problems.append(f"unknown option '{loc}'")
-        elif err["type"] == "missing":
-            problems.append(f"option '{loc}' is required")
-        else:
-            problems.append(f"option '{loc}': {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(problems)
