@@ -179,7 +179,7 @@ def test_judge_and_labels_through_an_endpoint_then_the_report_names_their_source
     assert len(recs) == 2 and all(r.data["value"] == 1 and r.data["disagree"] is False for r in recs)
     assert cli("report", run)[0] == 0
     html = (run / "report.html").read_text()
-    assert "Pair labels" in html and "vlm:vlm" in html and "judge-m" in html
+    assert "Pair labels" in html and "vlm:vlm" in html and "judge-m" in html and "lab-m" in html
     tables = (run / "tables" / "judges.csv").read_text()
     assert "judge-m" in tables and m.isfinite(float(tables.splitlines()[-1].split(",")[4]))
     # a second instance (NAME:ALIAS) whose endpoint is down: one line, recorded as unable to run, exit 1

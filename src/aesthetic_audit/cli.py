@@ -518,6 +518,8 @@ def _status(args: argparse.Namespace) -> None:
               + (f" ({', '.join(images.get('generate', {}).get('generators', []))})"
                  if images.get("backend") == "generate" else "")
               + f"; judges {', '.join(config.get('judge', {}).get('judges', []))}"
+              + (f"; labellers {', '.join(config['labels']['labellers'])}"
+                 if (config.get("labels") or {}).get("labellers") else "")
               + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}")
     counts = store.counts()
     for stage, c in counts.items():

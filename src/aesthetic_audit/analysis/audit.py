@@ -70,6 +70,7 @@ class RunData:
     # label source ("vlm:NAME", "human:RATER") -> (image_o, image_a, p_a) -> -1 tie / 0 original / 1 anti
     labels: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)
     disagree: dict[str, list[bool]] = field(default_factory=dict)  # both-orders labellers: per pair
+    label_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a VLM label source
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
@@ -116,6 +117,8 @@ class RunData:
             if d.get("labeller_id") and not _is_current(current, f"labeller:{d.get('labeller')}", d["labeller_id"]):
                 continue
             data.labels.setdefault(d["source"], {})[(d["image_o"], d["image_a"], d.get("p_a", ""))] = int(d["value"])
+            if d.get("labeller_desc"):
+                data.label_desc[d["source"]] = d["labeller_desc"]
             if d.get("disagree") is not None:
                 data.disagree.setdefault(d["source"], []).append(bool(d["disagree"]))
         return data
@@ -222,6 +225,7 @@ def _label_sources(data: RunData, boot: _Bootstrap, config: AnalysisConfig) -> d
         labels = [v for k, v in values.items() if k in keys]
         flags = data.disagree.get(source, [])
         sources[source] = {
+            "backend": data.label_desc.get(source, "human rater" if source.startswith("human:") else source),
             "n": len(labels),
             "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
             "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
@@ -424,8 +428,8 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
             "labels", f"Pair labels per source: success rate = share of pairs where I_a is preferred for p_a (a tie "
                       f"or I_o is a failure); order disagreement = share of pairs whose two presentation orders "
                       f"got different answers; [{ci}].",
-            ["source", "n", "anti_aesthetic", "original", "tie", "success_rate", "order_disagreement"],
-            [[name, b["n"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
+            ["source", "backend", "n", "anti_aesthetic", "original", "tie", "success_rate", "order_disagreement"],
+            [[name, b["backend"], b["n"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
               b["success_rate"], b["order_disagreement"] or {"estimate": None, "low": None, "high": None, "n": 0}]
              for name, b in sources.items()]))
     return tables

@@ -97,17 +97,18 @@ _item: contextvars.ContextVar[_Item] = contextvars.ContextVar("openai_compat_ite
 class OpenAICompatClient:
     def __init__(self, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
                  max_retries: int = 5, backoff_s: float = 1.0, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-                 max_connection_failures: int = 3, settings: str = "llm",
+                 max_connection_failures: int = 3, settings: str = "llm", url_option: str = "base_url",
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random):
-        """Contacts nothing. ``settings`` names the config section in messages (e.g. ``prompts.llm``);
-        ``sleep`` (awaited between retries) and ``rand`` (the jitter source, in [0, 1)) are injectable."""
+        """Contacts nothing. ``settings`` names the config section in messages (e.g. ``prompts.llm``) and
+        ``url_option`` its URL option; ``sleep`` (awaited between retries) and ``rand`` (the jitter source,
+        in [0, 1)) are injectable."""
         try:
             parsed = httpx.URL(base_url)
         except httpx.InvalidURL:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"{settings}.base_url {base_url!r} must start with http:// or https:// and name "
+            raise ConfigError(f"{settings}.{url_option} {base_url!r} must start with http:// or https:// and name "
                               "a host, e.g. http://localhost:8000/v1")
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -117,6 +118,7 @@ class OpenAICompatClient:
         self.max_reply_bytes = max_reply_bytes
         self.max_connection_failures = max_connection_failures
         self.settings = settings
+        self.url_option = f"{settings}.{url_option}"
         self._sleep = sleep
         self._rand = rand
 
@@ -289,7 +291,7 @@ class OpenAICompatClient:
             batch.dead = True
             raise EndpointUnreachable(self.scrub(
                 f"{exc}; {batch.streak} items in a row could not connect ({self.max_retries + 1} attempts each), "
-                f"so the stage stopped instead of trying every item. Check {self.settings}.base_url "
+                f"so the stage stopped instead of trying every item. Check {self.url_option} "
                 f"({self.base_url}) and that the server is running, then rerun the same command"))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -338,7 +340,7 @@ class OpenAICompatClient:
                 location = resp.headers.get("Location", "(no Location header)")
                 raise RequestFailed(
                     f"POST {url} was redirected (HTTP {status}) to {location}; redirects are not followed, so "
-                    f"the API key never goes to another address: set {self.settings}.base_url to the address "
+                    f"the API key never goes to another address: set {self.url_option} to the address "
                     "that serves the API")
             return status, resp.headers, await self._read_reply(resp, url)
 
@@ -393,7 +395,7 @@ class OpenAICompatClient:
             return f"; check the API key in ${self.api_key_env} ({state})"
         if status == 404:
             model = body.get("model") if isinstance(body, dict) else None
-            return f"; check {self.settings}.base_url ({self.base_url})" + (
+            return f"; check {self.url_option} ({self.base_url})" + (
                 f" and {self.settings}.model ({model})" if model else "")
         return ""
 

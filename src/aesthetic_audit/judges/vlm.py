@@ -148,9 +148,9 @@ class VLMJudge(Judge):
                 "backend": self.backend.identity()}
 
     def describe(self) -> str:
-        ident = self.backend.identity()
-        where = ident.get("url") or ident.get("path") or ident.get("model_type") or "local"
-        return f"vlm ({ident.get('model') or ident.get('model_type', '?')} at {where}; template {self.options['template']})"
+        """The model as the user named it (a folder, a hub id, or a served name at an endpoint)."""
+        where = f" at {self.options['url']}" if self.options.get("url") else ""
+        return f"vlm ({self.options.get('model', '?')}{where}; template {self.options['template']}, {self.mode})"
 
     def _questions(self, key: str) -> list[tuple[str, str]]:
         """One dimension's questions as (before image, after image) text: one in levels mode, one per

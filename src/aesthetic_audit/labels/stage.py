@@ -46,7 +46,8 @@ def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = 
     todo = [(it, key) for it, key in zip(items, keys) if key in pending]
     if todo:
         labeller.load()
-    base = {"source": f"vlm:{name}", "labeller": name, "labeller_id": labeller_id, "seed": seed}
+    base = {"source": f"vlm:{name}", "labeller": name, "labeller_id": labeller_id, "labeller_desc": labeller.describe(),
+            "seed": seed}
 
     def fail(it: dict[str, Any], key: str, reason: str) -> None:
         log.warning("failed: labeller %s on pair %s: %s", name, it["image_pair_id"][:12], reason)

@@ -103,8 +103,8 @@ class VLMLabeller:
                 "prompt": spec_hash([SYSTEM, INSTRUCTION, SCHEMA]), "backend": self.backend.identity()}
 
     def describe(self) -> str:
-        ident = self.backend.identity()
-        return f"vlm ({ident.get('model') or ident.get('model_type', '?')})"
+        where = f" at {self.options['url']}" if self.options.get("url") else ""
+        return f"vlm ({self.options.get('model', '?')}{where})"
 
     def load(self) -> None:
         self.backend.load()

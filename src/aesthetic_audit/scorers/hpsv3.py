@@ -107,23 +107,20 @@ preprocessing differences, compare ``ours.preprocess.pil(image)`` with the offic
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from ..errors import ConfigError
-from ._torch import (OPENAI_MEAN, OPENAI_STD, TorchScorer, batched, pad_rows, register_variants, skip_init, torch,
-                     unique)
+from ..vlm import qwen
+from ._torch import TorchScorer, batched, pad_rows, register_variants, skip_init, torch, unique
 from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
 from .base import ScoreResult
 
 PIXELS = 256 * 28 * 28  # HPSv3's image budget: min_pixels = max_pixels
-MAX_ASPECT = 200
 REWARD_TOKEN = "<|Reward|>"
 IMAGE_TOKEN = "<|image_pad|>"
 SYSTEM = "You are a helpful assistant."
@@ -187,77 +184,19 @@ def chat_text(prompt: str, image_tokens: int) -> str:
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = PIXELS,
                  max_pixels: int = PIXELS) -> tuple[int, int]:
-    """qwen-vl-utils' target size: multiples of ``factor``, about min..max pixels, aspect ratio kept."""
-    if max(height, width) / min(height, width) > MAX_ASPECT:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} exceeds {MAX_ASPECT}, "
-                         "which Qwen2-VL's preprocessing refuses")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = math.floor(height / beta / factor) * factor
-        w = math.floor(width / beta / factor) * factor
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
+    """qwen-vl-utils' target size (HPSv3's resize): multiples of ``factor``, about min..max pixels."""
+    return qwen.smart_resize(height, width, factor, min_pixels, max_pixels, rule="qwen-vl-utils")
 
 
 @dataclass(frozen=True)
-class QwenVLPreprocess:
-    """Qwen2-VL image input at HPSv3's pixel budget: resize, normalise, patchify (see the module doc)."""
+class QwenVLPreprocess(qwen.QwenVLPreprocess):
+    """Qwen2-VL image input as HPSv3 feeds it (see the module doc): the generic Qwen-VL preprocessing at
+    HPSv3's fixed pixel budget, with qwen-vl-utils' resize rule and the alpha channel dropped."""
 
     min_pixels: int = PIXELS
     max_pixels: int = PIXELS
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "QwenVLPreprocess":
-        """Patch geometry and mean/std from the base model's preprocessor_config.json."""
-        for key, ok in (("do_resize", True), ("do_rescale", True), ("do_normalize", True), ("resample", 3)):
-            if key in cfg and cfg[key] != ok:
-                raise ConfigError(f"preprocessor_config.json: {key}={cfg[key]!r} is not supported "
-                                  "(Qwen2-VL resizes bicubic, rescales by 1/255 and normalises)")
-        return cls(patch_size=int(cfg.get("patch_size", 14)),
-                   temporal_patch_size=int(cfg.get("temporal_patch_size", 2)),
-                   merge_size=int(cfg.get("merge_size", 2)),
-                   mean=tuple(float(x) for x in cfg.get("image_mean", OPENAI_MEAN)),
-                   std=tuple(float(x) for x in cfg.get("image_std", OPENAI_STD)))
-
-    @property
-    def factor(self) -> int:
-        return self.patch_size * self.merge_size
-
-    def resize(self, image: Image.Image) -> Image.Image:
-        image = image.convert("RGB")
-        w, h = image.size
-        new_h, new_w = smart_resize(h, w, self.factor, self.min_pixels, self.max_pixels)
-        return image.resize((new_w, new_h), Image.BICUBIC) if (new_w, new_h) != (w, h) else image
-
-    def pil(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """One image -> (patches [grid_h * grid_w, C * T * p * p] float32, grid (t, h, w))."""
-        arr = np.asarray(self.resize(image), dtype=np.uint8)
-        x = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return self.patchify(x.transpose(2, 0, 1))
-
-    def patchify(self, chw: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
-        c, h, w = chw.shape
-        gh, gw = h // p, w // p
-        # (C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, p, p): patches in 2x2 merge groups
-        x = chw.reshape(c, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
-        # a still image fills the temporal patch with copies of itself
-        x = np.broadcast_to(x[:, :, :, :, :, None], x.shape[:5] + (tp,) + x.shape[5:])
-        return np.ascontiguousarray(x.reshape(gh * gw, c * tp * p * p)), (1, gh, gw)
-
-    def image_tokens(self, grid: tuple[int, int, int]) -> int:
-        return grid[0] * grid[1] * grid[2] // (self.merge_size ** 2)
+    resize_rule: str = "qwen-vl-utils"
+    alpha: str = "drop"
 
 
 def backbone_key(key: str) -> str | None:
@@ -352,7 +291,7 @@ class HPSv3Scorer(TorchScorer):
                  **kwargs: Any):
         super().__init__(variant, **kwargs)
         self.base, self.base_revision = base, base_revision or self.spec.get("base_revision")
-        if self.processor is not None and not isinstance(self.processor, QwenVLPreprocess):
+        if self.processor is not None and not isinstance(self.processor, qwen.QwenVLPreprocess):
             raise ConfigError("processor= must be a QwenVLPreprocess")
 
     # -- files ----------------------------------------------------------------------------------
@@ -380,8 +319,9 @@ class HPSv3Scorer(TorchScorer):
     # -- loading --------------------------------------------------------------------------------
     def _load(self) -> None:
         paths = {f: self.resolver.file(s, f) for s, f in self.weight_files()}
+        # the base's budget (min_pixels/max_pixels) is not HPSv3's: its images are resized to PIXELS first
         self.preprocess = self.processor or QwenVLPreprocess.from_config(
-            read_json(paths["preprocessor_config.json"]))
+            read_json(paths["preprocessor_config.json"]), min_pixels=PIXELS, max_pixels=PIXELS)
         if self.tokenizer is None:
             from transformers import Qwen2Tokenizer
 
