@@ -122,7 +122,8 @@ def test_export_image_modes(tmp_path: Path) -> None:
     tasks = _tasks(export_label_studio(store, tmp_path / "url", images="url", url_prefix="https://h.example/p/"))
     data = tasks[0]["data"]
     sha = by_id[data["image_pair_id"]][f"image_{data['first']}"]
-    assert data["image_first"] == f"https://h.example/p/{sha}.png"
+    assert data["image_first"] == f"https://h.example/p/images/{sha[:2]}/{sha}.png"  # the run directory's layout
+    assert (store.root / data["image_first"].removeprefix("https://h.example/p/")).is_file()
 
     with pytest.raises(InputError, match="URL prefix"):
         export_label_studio(store, tmp_path / "x", images="url")
@@ -300,7 +301,7 @@ def test_import_csv_variants(tmp_path: Path) -> None:
     }
     failed = {r.item: r.error for r in store.records(LABELS, status="failed")}
     assert sorted(failed) == sorted(f"answers.csv:line {n}" for n in (6, 9, 10, 11, 12, 13, 14))
-    assert all(error.startswith(item + ": ") for item, error in failed.items())
+    assert all(error.startswith(item + ": ") and error.count(item) == 1 for item, error in failed.items())
     assert "no pair" in failed["answers.csv:line 6"]
     assert "gen-a, gen-b" in failed["answers.csv:line 9"] and "model column" in failed["answers.csv:line 9"]
     assert "P9 matches no image pair" in failed["answers.csv:line 10"]
@@ -315,6 +316,13 @@ def test_import_csv_variants(tmp_path: Path) -> None:
     assert (summary.new, summary.cached, summary.failed) == (1, 6, 6)
     assert "answers.csv:line 11" not in {r.item for r in store.records(LABELS, status="failed")}
     assert _labels(store)[f"human:dee|{p[0]['image_pair_id']}"].data["value"] == 0
+
+    # The file shortened to its good rows: its earlier failures go too (another file's stay).
+    other = _write_text(tmp_path / "other.csv", "rater,image_pair_id,choice\nzed,nope,tie\n")
+    assert import_human_labels(store, other).failed == 1
+    summary = import_human_labels(store, _write_text(path, "\n".join(rows[:5]) + "\n"))
+    assert summary.failed == 0
+    assert {r.item for r in store.records(LABELS, status="failed")} == {"other.csv:line 2"}
 
 
 def test_import_tsv_and_jsonl(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_labels_without_a_labeller_says_what_to_give(tmp_path, cli):
     code, _, err = cli("labels", run)
     assert code == 1 and "no labeller given" in err
     code, _, err = cli("labels", run, "--labellers", "vlm")
-    assert code == 1 and "needs either `model`" in err and "Traceback" not in err
+    assert code == 2 and "needs either `model`" in err and "Traceback" not in err  # a config error: nothing stored
 
 
 def test_judge_and_labels_through_an_endpoint_then_the_report_names_their_sources(tmp_path, cli):
@@ -182,8 +182,9 @@ def test_judge_and_labels_through_an_endpoint_then_the_report_names_their_source
     assert "Pair labels" in html and "vlm:vlm" in html and "judge-m" in html and "lab-m" in html
     tables = (run / "tables" / "judges.csv").read_text()
     assert "judge-m" in tables and m.isfinite(float(tables.splitlines()[-1].split(",")[4]))
-    # a second instance (NAME:ALIAS) whose endpoint is down: one line, recorded as unable to run, exit 1
+    # a second instance (NAME:ALIAS) whose endpoint is down: stops the command with one line (exit 2) and
+    # is recorded as unable to run
     code, _, err = cli("judge", run, "--judges", "vlm:dead", "--set", f"judge.options.vlm:dead.url={server.base_url}",
                        "--set", "judge.options.vlm:dead.model=m", "--set", "judge.options.vlm:dead.retries=0")
-    assert code == 1 and "Traceback" not in err and "judge vlm:dead" in err, err
+    assert code == 2 and "Traceback" not in err and err.count("error: judge vlm:dead: connection error") == 1, err
     assert "judge vlm:dead" in cli("status", run)[1]

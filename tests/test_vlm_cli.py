@@ -13,6 +13,7 @@ from PIL import Image  # noqa: E402
 from aesthetic_audit.images.decode import decode_image  # noqa: E402
 from aesthetic_audit.judges.vlm import VLMJudge  # noqa: E402
 from aesthetic_audit.dimensions import load_catalogue  # noqa: E402
+from aesthetic_audit.pipeline import Run  # noqa: E402
 from aesthetic_audit.store import RunStore  # noqa: E402
 from tiny.qwen_vl import build  # noqa: E402
 
@@ -52,4 +53,6 @@ def test_vlm_judge_and_labeller_on_a_local_folder(tmp_path, cli):
     code, _, err = cli("labels", run, "--labellers", "vlm", *lab)
     assert code == 1 and "Traceback" not in err
     failed = list(RunStore(run).records("labels", status="failed"))
-    assert len(failed) == 2 and all("no JSON object" in r.error for r in failed)
+    assert len(failed) == 2 and all("no JSON object" in r.error and r.item.startswith("vlm:") for r in failed)
+    source = Run.open(run).analyze()["label_sources"]["sources"]["vlm:vlm"]  # still listed, with its failures
+    assert (source["n"], source["failed"]) == (0, 2) and str(folder) in source["backend"]

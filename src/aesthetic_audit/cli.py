@@ -36,8 +36,8 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True
     if retry:
         p.add_argument("--retry-failed", action="store_true", help="try items recorded as failed again")
     if config:
-        p.add_argument("-c", "--config", type=Path, help="YAML config (see `aesthetic-audit init`); "
-                       "applied over the run's stored config")
+        p.add_argument("-c", "--config", type=Path, help="YAML config (see `aesthetic-audit init`)"
+                       + ("; applied over the run's stored config" if run else ""))
         p.add_argument("--seed", type=_seed, help="seed for every random choice (an integer >= 0)")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set prompts.n=50 (repeatable); quote a part "
@@ -269,9 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "for --layout label-studio)")
     p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="override the suffix")
     p.add_argument("--layout", choices=["own", "study", "generate", "label-studio"], default="own",
-                   help="prompts only: 'study' writes original_prompt, disorted_long_prompt, selected; "
-                        "'generate' writes pair_id, p_o, p_a, dims, file_o, file_a (the file names to give the "
-                        "images you render elsewhere; import them back with `import`)")
+                   help="'study' and 'generate' are for --stage prompts: 'study' writes original_prompt, "
+                        "disorted_long_prompt, selected; 'generate' writes pair_id, p_o, p_a, dims, file_o, file_a (the "
+                        "file names to give the images you render elsewhere; import them back with `import`). "
+                        "'label-studio' (no --stage) writes pair-labelling tasks and a labeling config into the "
+                        "folder -o names; import the answers with `labels RUN --import`")
     p.add_argument("--template", default="{pair_id}_{side}.png",
                    help="--layout generate: file name template with {pair_id}, {side} (o or a) and {index} "
                         "(the row's position, e.g. {index:04d}); default {pair_id}_{side}.png, which `import` "
@@ -538,8 +540,11 @@ def _status(args: argparse.Namespace) -> None:
         if len(failed) > args.limit:
             print(f"  ... and {len(failed) - args.limit} more (--limit)")
     if failed or backends:
+        stage = failed[0].stage if failed else "score"
+        command = stage if stage in ("prompts", "judge", "labels", "score") else "generate"  # images: edit/generate
         print(f"retry failed items with --retry-failed on the stage's command, e.g. "
-              f"`aesthetic-audit score {store.root} --retry-failed`")
+              f"`aesthetic-audit {command} {store.root} --retry-failed`; failed rows of an import: fix them and "
+              f"import again")
 
 
 def _validate_judge(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import AuditError, ConfigError
 from .hashing import spec_hash
 
 
@@ -231,14 +231,33 @@ class LabelsConfig(_Section):
 
 
 def _check_instances(kind: str, names: list[str], options: dict[str, Any], where: str) -> None:
-    """NAME or NAME:ALIAS, NAME registered; options keyed the same way and mappings. Values are checked
-    when the stage builds the backend (a model folder may exist only on the machine that runs it)."""
+    """NAME or NAME:ALIAS, NAME registered; options keyed the same way and mappings; the backends in use
+    built with their options (names and values). Files they name are read when the stage builds them
+    (a model folder may exist only on the machine that runs it)."""
     _check_backends(kind, [n.split(":", 1)[0] for n in names], f"{where}.{kind}")
     _check_backends(kind, [n.split(":", 1)[0] for n in options], f"{where}.options")
     for name, opts in options.items():
         if not isinstance(opts, dict):
             raise ValueError(f"{where}.options.{name} must be a mapping of option names to values, "
                              f"e.g. {{device: cuda}}; got {opts!r}")
+    build = _builder(kind)
+    for name in dict.fromkeys(names):
+        try:
+            build(name, options.get(name))  # cheap: nothing is loaded or contacted
+        except ConfigError as exc:
+            raise ValueError(f"{where}.options.{name}: {exc}") from None
+        except AuditError:
+            pass  # a file that exists only where the stage runs (a template): checked when the stage builds it
+
+
+def _builder(kind: str):
+    if kind == "judges":
+        from .judges.stage import make_judge
+
+        return make_judge
+    from .labels.stage import make_labeller
+
+    return make_labeller
 
 
 def _check_backends(kind: str, names: list[str], where: str) -> None:

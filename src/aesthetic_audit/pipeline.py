@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import AuditConfig, GenerateConfig, load_config
 from .dimensions import Catalogue, load_catalogue, load_visionreward_rubric
-from .errors import AuditError, ConfigError
+from .errors import AuditError, ConfigError, InputError
 from .records import BACKEND, IMAGES, PROMPTS, backend_key
 from .stage import StageSummary
 from .store import Record, RunStore
@@ -197,6 +197,46 @@ class Run:
             return None
         return {k: v["options"] for k, v in load_visionreward_rubric(self.config.rubric_file).items()}
 
+    def _each_backend(self, kind: str, stage: str, names: list[str], build, run, *,
+                      config_errors_stop: bool = True) -> list[StageSummary]:
+        """Build every named backend first (``build(name)``): a bad option or an unreadable file the
+        config names stops the command before anything runs or is stored (unless ``config_errors_stop``
+        is false: scorers' options are checked with the config, so a bad one here comes from an older
+        run's config and only that scorer is skipped). Then run each in turn
+        (``run(name, backend)``): one that cannot run (missing weights or extra) is reported, recorded and
+        skipped; an endpoint that is down is recorded and stops the command. Each is unloaded after its
+        stage."""
+        from .clients.openai_compat import EndpointUnreachable
+
+        built = []
+        for name in names:
+            try:
+                built.append((name, build(name)))
+            except (ConfigError, InputError) as exc:
+                if config_errors_stop:
+                    raise ConfigError(f"{kind} {name}: {exc}") from None
+                built.append((name, exc))
+            except AuditError as exc:
+                built.append((name, exc))
+        out = []
+        for name, backend in built:
+            try:
+                if isinstance(backend, AuditError):
+                    raise backend
+                out.append(self._done(run(name, backend)))
+                self._backend_ran(kind, name)
+            except EndpointUnreachable as exc:
+                # recorded for `status`, said once by the command's error line
+                self.store.put(Record.failed(backend_key(kind, name), BACKEND, f"{kind} {name}", str(exc)))
+                raise EndpointUnreachable(f"{kind} {name}: {exc}") from None
+            except AuditError as exc:
+                self._backend_failed(kind, name, exc)
+                out.append(StageSummary(f"{stage}:{name}", warnings=[str(exc)]))
+            finally:
+                if not isinstance(backend, AuditError) and hasattr(backend, "unload"):
+                    backend.unload()
+        return out
+
     def judge(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Judge with each judge; one that cannot run (or whose endpoint is down) is reported, recorded
         and skipped."""
@@ -204,23 +244,18 @@ class Run:
 
         if not self._has_pairs("judge"):
             return []
-        out = []
-        for name in names or self.config.judge.judges:
-            j = None
-            try:
-                j = make_judge(name, self.config.judge.options.get(name))
-                j.prepare(self.catalogue, self.rubric_options)
-                record_stage(self.store, self.config, f"judge:{name}", {f"judge:{name}": j.identity()})
-                out.append(self._done(run_judge(self.store, j, self.catalogue, retry_failed=retry_failed,
-                                                batch_size=self.config.judge.batch_size, name=name)))
-                self._backend_ran("judge", name)
-            except AuditError as exc:
-                self._backend_failed("judge", name, exc)
-                out.append(StageSummary(f"judge:{name}", warnings=[str(exc)]))
-            finally:
-                if j is not None:
-                    j.unload()
-        return out
+
+        def build(name: str):
+            judge = make_judge(name, self.config.judge.options.get(name))
+            judge.prepare(self.catalogue, self.rubric_options)
+            return judge
+
+        def run(name: str, judge) -> StageSummary:
+            record_stage(self.store, self.config, f"judge:{name}", {f"judge:{name}": judge.identity()})
+            return run_judge(self.store, judge, self.catalogue, retry_failed=retry_failed,
+                             batch_size=self.config.judge.batch_size, name=name)
+
+        return self._each_backend("judge", "judge", names or self.config.judge.judges, build, run)
 
     def labels(self, names: list[str] | None = None, *, retry_failed: bool = False,
                import_path: str | Path | None = None) -> list[StageSummary]:
@@ -244,46 +279,32 @@ class Run:
             log.error("%s", msg)
             self.errors.append(msg)
             return []
-        out = []
-        for name in names:
-            lab = None
-            try:
-                lab = make_labeller(name, self.config.labels.options.get(name))
-                record_stage(self.store, self.config, f"labels:{name}", {f"labeller:{name}": lab.identity()})
-                out.append(self._done(run_labels(self.store, lab, seed=self.config.seed, name=name,
-                                                 batch_size=self.config.labels.batch_size,
-                                                 retry_failed=retry_failed)))
-                self._backend_ran("labeller", name)
-            except AuditError as exc:
-                self._backend_failed("labeller", name, exc)
-                out.append(StageSummary(f"labels:{name}", warnings=[str(exc)]))
-            finally:
-                if lab is not None:
-                    lab.unload()
-        return out
+
+        def run(name: str, labeller) -> StageSummary:
+            record_stage(self.store, self.config, f"labels:{name}", {f"labeller:{name}": labeller.identity()})
+            return run_labels(self.store, labeller, seed=self.config.seed, name=name,
+                              batch_size=self.config.labels.batch_size, retry_failed=retry_failed)
+
+        return self._each_backend("labeller", "labels", names,
+                                  lambda name: make_labeller(name, self.config.labels.options.get(name)), run)
 
     def score(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Score with each scorer; one whose dependencies are missing is reported and skipped."""
         from .scorers.stage import make_scorer, run_score
 
-        opts = self.config.score.options
-        out: list[StageSummary] = []
         if not self._has_pairs("score"):
-            return out
-        for name in names or self.config.score.scorers:
-            try:
-                s = make_scorer(name, opts.get(name))
-                backend = {"identity": s.identity()}
-                if hasattr(s, "weights_manifest"):
-                    backend["files"] = s.weights_manifest()
-                record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
-                out.append(self._done(run_score(self.store, s, chunk_size=self.config.score.chunk_size,
-                                                retry_failed=retry_failed)))
-                self._backend_ran("scorer", name)
-            except AuditError as exc:
-                self._backend_failed("scorer", name, exc)
-                out.append(StageSummary(f"score:{name}", warnings=[str(exc)]))
-        return out
+            return []
+
+        def run(name: str, scorer) -> StageSummary:
+            backend = {"identity": scorer.identity()}
+            if hasattr(scorer, "weights_manifest"):
+                backend["files"] = scorer.weights_manifest()
+            record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
+            return run_score(self.store, scorer, chunk_size=self.config.score.chunk_size, retry_failed=retry_failed)
+
+        return self._each_backend("scorer", "score", names or self.config.score.scorers,
+                                  lambda name: make_scorer(name, self.config.score.options.get(name)), run,
+                                  config_errors_stop=False)
 
     def analyze(self) -> dict | None:
         """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs."""

@@ -14,6 +14,10 @@ log = logging.getLogger("aesthetic_audit")
 _state = {"verbosity": 1}  # 0 quiet, 1 normal, 2 verbose
 
 
+def quiet() -> bool:
+    return _state["verbosity"] == 0
+
+
 def configure(verbosity: int = 1) -> None:
     """Console logging: quiet shows warnings and errors only, verbose adds debug messages."""
     _state["verbosity"] = verbosity

@@ -71,6 +71,7 @@ class RunData:
     labels: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)
     disagree: dict[str, list[bool]] = field(default_factory=dict)  # both-orders labellers: per pair
     label_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a VLM label source
+    label_failed: dict[str, int] = field(default_factory=dict)  # failed label records per source
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
@@ -110,15 +111,20 @@ class RunData:
             for dim, value in (rec.data.get("scores") or {}).items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     per_image[dim] = float(value)
-        for rec in store.records(LABELS):
+        for rec in store.records(LABELS, status=None):
             d = rec.data
+            if d.get("labeller_desc"):
+                data.label_desc[d["source"]] = d["labeller_desc"]
+            if rec.status == "failed":
+                if d.get("source") and not (d.get("labeller_id") and not _is_current(
+                        current, f"labeller:{d.get('labeller')}", d["labeller_id"])):
+                    data.label_failed[d["source"]] = data.label_failed.get(d["source"], 0) + 1
+                continue
             if d.get("value") not in (-1, 0, 1) or not d.get("source"):
                 continue
             if d.get("labeller_id") and not _is_current(current, f"labeller:{d.get('labeller')}", d["labeller_id"]):
                 continue
             data.labels.setdefault(d["source"], {})[(d["image_o"], d["image_a"], d.get("p_a", ""))] = int(d["value"])
-            if d.get("labeller_desc"):
-                data.label_desc[d["source"]] = d["labeller_desc"]
             if d.get("disagree") is not None:
                 data.disagree.setdefault(d["source"], []).append(bool(d["disagree"]))
         return data
@@ -217,16 +223,17 @@ def _label_sources(data: RunData, boot: _Bootstrap, config: AnalysisConfig) -> d
     alpha across raters)."""
     from .agreement import multi_source_agreement
 
-    if not data.labels:
+    if not data.labels and not data.label_failed:
         return None
     keys = {(p.image_o, p.image_a, p.p_a) for p in data.pairs}
     sources = {}
-    for source, values in sorted(data.labels.items()):
-        labels = [v for k, v in values.items() if k in keys]
+    for source in sorted(set(data.labels) | set(data.label_failed)):
+        labels = [v for k, v in data.labels.get(source, {}).items() if k in keys]
         flags = data.disagree.get(source, [])
         sources[source] = {
             "backend": data.label_desc.get(source, "human rater" if source.startswith("human:") else source),
             "n": len(labels),
+            "failed": data.label_failed.get(source, 0),
             "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
             "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
             "order_disagreement": boot.mean([float(f) for f in flags]) if flags else None,
@@ -428,8 +435,9 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
             "labels", f"Pair labels per source: success rate = share of pairs where I_a is preferred for p_a (a tie "
                       f"or I_o is a failure); order disagreement = share of pairs whose two presentation orders "
                       f"got different answers; [{ci}].",
-            ["source", "backend", "n", "anti_aesthetic", "original", "tie", "success_rate", "order_disagreement"],
-            [[name, b["backend"], b["n"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
+            ["source", "backend", "n", "failed", "anti_aesthetic", "original", "tie", "success_rate",
+             "order_disagreement"],
+            [[name, b["backend"], b["n"], b["failed"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
               b["success_rate"], b["order_disagreement"] or {"estimate": None, "low": None, "high": None, "n": 0}]
              for name, b in sources.items()]))
     return tables

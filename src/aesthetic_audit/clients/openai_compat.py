@@ -97,18 +97,18 @@ _item: contextvars.ContextVar[_Item] = contextvars.ContextVar("openai_compat_ite
 class OpenAICompatClient:
     def __init__(self, base_url: str, *, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
                  max_retries: int = 5, backoff_s: float = 1.0, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-                 max_connection_failures: int = 3, settings: str = "llm", url_option: str = "base_url",
+                 max_connection_failures: int = 3, settings: str = "llm", url_option: str | None = None,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random):
         """Contacts nothing. ``settings`` names the config section in messages (e.g. ``prompts.llm``) and
-        ``url_option`` its URL option; ``sleep`` (awaited between retries) and ``rand`` (the jitter source,
+        ``url_option`` how messages name its URL option (default ``<settings>.base_url``); ``sleep`` (awaited between retries) and ``rand`` (the jitter source,
         in [0, 1)) are injectable."""
         try:
             parsed = httpx.URL(base_url)
         except httpx.InvalidURL:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"{settings}.{url_option} {base_url!r} must start with http:// or https:// and name "
+            raise ConfigError(f"{url_option or settings + '.base_url'} {base_url!r} must start with http:// or https:// and name "
                               "a host, e.g. http://localhost:8000/v1")
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -118,7 +118,7 @@ class OpenAICompatClient:
         self.max_reply_bytes = max_reply_bytes
         self.max_connection_failures = max_connection_failures
         self.settings = settings
-        self.url_option = f"{settings}.{url_option}"
+        self.url_option = url_option or f"{settings}.base_url"
         self._sleep = sleep
         self._rand = rand
 

@@ -54,7 +54,7 @@ def _judge_batch(store: RunStore, judge: Judge, name: str, dims: list[str], batc
 
     def fail(sha: str, reason: str) -> None:
         log.warning("failed: judge %s on %s: %s", name, sha[:12], reason)
-        store.put(Record.failed(keys[sha], JUDGE, sha[:12], reason, judge=name, image=sha))
+        store.put(Record.failed(keys[sha], JUDGE, f"{name}:{sha[:12]}", reason, judge=name, image=sha))
         summary.failed += 1
 
     for sha in batch:

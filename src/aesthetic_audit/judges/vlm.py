@@ -80,6 +80,8 @@ class _Template:
         elif spec == "catalogue":
             self.text = ("{image}Rate the {name} of this image on a scale from 0 to 2 using this rubric.\n"
                          "2: {rubric_2}\n1: {rubric_1}\n0: {rubric_0}\nAnswer with a single digit: 0, 1 or 2.")
+        elif not Path(spec).is_file():
+            raise InputError(f"template {spec!r}: neither 'study', 'catalogue' nor a template file that exists")
         else:
             self.text = read_text(Path(spec), "judge template")
         try:

@@ -25,8 +25,8 @@ path   Label Studio's local-files URLs ``/data/local-files/?d=<path below the do
        ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<document_root>`` (default: the run directory), add a Local Files
        source storage whose absolute path is the run's ``images/`` folder with import method "Tasks", save it
        without syncing, then import ``tasks.json``.
-url    ``url_prefix + <sha256> + <suffix>`` (e.g. ``https://host/pairs/<sha256>.png``), for images you host
-       yourself under their content hash.
+url    ``url_prefix`` + the image's path inside the run directory (``images/ab/<sha256>.png``): serve the run
+       directory (for example ``python -m http.server -d RUN 8000`` and ``url_prefix=http://host:8000/``).
 
 Import (``import_human_labels``) reads
 
@@ -125,8 +125,8 @@ def export_label_studio(store: RunStore, out_dir: str | Path, *, images: str = "
     if images not in IMAGE_MODES:
         raise InputError(f"images={images!r} is not one of {', '.join(IMAGE_MODES)}")
     if images == "url" and not url_prefix:
-        raise InputError("images 'url' needs a URL prefix (e.g. https://host/pairs/), to which the image's "
-                         "SHA-256 and suffix are appended")
+        raise InputError("images 'url' needs a URL prefix (e.g. http://host:8000/ serving the run directory), to "
+                         "which the image's path in the run (images/ab/<sha256>.png) is appended")
     if pairs is not None and pairs < 1:
         raise InputError(f"pairs must be at least 1, not {pairs}")
     root = Path(document_root).resolve() if document_root is not None else store.root.resolve()
@@ -152,7 +152,7 @@ def export_label_studio(store: RunStore, out_dir: str | Path, *, images: str = "
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
         if images == "url":
-            return f"{url_prefix}{sha}{path.suffix}"
+            return url_prefix.rstrip("/") + "/" + quote(path.resolve().relative_to(store.root.resolve()).as_posix())
         resolved = path.resolve()
         if not resolved.is_relative_to(root):
             raise InputError(f"image {resolved} is not below the document root {root}; pass a document root that "
@@ -197,13 +197,17 @@ def import_human_labels(store: RunStore, path: str | Path) -> StageSummary:
     units = _label_studio_units(path) if path.suffix.lower() == ".json" else _row_units(path)
     pairs = _Pairs(store)
     summary = StageSummary(LABELS, total=len(units), retry_hint=_RETRY_HINT)
+    # A new import of a file replaces that file's earlier failures: rows fixed or removed since leave none.
+    store.discard_failed([r.key for r in store.records(LABELS, status="failed")
+                          if r.data.get("source_file") == path.name])
     for where, parse in units:
         failed_key = failed_item_key(LABELS, path.name, where)
         try:
             answer = parse()
             pair = pairs.find(answer.ref)
         except InputError as exc:
-            store.put(Record.failed(failed_key, LABELS, where, f"{where}: {exc}", source_item=where))
+            reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+            store.put(Record.failed(failed_key, LABELS, where, reason, source_item=where, source_file=path.name))
             summary.failed += 1
             continue
         store.discard_failed([failed_key])

@@ -51,7 +51,7 @@ def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = 
 
     def fail(it: dict[str, Any], key: str, reason: str) -> None:
         log.warning("failed: labeller %s on pair %s: %s", name, it["image_pair_id"][:12], reason)
-        store.put(Record.failed(key, LABELS, it["image_pair_id"][:12], reason, **base, **it))
+        store.put(Record.failed(key, LABELS, f"{name}:{it['image_pair_id'][:12]}", reason, **base, **it))
         summary.failed += 1
 
     for chunk in progress_chunks(len(todo), batch_size, desc=f"labels {name}", unit="pair"):
@@ -79,7 +79,7 @@ def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = 
             if res.error or res.value is None:
                 fail(it, key, res.error or "no label")
                 continue
-            summary.new += store.put(Record(key, LABELS, it["image_pair_id"][:12], {
+            summary.new += store.put(Record(key, LABELS, f"{name}:{it['image_pair_id'][:12]}", {
                 **base, **it, "value": res.value, "answers": res.answers, "disagree": res.disagree}))
     return summary
 

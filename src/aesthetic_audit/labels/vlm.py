@@ -87,6 +87,10 @@ class VLMLabeller:
                  max_reasks: int = 2, max_tokens: int = 32, **backend: Any):
         if not isinstance(both_orders, bool):
             raise ConfigError(f"both_orders must be true or false, not {both_orders!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ConfigError(f"temperature must be a number from 0 to 2, not {temperature!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive integer, not {max_tokens!r}")
         if not isinstance(max_reasks, int) or max_reasks < 0:
             raise ConfigError(f"max_reasks must be a non-negative integer, not {max_reasks!r}")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 28):

@@ -298,8 +298,10 @@ def _labels_section(analysis: dict[str, Any]) -> str:
              "Success = I_a preferred; a tie or I_o is a failure. Order disagreement: labellers asked in both "
              f"presentation orders, share of pairs whose answers differed (counted as ties). The tables use "
              f"<b>{_e(ls.get('reference') or '–')}</b> as the reference labels.</p>"]
-    parts.append(_table(["source", "behind it", "n", "I_a", "I_o", "tie", "success rate", "order disagreement"],
-                        [[f'<td class="text">{_e(name)}</td>', f'<td class="text">{_e(b["backend"])}</td>', _e(b["n"]), _e(b["counts"]["anti_aesthetic"]),
+    parts.append(_table(["source", "behind it", "n", "failed", "I_a", "I_o", "tie", "success rate",
+                         "order disagreement"],
+                        [[f'<td class="text">{_e(name)}</td>', f'<td class="text">{_e(b["backend"])}</td>', _e(b["n"]),
+                          _e(b["failed"]), _e(b["counts"]["anti_aesthetic"]),
                           _e(b["counts"]["original"]), _e(b["counts"]["tie"]), _est(b["success_rate"]),
                           _est(b["order_disagreement"]) if b.get("order_disagreement") else "–"]
                          for name, b in ls["sources"].items()]))

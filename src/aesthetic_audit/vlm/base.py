@@ -16,6 +16,7 @@ which stops the stage.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -92,7 +93,11 @@ def make_backend(options: dict[str, Any]) -> VLMBackend:
     else:
         raise ConfigError("needs either `model` (a local model folder or hub id) or `url` (an OpenAI-compatible "
                           "endpoint, with `model` the served model name)")
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options {sorted(options)}: {exc}") from None
+    params = inspect.signature(cls).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):  # a backend taking **options checks them itself
+        known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown option {', '.join(map(repr, unknown))}; the local backend takes "
+                              f"{', '.join(known)}")
+    return cls(**options)

@@ -107,7 +107,7 @@ class EndpointVLM:
         self.client = OpenAICompatClient(
             o.url, api_key_env=o.api_key_env, timeout_s=o.timeout_s, max_retries=o.retries, backoff_s=o.backoff_s,
             max_reply_bytes=o.max_reply_bytes, max_connection_failures=o.max_connection_failures,
-            settings="the VLM backend's options", url_option="url", sleep=sleep, rand=rand)
+            settings="the VLM options", url_option="the VLM options' url", sleep=sleep, rand=rand)
         # Once the server has refused response_format or logprobs, later items go without them instead of
         # being refused first.
         self._schema_rejected = False
