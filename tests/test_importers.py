@@ -181,6 +181,29 @@ def test_csv_manifest(tmp_path: Path) -> None:
     _assert_reimport_adds_nothing(manifest, store, summary)
 
 
+def test_unknown_or_comma_joined_dimensions_fail_their_row(tmp_path: Path) -> None:
+    from aesthetic_audit.dimensions import load_catalogue
+
+    folder = tmp_path / "data"
+    _write(folder / "o.png", _encoded(_image(1)))
+    _write(folder / "a.png", _encoded(_image(2)))
+    manifest = folder / "pairs.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_o", "image_a", "p_o", "p_a", "dims"])
+        w.writerow(["o.png", "a.png", "p", "q blurry", "clarty"])
+        w.writerow(["o.png", "a.png", "p", "q blurry dark", "clarity,color brightness"])
+        w.writerow(["o.png", "a.png", "p", "q blurry dark", "clarity;color brightness"])
+    store = RunStore(tmp_path / "run")
+    summary = import_pairs(manifest, store, dimensions=load_catalogue().keys())
+    assert (summary.ok, summary.failed) == (1, 2)
+    items = _by_item(store)
+    assert "unknown dimension 'clarty'" in items["pairs.csv:row 1"].error
+    assert "'clarity,color brightness'" in items["pairs.csv:row 2"].error
+    assert "separated by ';'" in items["pairs.csv:row 2"].error
+    assert items["pairs.csv:row 3"].data["dims"] == ["clarity", "color brightness"]
+
+
 def test_jsonl_manifest_with_a_broken_line(tmp_path: Path) -> None:
     _write(tmp_path / "o.png", _encoded(_image(30)))
     _write(tmp_path / "a.png", _encoded(_image(31)))

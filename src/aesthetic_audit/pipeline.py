@@ -150,7 +150,8 @@ class Run:
             allow_outside = self.config.images.allow_outside
         record_stage(self.store, self.config, "images", {"images": {"name": "import", "path": str(path)}})
         result = import_pairs(path, self.store, allow_outside=allow_outside, model=self.config.images.import_model,
-                              progress=lambda rows, total: progress(rows, total=total, desc="import", unit="pair"))
+                              progress=lambda rows, total: progress(rows, total=total, desc="import", unit="pair"),
+                              dimensions=self.catalogue.keys())
         return self._done(StageSummary("images", total=result.ok + result.failed + result.skipped_existing,
                                        new=result.ok, cached=result.skipped_existing, failed=result.failed,
                                        warnings=list(result.warnings),

@@ -48,7 +48,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NoReturn
+from typing import Any, Callable, Collection, Iterable, Iterator, NoReturn
 
 from ..dimensions import parse_dims
 from ..errors import InputError
@@ -101,11 +101,14 @@ class _Row:
 
 
 def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = False, model: str | None = None,
-                 progress: Callable[..., Iterable] | None = None) -> ImportSummary:
+                 progress: Callable[..., Iterable] | None = None,
+                 dimensions: Collection[str] | None = None) -> ImportSummary:
     """Import every pair found at ``path`` into ``store``; rows are processed in file order.
 
     ``allow_outside`` lets image paths lead outside the folder of the file that names them. ``model`` is
-    the generator name of rows without a ``model`` column.
+    the generator name of rows without a ``model`` column. ``dimensions``: the known dimension keys; a
+    row naming another (a typo, or several joined by commas) fails, naming the row, instead of adding
+    a dimension to the tables.
     ``progress`` wraps the rows and is called as ``progress(rows, total=n)`` with the number of rows
     (``aesthetic_audit.ui.progress`` fits). ``failed`` counts bad rows on every import, also when
     their failed record was already stored. A row that failed before and imports now has its failed
@@ -116,7 +119,7 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
     rows, total = _rows(source)
     for row in (progress(rows, total=total) if progress is not None else rows):
         failed_key = failed_item_key(IMAGES, source.name, row.item)
-        record = _record(row, store, failed_key, allow_outside, model)
+        record = _record(row, store, failed_key, allow_outside, model, dimensions)
         stored = store.put(record)
         if record.status == "failed":
             failed += 1
@@ -170,18 +173,20 @@ def detect_format(path: str | Path) -> str:
 
 # -- one row -> one record --------------------------------------------------------------------------
 
-def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool, model: str | None) -> Record:
+def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool, model: str | None,
+            dimensions: Collection[str] | None) -> Record:
     try:
         if row.error is not None:
             raise InputError(row.error)
-        return _ok_record(row, store, allow_outside, model)
+        return _ok_record(row, store, allow_outside, model, dimensions)
     except InputError as exc:
         # A failed row has no content hashes; its key is where it came from (file name and row), so
         # importing the same bad row again adds nothing.
         return Record.failed(failed_key, IMAGES, row.item, str(exc), source_item=row.item)
 
 
-def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: str | None) -> Record:
+def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: str | None,
+               dimensions: Collection[str] | None) -> Record:
     f = row.fields
     linked = _text(f.get("pair_id"))
     if linked is not None:
@@ -189,6 +194,12 @@ def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: s
     else:
         p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
         dims = parse_dims(f.get("dims"))
+    unknown = [d for d in dims if dimensions is not None and d not in dimensions]
+    if unknown:
+        joined = " (several dimensions are separated by ';' or given as a JSON list)" if any(
+            "," in d for d in unknown) else ""
+        raise InputError(f"unknown dimension {', '.join(map(repr, unknown))}{joined}; known: "
+                         f"{', '.join(dimensions)}; add new ones in a dimensions file")
     label = _label(f)
     model = _text(f.get("model")) or default_model
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
