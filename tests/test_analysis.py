@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from aesthetic_audit.analysis import analyze, write_tables
+from aesthetic_audit.analysis.intervals import choose_cluster_unit, wilson_interval
 from aesthetic_audit.config import AnalysisConfig
-from aesthetic_audit.records import IMAGES, JUDGE, SCORE, image_pair_key, judge_key, score_key
+from aesthetic_audit.records import IMAGES, JUDGE, LABELS, SCORE, image_pair_key, judge_key, label_key, score_key
 from aesthetic_audit.store.run import Record, RunStore
 
 CONFIG = AnalysisConfig(bootstrap=200, ci=0.9)
@@ -81,10 +84,22 @@ def build_store(root, p_a_extra: str = "") -> tuple[RunStore, list[dict]]:
     return store, pairs
 
 
-@pytest.fixture
-def run(tmp_path):
-    store, _ = build_store(tmp_path / "run")
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    store, _ = build_store(tmp_path_factory.mktemp("analysis") / "run")
     return store, analyze(store, CONFIG, seed=3)
+
+
+def _wilson(k: int, n: int, ci: float) -> tuple[float, float]:
+    """The Wilson score interval from its formula (z from the normal quantile by bisection on erf)."""
+    lo, hi = 0.0, 10.0
+    for _ in range(200):
+        z = (lo + hi) / 2
+        lo, hi = (z, hi) if math.erf(z / math.sqrt(2)) < ci else (lo, z)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 def _close(cell, value):
@@ -95,10 +110,12 @@ def _close(cell, value):
 def test_shape_and_config(run):
     _, a = run
     json.dumps(a, allow_nan=False)  # strict JSON: undefined values are None
-    assert set(a) == {"config", "n_pairs", "dimensions", "labels", "label_sources", "scorers", "judges", "safety",
-                      "failures"}
-    assert a["config"] == {"bootstrap": 200, "ci": 0.9, "seed": 3}
-    assert a["n_pairs"] == 4
+    assert set(a) == {"config", "n_pairs", "duplicates", "bootstrap", "dimensions", "labels", "label_sources",
+                      "scorers", "judges", "safety", "failures"}
+    assert a["config"] == {"bootstrap": 200, "ci": 0.9, "cluster": "auto", "seed": 3}
+    assert a["n_pairs"] == 4 and a["duplicates"] == 0
+    # every pair has its own I_o and prompt pair: nothing to cluster
+    assert a["bootstrap"] == {"unit": "none", "n_clusters": 4}
     assert a["dimensions"] == ["clarity", "color brightness", "emotion"]
     assert list(a["scorers"]) == ["alpha", "beta", "blind", "nsfw"]
 
@@ -106,10 +123,12 @@ def test_shape_and_config(run):
 def test_prompt_aware_scorer(run):
     _, a = run
     s = a["scorers"]["alpha"]
-    assert s["higher_is_better"] is True
+    assert s["higher_is_better"] is True and s["prompt_aware"] is True and s["reward_model"] is True
     assert s["n"] == 4 and s["missing"] == 0
-    # oidp > didp in pairs 1, 3, 4 but not 2
+    # oidp > didp in pairs 1, 3, 4; didp > oidp in pair 2; no tie
     _close(s["prefer_original_share"], 0.75)
+    _close(s["prefer_anti_share"], 0.25)
+    assert s["ties"] == 0
     # diop - oiop: -1, 0, -2, -2
     _close(s["delta_r"], -1.25)
     _close(s["aa"], (4 + 6 + 0 + 1) / 4)
@@ -123,20 +142,34 @@ def test_prompt_aware_scorer(run):
     assert list(strengths) == ["0.35", "0.7", "n/a"]
     assert [b["n"] for b in strengths.values()] == [1, 2, 1]
     _close(strengths["0.7"]["prefer_original_share"], 0.5)
+    _close(strengths["0.7"]["prefer_anti_share"], 0.5)
     _close(strengths["0.7"]["delta_r"], -1.0)
     _close(strengths["n/a"]["delta_r"], -2.0)
 
 
 def test_reward_model_test_on_labelled_pairs(run):
     _, a = run
-    # Labelled: pair 1 (I_a), pair 2 (I_a), pair 3 (tie, dropped). Predictions didp > oidp: 2 > 3 no, 5 > 4 yes.
+    # Labelled: pair 1 (I_a), pair 2 (I_a), pair 3 (tie, dropped); pair 4 has no label.
+    # Predictions didp > oidp: 2 > 3 no, 5 > 4 yes.
     rm = a["scorers"]["alpha"]["reward_model_test"]
-    assert rm["n"] == 2 and rm["n_ties"] == 1
-    assert rm["accuracy"] == 0.5
-    assert rm["f1"] == pytest.approx(2 / 3)
-    assert rm["auroc"] is None  # one class only: undefined, not a number
+    assert rm["n"] == 2 and rm["n_ties"] == 1 and rm["n_score_ties"] == 0 and rm["n_unlabelled"] == 1
+    assert rm["label_source"] == "test"
+    _close(rm["accuracy"], 0.5)
+    _close(rm["f1"], 2 / 3)
+    assert rm["accuracy"]["n"] == 2
+    # two pairs: a resample holds 0, 1 or 2 correct ones, so the accuracy is 0, 1/2 or 1
+    assert rm["accuracy"]["low"] in (0.0, 0.5) and rm["accuracy"]["high"] in (0.5, 1.0)
+    assert rm["auroc"]["estimate"] is None  # one class only: undefined, not a number
     assert a["labels"]["counts"] == {"anti_aesthetic": 2, "original": 0, "tie": 1}
-    _close(a["labels"]["success_rate"], 2 / 3)
+    _close(a["labels"]["success_rate"], 2 / 3)  # the tie is a failure
+
+
+def test_no_reward_model_test_for_a_safety_classifier(run):
+    _, a = run
+    s = a["scorers"]["nsfw"]
+    assert s["reward_model"] is False and s["prompt_aware"] is False
+    assert s["reward_model_test"] is None  # although three of its pairs are labelled
+    assert a["scorers"]["blind"]["prompt_aware"] is False and a["scorers"]["blind"]["reward_model"] is True
 
 
 def test_lower_is_better_scorer_is_oriented_and_missing_counted(run):
@@ -144,8 +177,14 @@ def test_lower_is_better_scorer_is_oriented_and_missing_counted(run):
     s = a["scorers"]["beta"]
     assert s["higher_is_better"] is False
     assert s["n"] == 3 and s["missing"] == 1
-    # lower is better: oidp < didp means the scorer prefers I_o: pairs 1 and 2 yes, pair 3 a tie -> 2.5 / 3
-    _close(s["prefer_original_share"], 2.5 / 3)
+    # lower is better: oidp < didp means the scorer prefers I_o: pairs 1 and 2 yes, pair 3 a tie (2 = 2)
+    _close(s["prefer_original_share"], 2 / 3)
+    _close(s["prefer_anti_share"], 0.0)
+    assert s["ties"] == 1
+    # the tie does not count as a wrong prediction of I_a's label... it predicts I_o: pairs 1, 2 -> I_o (wrong)
+    rm = s["reward_model_test"]
+    assert rm["n"] == 2 and rm["n_score_ties"] == 0
+    _close(rm["accuracy"], 0.0)
     # Δr stays raw: diop - oiop = 1, 0, 0
     _close(s["delta_r"], 1 / 3)
 
@@ -154,8 +193,13 @@ def test_prompt_blind_scores_apply_to_both_prompts(run):
     _, a = run
     s = a["scorers"]["blind"]
     assert s["n"] == 4 and s["missing"] == 0
-    # I_o above I_a: pair 1 yes, 2 no, 3 tie, 4 yes -> 2.5 / 4
-    _close(s["prefer_original_share"], 0.625)
+    # I_o above I_a: pair 1 yes, 2 no (I_a above), 3 tie, 4 yes
+    _close(s["prefer_original_share"], 0.5)
+    _close(s["prefer_anti_share"], 0.25)
+    assert s["ties"] == 1
+    w = s["prefer_original_wilson"]
+    assert (w["estimate"], w["n"]) == (0.5, 4)
+    assert (w["low"], w["high"]) == pytest.approx(_wilson(2, 4, 0.9))
     _close(s["delta_r"], (-0.8 + 0.2 + 0.0 - 0.4) / 4)
 
 
@@ -217,11 +261,157 @@ def test_write_tables(run, tmp_path):
     with open(tmp_path / "tables" / "summary.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     alpha = next(r for r in rows if r["scorer"] == "alpha")
-    assert int(alpha["n"]) == 4
-    assert float(alpha["prefer_original_share"]) == 0.75
+    assert int(alpha["n"]) == 4 and int(alpha["ties"]) == 0 and alpha["prompt"] == "aware"
+    assert float(alpha["prefer_original_share"]) == 0.75 and float(alpha["prefer_anti_share"]) == 0.25
     assert float(alpha["prefer_original_share_low"]) <= 0.75 <= float(alpha["prefer_original_share_high"])
+    assert (float(alpha["prefer_original_wilson_low"]), float(alpha["prefer_original_wilson_high"])) == \
+        pytest.approx(_wilson(3, 4, 0.9))
     assert float(alpha["delta_r"]) == -1.25
+    assert float(alpha["rm_accuracy"]) == 0.5 and alpha["rm_n"] == "2" and alpha["rm_labels"] == "test"
+    # a scorer without a test leaves its interval columns empty and says why; the columns stay aligned
+    nsfw = next(r for r in rows if r["scorer"] == "nsfw")
+    assert nsfw["rm_accuracy"] == nsfw["rm_accuracy_low"] == nsfw["rm_n"] == ""
+    assert nsfw["rm_labels"] == "not a reward model" and nsfw["prompt"] == "blind"
+    blind = next(r for r in rows if r["scorer"] == "blind")
+    assert int(blind["ties"]) == 1 and float(blind["prefer_original_share"]) == 0.5
     md = (tmp_path / "tables" / "summary.md").read_text(encoding="utf-8")
-    assert "| alpha | higher | 4 | 0 | 0.750 [" in md
+    assert "| alpha | higher | aware | 4 | 0 | 0 | 0.750 [" in md
+    assert "bootstrap (200 resamples) over 4 pairs" in md and "Wilson" in md
     tex = (tmp_path / "tables" / "dimensions.tex").read_text(encoding="utf-8")
     assert "\\toprule" in tex and "color brightness" in tex and "prefer\\_original\\_share" in tex
+    with open(tmp_path / "tables" / "dimensions.csv", newline="", encoding="utf-8") as fh:
+        dims = {(r["scorer"], r["dimension"]): r for r in csv.DictReader(fh)}
+    # blind, emotion: pairs 3 (tie) and 4 (I_o)
+    assert dims[("blind", "emotion")]["ties"] == "1" and float(dims[("blind", "emotion")]["prefer_anti_share"]) == 0
+
+
+# -- labels, clusters, duplicates: small runs built for each rule -------------------------------------
+
+def _pair_record(store: RunStore, i: int, source: int, prompt: int, label: dict | None) -> tuple[Record, dict]:
+    """Pair ``i``: I_o is photo ``source`` (pairs with the same source share I_o), prompt pair ``prompt``."""
+    sha_o = store.put_image(Image.new("RGB", (8, 8), (10 * source, 0, 0)))
+    sha_a = store.put_image(Image.new("RGB", (8, 8), (0, 10 * i, 50)))
+    data = {"pair_id": f"prompt{prompt}", "p_o": f"photo {source}", "p_a": f"a murky photo {i}", "dims": ["clarity"],
+            "image_o": sha_o, "image_a": sha_a, "backend": "editor", "strength": None, "transforms": [],
+            "label": label, "model": None, "source_item": None}
+    key = image_pair_key(backend={"name": "editor"}, inputs={"i": i}, seed=0)
+    return Record(key, IMAGES, f"pair{i}", {"image_pair_id": key, **data}), data
+
+
+def _small_run(root, under_p_a, *, sources=None, prompts=None, labels=None, label_source="llm_selected"):
+    """A run of one prompt-aware scorer "rm" whose scores under p_a are ``under_p_a`` = [(s_o, s_a)]
+    (under p_o both images score 0); ``labels`` are the pairs' image-record labels."""
+    store = RunStore(root)
+    n = len(under_p_a)
+    records, pairs = [], []
+    for i in range(n):
+        label = None if labels is None or labels[i] is None else {"value": labels[i], "source": label_source}
+        rec, d = _pair_record(store, i, (sources or range(n))[i], (prompts or range(n))[i], label)
+        records.append(rec)
+        pairs.append(d)
+        s_o, s_a = under_p_a[i]
+        for image, prompt, value in ((d["image_o"], d["p_o"], 0.0), (d["image_o"], d["p_a"], s_o),
+                                     (d["image_a"], d["p_o"], 0.0), (d["image_a"], d["p_a"], s_a)):
+            records.append(_score("rm", image, prompt, value))
+    store.put_many(records)
+    return store, pairs
+
+
+# Six pairs: scores under p_a (s_o, s_a) and the labeller's choice.
+RM_SCORES = [(1, 3), (2, 2), (3, 1), (1, 2), (5, 0), (0, 4)]
+RM_LABELS = [1, 1, 0, 0, -1, 1]
+
+
+def test_reward_model_test_by_hand_with_score_and_label_ties(tmp_path):
+    store, _ = _small_run(tmp_path / "run", RM_SCORES, labels=RM_LABELS)
+    rm = analyze(store, CONFIG)["scorers"]["rm"]["reward_model_test"]
+    # Pair 5 is a label tie: removed. Kept margins s_a - s_o: 2, 0, -2, 1, 4; truth 1, 1, 0, 0, 1.
+    # Pair 2's score tie predicts I_o: predictions 1, 0, 0, 1, 1 -> 3 of 5 right; TP 2, FP 1, FN 1.
+    assert rm["n"] == 5 and rm["n_ties"] == 1 and rm["n_score_ties"] == 1 and rm["n_unlabelled"] == 0
+    assert rm["label_source"] == "llm_selected"  # an imported study's labels are a labeller's
+    truth, margin = [1, 1, 0, 0, 1], [2, 0, -2, 1, 4]
+    pred = [int(m > 0) for m in margin]
+    _close(rm["accuracy"], 0.6)
+    _close(rm["f1"], 2 / 3)
+    _close(rm["auroc"], 5 / 6)  # positives 2, 0, 4 vs negatives -2, 1: 5 of 6 orderings right
+    assert rm["accuracy"]["estimate"] == accuracy_score(truth, pred)
+    assert rm["f1"]["estimate"] == pytest.approx(f1_score(truth, pred))
+    assert rm["auroc"]["estimate"] == pytest.approx(roc_auc_score(truth, margin))
+    assert all(rm[k]["n"] == 5 for k in ("accuracy", "f1", "auroc"))
+
+
+def _label_record(pair: dict, value: int, source: str = "vlm:lab") -> Record:
+    key = label_key(source=source, image_o=pair["image_o"], image_a=pair["image_a"], prompt=pair["p_a"], seed=0)
+    return Record(key, LABELS, f"{source}:{pair['pair_id']}", {
+        "source": source, "labeller": source.split(":")[1], "image_o": pair["image_o"],
+        "image_a": pair["image_a"], "p_a": pair["p_a"], "value": value})
+
+
+def test_construction_labels_never_feed_a_statistic(tmp_path):
+    store, pairs = _small_run(tmp_path / "run", RM_SCORES, labels=[1] * 6, label_source="construction")
+    a = analyze(store, CONFIG)
+    assert a["scorers"]["rm"]["reward_model_test"] is None and a["labels"] is None
+    with_tables = write_tables(a, tmp_path / "tables")
+    with open(next(p for p in with_tables if p.name == "summary.csv"), newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["rm_accuracy"] == "" and row["rm_labels"] == "no labeller or human labels"
+    # A labeller labels three pairs: the test and the success rate use those three only.
+    store.put_many([_label_record(pairs[i], v) for i, v in ((0, 1), (2, 0), (4, -1))])
+    a = analyze(store, CONFIG)
+    rm = a["scorers"]["rm"]["reward_model_test"]
+    assert rm["label_source"] == "vlm:lab" and rm["n"] == 2 and rm["n_ties"] == 1 and rm["n_unlabelled"] == 3
+    _close(rm["accuracy"], 1.0)  # pair 1: 3 > 1 predicts I_a, right; pair 3: 1 < 3 predicts I_o, right
+    assert a["labels"]["n"] == 3 and a["labels"]["source"] == "vlm:lab"
+    _close(a["labels"]["success_rate"], 1 / 3)
+
+
+def test_cluster_unit_auto_and_configured(tmp_path):
+    scores = [(1, 0)] * 3 + [(0, 1)] * 3
+    # six pairs edited from two photos (three each), all from distinct prompt pairs
+    store, _ = _small_run(tmp_path / "photos", scores, sources=[0, 0, 0, 1, 1, 1])
+    a = analyze(store, CONFIG)
+    assert a["bootstrap"] == {"unit": "source_image", "n_clusters": 2}
+    share = a["scorers"]["rm"]["prefer_original_share"]
+    # Resampling two photos gives 0, 1/2 or 1 (probabilities 1/4, 1/2, 1/4): the 90% interval is [0, 1].
+    assert (share["estimate"], share["low"], share["high"], share["n"]) == (0.5, 0.0, 1.0, 6)
+    # Resampling the six pairs one by one is narrower: all six alike has probability 1/32 < 5% each side.
+    single = analyze(store, CONFIG.model_copy(update={"cluster": "none"}))
+    assert single["bootstrap"] == {"unit": "none", "n_clusters": 6}
+    low, high = single["scorers"]["rm"]["prefer_original_share"]["low"], \
+        single["scorers"]["rm"]["prefer_original_share"]["high"]
+    assert 0.0 < low < 0.5 < high < 1.0
+    by_prompt = analyze(store, CONFIG.model_copy(update={"cluster": "prompt"}))
+    assert by_prompt["bootstrap"] == {"unit": "prompt", "n_clusters": 6} and by_prompt["config"]["cluster"] == "prompt"
+    # distinct photos, two prompt pairs shared (as several generators rendering one prompt pair)
+    store, _ = _small_run(tmp_path / "prompts", scores, prompts=[0, 1, 0, 1, 2, 3])
+    assert analyze(store, CONFIG)["bootstrap"] == {"unit": "prompt", "n_clusters": 4}
+
+
+def test_cluster_unit_choice():
+    ids = {"source_image": ["a", "b", "c"], "prompt": ["p", "p", "q"]}
+    assert choose_cluster_unit("auto", ids) == "prompt"
+    assert choose_cluster_unit("auto", {**ids, "source_image": ["a", "a", "c"]}) == "source_image"
+    assert choose_cluster_unit("auto", {"source_image": ["a", "b"], "prompt": ["p", "q"]}) == "none"
+    assert choose_cluster_unit("auto", {"source_image": [], "prompt": []}) == "none"
+    assert choose_cluster_unit("source_image", {"source_image": ["a", "b"], "prompt": ["p", "p"]}) == "source_image"
+    with pytest.raises(ValueError, match="cluster unit"):
+        choose_cluster_unit("caption", ids)
+
+
+@pytest.mark.parametrize("k, n, ci", [(0, 5, 0.95), (3, 4, 0.9), (7, 7, 0.99), (13, 40, 0.95)])
+def test_wilson_interval_matches_its_formula(k, n, ci):
+    est, low, high = wilson_interval(k, n, ci)
+    assert est == k / n and (low, high) == pytest.approx(_wilson(k, n, ci))
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_exact_duplicate_pairs_count_once(tmp_path):
+    store, pairs = _small_run(tmp_path / "run", [(1, 0), (0, 1)])
+    # the first pair stored again under another key (imported a second time, say)
+    again = image_pair_key(backend={"name": "import"}, inputs={"again": 0}, seed=0)
+    store.put(Record(again, IMAGES, "again", {"image_pair_id": again, **pairs[0]}))
+    a = analyze(store, CONFIG)
+    assert a["n_pairs"] == 2 and a["duplicates"] == 1
+    s = a["scorers"]["rm"]
+    assert s["n"] == 2
+    _close(s["prefer_original_share"], 0.5)

@@ -228,9 +228,9 @@ def test_tables_escape_each_format(tmp_path):
     assert len(evil_rows) == 1
     assert evil_rows[0].startswith(
         '| =HYPERLINK("http://evil.example","x")&lt;b&gt;\\| | &lt;img src=x onerror=alert(1)&gt;\\|x | ')
-    # every row keeps its 5 columns: 6 unescaped pipes
+    # every row keeps its 8 columns: 9 unescaped pipes
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert {line.replace("\\|", "").count("|") for line in table} == {6}
+    assert {line.replace("\\|", "").count("|") for line in table} == {9}
 
     tex = (tmp_path / "tables" / "dimensions.tex").read_text(encoding="utf-8")
     assert (r'\textless{}img src=x onerror=alert(1)\textgreater{}\textbar{}x' in tex

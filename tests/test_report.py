@@ -19,7 +19,7 @@ from aesthetic_audit.store.run import Record, RunStore
 EVIL = "<script>alert('x')</script>"
 
 
-def _build(root, n_pairs: int = 3, n_failures: int = 2) -> RunStore:
+def _build(root, n_pairs: int = 3, n_failures: int = 2, label_source: str = "test") -> RunStore:
     store = RunStore(root)
     store.write_manifest({"config_hash": "cafe1234", "package": {"name": "aesthetic-audit", "version": "0.1.0"}, "created": "2026-01-02"})
     records = []
@@ -32,7 +32,7 @@ def _build(root, n_pairs: int = 3, n_failures: int = 2) -> RunStore:
         records.append(Record(key=key, stage=IMAGES, item=f"pair{i}", data={
             "image_pair_id": key, "pair_id": f"p{i}", "p_o": p_o, "p_a": p_a, "dims": ["clarity", "emotion"],
             "image_o": sha_o, "image_a": sha_a, "backend": "editor", "strength": 0.5, "transforms": [],
-            "label": {"value": i % 2, "source": "test"}, "model": None, "source_item": None}))
+            "label": {"value": i % 2, "source": label_source}, "model": None, "source_item": None}))
         for scorer, prompt_aware in (("pickscore_like", True), ("aesthetic&blind", False)):
             combos = [(sha_o, p_o), (sha_o, p_a), (sha_a, p_o), (sha_a, p_a)] if prompt_aware else \
                 [(sha_o, None), (sha_a, None)]
@@ -170,3 +170,37 @@ def test_generators_section_shows_each_generators_settings_per_side(tmp_path):
 def test_a_run_without_generated_pairs_has_no_generators_section(report):
     _, text, _ = report
     assert "<h2>Generators</h2>" not in text
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"<h2>{heading}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def test_reward_models_section_shows_strict_shares_ties_wilson_and_the_test(report):
+    _, text, analysis = report
+    s = analysis["scorers"]["pickscore_like"]
+    # scores 1 + j + i: r(I_a, p_a) = 4 + i > r(I_o, p_a) = 2 + i in every pair, so no pair prefers I_o
+    assert s["prefer_original_share"]["estimate"] == 0 and s["prefer_anti_share"]["estimate"] == 1
+    assert s["ties"] == 0
+    section = _section(text, "Reward models")
+    assert "strictly" in section and "ties count half" not in text
+    assert "Wilson [" in section and "assumes independent pairs" in section
+    # labels 0, 1, 0 from a labeller: all three pairs predicted I_a, one right
+    rm = s["reward_model_test"]
+    assert rm["n"] == 3 and rm["accuracy"]["estimate"] == pytest.approx(1 / 3)
+    assert 'acc 0.333 <span class="ci">[' in section and "n = 3; labels: test" in section
+    # the prompt-blind scorer is marked as such
+    assert re.search(r"aesthetic&amp;blind <span class=\"tag\">prompt-blind</span>", section)
+    # the header says what the bootstrap resampled
+    assert "over 3 pairs; pairs are resampled one by one" in text and "none (3 clusters)" in text
+
+
+def test_construction_labels_give_no_reward_model_numbers(tmp_path):
+    store = _build(tmp_path / "run", label_source="construction")
+    analysis = analyze(store, AnalysisConfig(bootstrap=100), seed=0)
+    assert all(s["reward_model_test"] is None for s in analysis["scorers"].values())
+    text = write_report(store, analysis, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = _section(text, "Reward models")
+    assert "acc " not in section and "AUROC [" not in section
+    assert section.lower().count("no labeller or human labels") == 3  # both scorers' cells and the note
+    assert "I_a by construction" in text

@@ -306,6 +306,10 @@ def _build(spec) -> None:
 class AnalysisConfig(_Section):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for confidence intervals")
     ci: float = Field(0.95, gt=0, lt=1)
+    cluster: Literal["auto", "source_image", "prompt", "none"] = Field(
+        "auto", description="what every bootstrap resamples together: source_image (pairs made from one I_o), "
+        "prompt (pairs of one prompt pair, or one p_o), none (single pairs); auto = source_image when pairs "
+        "share an I_o, else prompt when they share a prompt pair, else none")
 
 
 class AuditConfig(_Section):

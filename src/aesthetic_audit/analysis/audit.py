@@ -6,6 +6,24 @@ so any number in the report can be bootstrapped and traced back to the items beh
 Conventions: ``r`` is a scorer's raw score and ``s`` the score oriented so that higher is better
 (``s = r`` or ``-r`` by the scorer's ``higher_is_better``). A prompt-blind scorer stores one score per
 image (prompt ``None``), used for both prompts of a pair.
+
+Tie policy, the same in every table:
+
+- Shares are strict. ``prefer_original_share`` is the share of pairs with s(I_o, p_a) > s(I_a, p_a),
+  ``prefer_anti_share`` the share with s(I_a, p_a) > s(I_o, p_a); the pairs with equal scores are
+  counted in ``ties`` and belong to neither share (the two shares and ties/n add up to 1).
+- Reward-model test: pairs labelled as a tie (-1) are removed (``n_ties``), pairs without a label are
+  left out (``n_unlabelled``), and a score tie s(I_a, p_a) = s(I_o, p_a) counts as not predicting
+  I_a (``n_score_ties`` says how many there were).
+- Success rate: the share of labelled pairs where I_a is preferred; a tie label is a failure.
+
+Labels: only a labeller's or a human's judgement counts (the ``labels`` stage, or an imported
+study's label column). The editor's label, which holds by construction (source ``construction``), is
+never used by a statistic. The reward-model test runs only on scorers whose class says they are
+reward models (not the safety classifier).
+
+Dependence: every bootstrap resamples clusters of pairs (``analysis.cluster``; see
+``intervals.choose_cluster_unit``), and exact duplicate pairs (same I_o, I_a, p_o, p_a) count once.
 """
 
 from __future__ import annotations
@@ -17,22 +35,28 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ..config import AnalysisConfig
 from ..hashing import spec_hash
 from ..records import IMAGES, JUDGE, LABELS, SCORE
+from ..registry import available
 from ..store.run import RunStore, atomic_write_text
 from ..textio import spreadsheet_safe
 from .agreement import majority_vote
+from .intervals import choose_cluster_unit, wilson_interval
 from .stats import bootstrap_ci, reward_model_test
 
 NSFW_SCORER = "nsfw"
 NO_STRENGTH = "n/a"
+CONSTRUCTION = "construction"  # label source of pairs whose label holds by how they were made
 # The four (image, prompt) combinations, in the paper's key order: o/d image, then o/d prompt.
 COMBOS = (("oiop", "o", "o"), ("oidp", "o", "a"), ("diop", "a", "o"), ("didp", "a", "a"))
+
+LabelKey = tuple[str, str, str]  # (image_o, image_a, p_a): what a label is about
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class Pair:
     strength: float | None = None
     label: int | None = None
     label_source: str | None = None
+    pair_id: str | None = None  # the prompt pair it was made from
 
     def image(self, which: str) -> str:
         return self.image_o if which == "o" else self.image_a
@@ -55,39 +80,60 @@ class Pair:
     def prompt(self, which: str) -> str:
         return self.p_o if which == "o" else self.p_a
 
+    @property
+    def label_key(self) -> LabelKey:
+        return (self.image_o, self.image_a, self.p_a)
+
+    @property
+    def real_label(self) -> int | None:
+        """The label when a labeller or a human gave it; None for none or a construction label."""
+        return None if self.label_source == CONSTRUCTION else self.label
+
 
 @dataclass
 class RunData:
     """A run's per-item records, indexed for the joins the analysis and the report make."""
 
     pairs: list[Pair] = field(default_factory=list)
+    duplicates: int = 0  # image-pair records that repeat a pair already read (same I_o, I_a, p_o, p_a)
     scorers: list[str] = field(default_factory=list)
     higher_is_better: dict[str, bool] = field(default_factory=dict)
+    prompt_aware: dict[str, bool] = field(default_factory=dict)
+    reward_model: dict[str, bool] = field(default_factory=dict)
     scores: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
     truncated: dict[str, list[bool]] = field(default_factory=dict)
     judges: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     judge_desc: dict[str, str] = field(default_factory=dict)
     # label source ("vlm:NAME", "human:RATER") -> (image_o, image_a, p_a) -> -1 tie / 0 original / 1 anti
-    labels: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)
-    disagree: dict[str, list[bool]] = field(default_factory=dict)  # both-orders labellers: per pair
+    labels: dict[str, dict[LabelKey, int]] = field(default_factory=dict)
+    disagree: dict[str, dict[LabelKey, bool]] = field(default_factory=dict)  # both-orders labellers
     label_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a VLM label source
     label_failed: dict[str, int] = field(default_factory=dict)  # failed label records per source
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
         data = cls()
+        seen: set[tuple[str, str, str, str]] = set()
         for rec in store.records(IMAGES):
             d = rec.data
             label = d.get("label")
             value = label.get("value") if isinstance(label, dict) else None
+            p_o, p_a = str(d.get("p_o", "")), str(d.get("p_a", ""))
+            # The same pair stored twice (imported twice under other ids, say) would count twice.
+            if (d["image_o"], d["image_a"], p_o, p_a) in seen:
+                data.duplicates += 1
+                continue
+            seen.add((d["image_o"], d["image_a"], p_o, p_a))
             data.pairs.append(Pair(
-                key=rec.key, p_o=str(d.get("p_o", "")), p_a=str(d.get("p_a", "")),
+                key=rec.key, p_o=p_o, p_a=p_a,
                 dims=tuple(d.get("dims") or ()), image_o=d["image_o"], image_a=d["image_a"],
                 strength=d.get("strength"),
                 label=int(value) if value in (-1, 0, 1) else None,
                 label_source=label.get("source") if isinstance(label, dict) else None,
+                pair_id=d.get("pair_id"),
             ))
         current = _current_ids(store)
+        with_prompt: set[str] = set()
         # Scorers that only ever failed still get a row: their pairs all count as missing.
         for rec in store.records(SCORE, status=None):
             name = rec.data.get("scorer")
@@ -96,12 +142,22 @@ class RunData:
             if name not in data.higher_is_better:
                 data.scorers.append(name)
                 data.higher_is_better[name] = bool(rec.data.get("higher_is_better", True))
+            if rec.data.get("prompt") is not None:
+                with_prompt.add(name)
             score = rec.data.get("score")
             if rec.status != "ok" or not isinstance(score, (int, float)) or not math.isfinite(score):
                 continue
             data.scores[(name, rec.data["image"], rec.data.get("prompt"))] = float(score)
             if rec.data.get("prompt") is not None and rec.data.get("truncated") is not None:
                 data.truncated.setdefault(name, []).append(bool(rec.data["truncated"]))
+        if data.scorers:
+            registered = available("scorers")
+            for name in data.scorers:
+                # A scorer this installation does not know (a plugin since removed) is read from its
+                # records: prompt-blind when it never scored with a prompt.
+                cls_ = registered.get(name)
+                data.prompt_aware[name] = cls_.prompt_aware if cls_ is not None else name in with_prompt
+                data.reward_model[name] = getattr(cls_, "reward_model", True)
         for rec in store.records(JUDGE):
             if not _is_current(current, f"judge:{rec.data['judge']}", rec.data.get("judge_id")):
                 continue
@@ -124,25 +180,25 @@ class RunData:
                 continue
             if d.get("labeller_id") and not _is_current(current, f"labeller:{d.get('labeller')}", d["labeller_id"]):
                 continue
-            data.labels.setdefault(d["source"], {})[(d["image_o"], d["image_a"], d.get("p_a", ""))] = int(d["value"])
+            key = (d["image_o"], d["image_a"], d.get("p_a", ""))
+            data.labels.setdefault(d["source"], {})[key] = int(d["value"])
             if d.get("disagree") is not None:
-                data.disagree.setdefault(d["source"], []).append(bool(d["disagree"]))
+                data.disagree.setdefault(d["source"], {})[key] = bool(d["disagree"])
         return data
 
-    def reference_labels(self) -> tuple[str | None, dict[tuple[str, str, str], int]]:
+    def reference_labels(self) -> tuple[str | None, dict[LabelKey, int]]:
         """The labels the reward-model test and the success rate use, and where they come from: the
         human raters' majority when there are human labels, else the first VLM labeller by name. A
         majority with no single winner is a tie."""
         humans = {s: v for s, v in self.labels.items() if s.startswith("human:")}
         if humans:
-            votes: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+            votes: dict[LabelKey, list[int]] = defaultdict(list)
             for values in humans.values():
                 for key, value in values.items():
                     votes[key].append(value)
             return "humans (majority)", {k: majority_vote(v) for k, v in votes.items()}
         machine = sorted(s for s in self.labels if not s.startswith("human:"))
         return (machine[0], self.labels[machine[0]]) if machine else (None, {})
-
 
     def score(self, scorer: str, image: str, prompt: str) -> float | None:
         """r(image, prompt): the prompt's own score, else the scorer's prompt-blind one."""
@@ -161,18 +217,23 @@ class RunData:
 def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str, Any]:
     """All the audit's numbers for a run, as a JSON-serialisable dict (undefined values are None).
 
-    Keys: ``config``, ``n_pairs``, ``dimensions``, ``labels``, ``scorers``, ``judges``, ``safety``,
-    ``failures``. Every estimate is ``{estimate, low, high, n}`` with a percentile bootstrap interval.
+    Keys: ``config``, ``n_pairs`` (distinct pairs), ``duplicates`` (repeated pair records left out),
+    ``bootstrap`` (``{unit, n_clusters}``: what every bootstrap resampled), ``dimensions``,
+    ``labels``, ``label_sources``, ``scorers``, ``judges``, ``safety``, ``failures``. Every estimate is
+    ``{estimate, low, high, n}`` with a percentile bootstrap interval over clusters of pairs; the
+    ``*_wilson`` entries carry Wilson score intervals instead.
     """
     data = RunData.from_store(store)
     _apply_reference_labels(data)
-    boot = _Bootstrap(config.bootstrap, config.ci, seed)
+    boot = _Bootstrap(config, seed, data.pairs)
     out = {
-        "config": {"bootstrap": config.bootstrap, "ci": config.ci, "seed": seed},
+        "config": {"bootstrap": config.bootstrap, "ci": config.ci, "cluster": config.cluster, "seed": seed},
         "n_pairs": len(data.pairs),
+        "duplicates": data.duplicates,
+        "bootstrap": {"unit": boot.unit, "n_clusters": boot.n_clusters},
         "dimensions": data.dimensions,
         "labels": _labels(data, boot),
-        "label_sources": _label_sources(data, boot, config),
+        "label_sources": _label_sources(data, boot),
         "scorers": {name: _scorer(data, name, boot) for name in data.scorers},
         "judges": {name: {**_judge(data, name, boot), "backend": data.judge_desc.get(name, name)}
                    for name in sorted(data.judges)},
@@ -182,13 +243,42 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
     return _json_clean(out)
 
 
-class _Bootstrap:
-    def __init__(self, n_resamples: int, ci: float, seed: int):
-        self.n_resamples, self.ci, self.seed = n_resamples, ci, seed
+_CLUSTER_OF: dict[str, Callable[[Pair], Hashable]] = {
+    "source_image": lambda p: p.image_o,
+    "prompt": lambda p: p.pair_id or p.p_o,
+}
 
-    def mean(self, values: Sequence[float]) -> dict[str, Any]:
-        est, low, high = bootstrap_ci(np.asarray(values, dtype=float), None, self.n_resamples, self.ci, self.seed)
-        return {"estimate": est, "low": low, "high": high, "n": len(values)}
+
+class _Bootstrap:
+    """Every interval of one analysis: the same resamples, level, seed and cluster unit. Each call
+    names the pairs behind its rows, so rows of one cluster are always resampled together."""
+
+    def __init__(self, config: AnalysisConfig, seed: int, pairs: Sequence[Pair]):
+        self.n_resamples, self.ci, self.seed = config.bootstrap, config.ci, seed
+        self.unit = choose_cluster_unit(config.cluster, {u: [f(p) for p in pairs] for u, f in _CLUSTER_OF.items()})
+        self._cluster = _CLUSTER_OF.get(self.unit)
+        self.n_clusters = len({self.cluster_id(p) for p in pairs})
+
+    def cluster_id(self, pair: Pair) -> Hashable:
+        return pair.key if self._cluster is None else self._cluster(pair)
+
+    def clusters(self, pairs: Sequence[Pair]) -> list[Hashable] | None:
+        return None if self._cluster is None else [self._cluster(p) for p in pairs]
+
+    def mean(self, values: Sequence[float], pairs: Sequence[Pair]) -> dict[str, Any]:
+        return self.statistic((values,), None, pairs)
+
+    def statistic(self, columns: tuple[Sequence[float], ...], statistic: Callable[..., float] | None,
+                  pairs: Sequence[Pair]) -> dict[str, Any]:
+        """``statistic`` (None: the mean) of the columns, whose rows belong to ``pairs``."""
+        arrays = tuple(np.asarray(c, dtype=float) for c in columns)
+        est, low, high = bootstrap_ci(arrays if len(arrays) > 1 else arrays[0], statistic, self.n_resamples,
+                                      self.ci, self.seed, clusters=self.clusters(pairs))
+        return {"estimate": est, "low": low, "high": high, "n": len(pairs)}
+
+    def wilson(self, successes: int, n: int) -> dict[str, Any]:
+        est, low, high = wilson_interval(successes, n, self.ci)
+        return {"estimate": est, "low": low, "high": high, "n": n}
 
 
 def _current_ids(store: RunStore) -> dict[str, str]:
@@ -203,20 +293,25 @@ def _current_ids(store: RunStore) -> dict[str, str]:
 
 
 def _apply_reference_labels(data: RunData) -> None:
-    """Give every pair the reference label (humans' majority, else a VLM labeller) where one exists;
-    pairs without one keep the label they were built with (an editor pair's construction label)."""
+    """Give every pair the reference label (humans' majority, else a VLM labeller) where one exists.
+    A pair without one loses any other label, so one table never mixes label sources; it keeps a
+    construction label, which the gallery shows and no statistic uses."""
     source, labels = data.reference_labels()
     if not labels:
         return
     for i, pair in enumerate(data.pairs):
-        value = labels.get((pair.image_o, pair.image_a, pair.p_a))
+        value = labels.get(pair.label_key)
         if value is not None:
             data.pairs[i] = Pair(**{**pair.__dict__, "label": value, "label_source": source})
-        elif pair.label_source != "construction":
+        elif pair.label_source != CONSTRUCTION:
             data.pairs[i] = Pair(**{**pair.__dict__, "label": None, "label_source": None})
 
 
-def _label_sources(data: RunData, boot: _Bootstrap, config: AnalysisConfig) -> dict[str, Any] | None:
+def _label_counts(labels: Sequence[int]) -> dict[str, int]:
+    return {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)}
+
+
+def _label_sources(data: RunData, boot: _Bootstrap) -> dict[str, Any] | None:
     """Per label source (each VLM labeller, each human rater): n, counts, the success rate (I_a
     preferred; a tie or I_o is a failure) and, for labellers asked in both orders, how often the two
     orders disagreed; then the agreement between sources (humans vs each labeller, Krippendorff's
@@ -225,23 +320,28 @@ def _label_sources(data: RunData, boot: _Bootstrap, config: AnalysisConfig) -> d
 
     if not data.labels and not data.label_failed:
         return None
-    keys = {(p.image_o, p.image_a, p.p_a) for p in data.pairs}
+    by_key: dict[LabelKey, Pair] = {}
+    for pair in data.pairs:
+        by_key.setdefault(pair.label_key, pair)
     sources = {}
     for source in sorted(set(data.labels) | set(data.label_failed)):
-        labels = [v for k, v in data.labels.get(source, {}).items() if k in keys]
-        flags = data.disagree.get(source, [])
+        labelled = [(by_key[k], v) for k, v in data.labels.get(source, {}).items() if k in by_key]
+        labels = [v for _, v in labelled]
+        flags = [(by_key[k], f) for k, f in data.disagree.get(source, {}).items() if k in by_key]
         sources[source] = {
             "backend": data.label_desc.get(source, "human rater" if source.startswith("human:") else source),
             "n": len(labels),
             "failed": data.label_failed.get(source, 0),
-            "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
-            "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
-            "order_disagreement": boot.mean([float(f) for f in flags]) if flags else None,
+            "counts": _label_counts(labels),
+            "success_rate": boot.mean([float(v == 1) for v in labels], [p for p, _ in labelled]),
+            "order_disagreement": (boot.mean([float(f) for _, f in flags], [p for p, _ in flags])
+                                   if flags else None),
         }
     reference, _ = data.reference_labels()
-    agreement = multi_source_agreement({s: {k: v for k, v in vals.items() if k in keys}
+    clusters = None if boot.unit == "none" else {k: boot.cluster_id(p) for k, p in by_key.items()}
+    agreement = multi_source_agreement({s: {k: v for k, v in vals.items() if k in by_key}
                                         for s, vals in data.labels.items()},
-                                       n_boot=config.bootstrap, seed=boot.seed)
+                                       n_boot=boot.n_resamples, seed=boot.seed, ci=boot.ci, clusters=clusters)
     return {"reference": reference, "sources": sources, "agreement": agreement}
 
 
@@ -252,65 +352,130 @@ def _is_current(current: dict[str, str], backend: str, record_id: str | None) ->
 
 
 def _labels(data: RunData, boot: _Bootstrap) -> dict[str, Any] | None:
-    """Generator success rate (design §6): share of labelled pairs where I_a is preferred for p_a.
-
-    Labels that hold by construction (the editor's pairs) are not a labeller's judgement and are left out.
-    """
-    labels = [p.label for p in data.pairs if p.label is not None and p.label_source != "construction"]
-    if not labels:
+    """Generator success rate (design §6): share of labelled pairs where I_a is preferred for p_a;
+    a tie or an I_o preference is a failure. Construction labels are not a judgement and are left out."""
+    labelled = [p for p in data.pairs if p.real_label is not None]
+    if not labelled:
         return None
-    sources = sorted({p.label_source or "?" for p in data.pairs if p.label is not None
-                      and p.label_source != "construction"})
+    labels = [p.real_label for p in labelled]
     return {
         "n": len(labels),
-        "source": ", ".join(sources),
-        "counts": {"anti_aesthetic": labels.count(1), "original": labels.count(0), "tie": labels.count(-1)},
-        "success_rate": boot.mean([1.0 if v == 1 else 0.0 for v in labels]),
+        "source": ", ".join(sorted({p.label_source or "?" for p in labelled})),
+        "counts": _label_counts(labels),
+        "success_rate": boot.mean([float(v == 1) for v in labels], labelled),
     }
+
+
+class _Row(NamedTuple):
+    """One scored pair: oriented scores under p_a, Δr = r(I_a, p_o) − r(I_o, p_o), AA = r(I_a, p_o)."""
+
+    pair: Pair
+    s_o: float
+    s_a: float
+    delta_r: float
+    aa: float
 
 
 def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     sign = 1.0 if data.higher_is_better[name] else -1.0
-    rows = []  # (pair, prefer_original indicator, delta_r, aa, s_a, s_o under p_a)
+    rows: list[_Row] = []
     missing = 0
     for pair in data.pairs:
         r = data.combos(name, pair)
         if any(v is None for v in r.values()):
             missing += 1
             continue
-        s_o, s_a = sign * r["oidp"], sign * r["didp"]
-        prefer = 1.0 if s_o > s_a else 0.5 if s_o == s_a else 0.0
-        rows.append((pair, prefer, r["diop"] - r["oiop"], r["diop"], s_a, s_o))
+        rows.append(_Row(pair, sign * r["oidp"], sign * r["didp"], r["diop"] - r["oiop"], r["diop"]))
 
-    def block(selected: list[tuple]) -> dict[str, Any]:
-        return {"n": len(selected),
-                "prefer_original_share": boot.mean([row[1] for row in selected]),
-                "delta_r": boot.mean([row[2] for row in selected])}
-
-    by_dim: dict[str, list[tuple]] = defaultdict(list)
-    by_strength: dict[str, list[tuple]] = defaultdict(list)
+    by_dim: dict[str, list[_Row]] = defaultdict(list)
+    by_strength: dict[str, list[_Row]] = defaultdict(list)
     for row in rows:
-        for dim in dict.fromkeys(row[0].dims):
+        for dim in dict.fromkeys(row.pair.dims):
             by_dim[dim].append(row)
-        by_strength[_strength_key(row[0].strength)].append(row)
-
-    labelled = [row for row in rows if row[0].label is not None]
-    rm_test = None
-    if labelled:
-        res = reward_model_test([row[4] for row in labelled], [row[5] for row in labelled],
-                                [row[0].label for row in labelled])
-        rm_test = {**res._asdict(), "label_source": ", ".join(sorted({row[0].label_source or "?" for row in labelled}))}
+        by_strength[_strength_key(row.pair.strength)].append(row)
     flags = data.truncated.get(name, [])
     return {
         "higher_is_better": data.higher_is_better[name],
-        **block(rows),
+        "prompt_aware": data.prompt_aware[name],
+        "reward_model": data.reward_model[name],
+        **_shares(rows, boot),
         "missing": missing,
-        "aa": boot.mean([row[3] for row in rows]),
-        "by_dimension": {d: block(by_dim[d]) for d in sorted(by_dim)},
-        "by_strength": {k: block(by_strength[k]) for k in sorted(by_strength, key=_strength_order)},
-        "reward_model_test": rm_test,
+        "aa": boot.mean([row.aa for row in rows], [row.pair for row in rows]),
+        "by_dimension": {d: _shares(by_dim[d], boot) for d in sorted(by_dim)},
+        "by_strength": {k: _shares(by_strength[k], boot) for k in sorted(by_strength, key=_strength_order)},
+        "reward_model_test": _reward_model_test(rows, boot) if data.reward_model[name] else None,
         "truncated": {"n": len(flags), "share": float(np.mean(flags)) if flags else None},
     }
+
+
+def _shares(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]:
+    """n, score ties, the strict shares preferring I_o and I_a under p_a (bootstrap and Wilson), and Δr."""
+    pairs = [row.pair for row in rows]
+    original = [float(row.s_o > row.s_a) for row in rows]
+    anti = [float(row.s_a > row.s_o) for row in rows]
+    k_o, k_a = int(sum(original)), int(sum(anti))
+    return {"n": len(rows),
+            "ties": len(rows) - k_o - k_a,
+            "prefer_original_share": boot.mean(original, pairs),
+            "prefer_original_wilson": boot.wilson(k_o, len(rows)),
+            "prefer_anti_share": boot.mean(anti, pairs),
+            "prefer_anti_wilson": boot.wilson(k_a, len(rows)),
+            "delta_r": boot.mean([row.delta_r for row in rows], pairs)}
+
+
+def _reward_model_test(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any] | None:
+    """The reward-model test (design §6) on the pairs with a real label: accuracy, F1 (I_a positive)
+    and AUROC, each with a bootstrap interval; None when no pair has one. Label ties are removed; a
+    score tie predicts "not I_a"."""
+    labelled = [row for row in rows if row.pair.real_label is not None]
+    if not labelled:
+        return None
+    res = reward_model_test([row.s_a for row in labelled], [row.s_o for row in labelled],
+                            [row.pair.real_label for row in labelled])
+    kept = [row for row in labelled if row.pair.real_label != -1]
+    pairs = [row.pair for row in kept]
+    margin = [row.s_a - row.s_o for row in kept]  # > 0 predicts I_a
+    truth = [float(row.pair.real_label == 1) for row in kept]
+
+    def metric(estimate: float, statistic: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+        cell = boot.statistic((margin, truth), statistic, pairs)
+        return {**cell, "estimate": estimate}
+
+    return {
+        "accuracy": metric(res.accuracy, _resampled_accuracy),
+        "f1": metric(res.f1, _resampled_f1),
+        "auroc": metric(res.auroc, _resampled_auroc),
+        "n": res.n,
+        "n_ties": res.n_ties,
+        "n_score_ties": sum(1 for m in margin if m == 0),
+        "n_unlabelled": len(rows) - len(labelled),
+        "label_source": ", ".join(sorted({row.pair.label_source or "?" for row in labelled})),
+    }
+
+
+# The bootstrap evaluates these once per resample (thousands of times per scorer). scikit-learn's
+# versions, which give the point estimates through stats.reward_model_test, spend milliseconds per
+# call validating their input, so the resamples use these few lines of numpy instead: ``margin`` is
+# s(I_a, p_a) - s(I_o, p_a) (> 0 predicts I_a) and ``truth`` is 1 where the label is I_a.
+
+def _resampled_accuracy(margin: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((margin > 0) == (truth == 1)))
+
+
+def _resampled_f1(margin: np.ndarray, truth: np.ndarray) -> float:
+    """F1 of I_a: 2 TP / (2 TP + FP + FN), 0 when no pair is predicted or labelled I_a."""
+    pred, true = margin > 0, truth == 1
+    tp, fp, fn = np.sum(pred & true), np.sum(pred & ~true), np.sum(~pred & true)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def _resampled_auroc(margin: np.ndarray, truth: np.ndarray) -> float:
+    """AUROC by ranks (Mann-Whitney U / (n_pos n_neg), tied margins count half); nan with one class."""
+    true = truth == 1
+    n_pos, n_neg = int(true.sum()), int((~true).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    return float((rankdata(margin)[true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _strength_key(strength: Any) -> str:
@@ -324,8 +489,8 @@ def _strength_order(key: str) -> tuple[int, float]:
 def _judge(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     """ΔJ = Σ_d J(I_a, d) − J(I_o, d) over the dims judged on both images; J AA = Σ_d J(I_a, d)."""
     judged = data.judges[name]
-    delta, j_aa = [], []
-    per_dim: dict[str, dict[bool, list[float]]] = defaultdict(lambda: {True: [], False: []})
+    delta, j_aa, judged_pairs = [], [], []
+    per_dim: dict[str, dict[bool, list[tuple[Pair, float]]]] = defaultdict(lambda: {True: [], False: []})
     missing = 0
     for pair in data.pairs:
         jo, ja = judged.get(pair.image_o, {}), judged.get(pair.image_a, {})
@@ -335,37 +500,46 @@ def _judge(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
             continue
         delta.append(sum(ja[d] - jo[d] for d in common))
         j_aa.append(sum(ja[d] for d in common))
+        judged_pairs.append(pair)
         for d in common:
-            per_dim[d][d in pair.dims].append(ja[d] - jo[d])
+            per_dim[d][d in pair.dims].append((pair, ja[d] - jo[d]))
+
+    def mean(rows: list[tuple[Pair, float]]) -> dict[str, Any]:
+        return boot.mean([v for _, v in rows], [p for p, _ in rows])
+
     requested = sorted({d for p in data.pairs for d in p.dims} & set(per_dim))
     return {
         "n": len(delta),
         "missing": missing,
         "dims": sorted(per_dim),
-        "delta_j": boot.mean(delta),
-        "j_aa": boot.mean(j_aa),
+        "delta_j": boot.mean(delta, judged_pairs),
+        "j_aa": boot.mean(j_aa, judged_pairs),
         # Did the edit move the requested dimension toward its anti-aesthetic pole (ΔJ_d < 0)
         # more than pairs that did not ask for it?
-        "by_dimension": {d: {"requested": boot.mean(per_dim[d][True]),
-                             "not_requested": boot.mean(per_dim[d][False])} for d in requested},
+        "by_dimension": {d: {"requested": mean(per_dim[d][True]), "not_requested": mean(per_dim[d][False])}
+                         for d in requested},
     }
 
 
 def _safety(data: RunData, boot: _Bootstrap) -> dict[str, Any]:
-    groups: dict[str, dict[str, float]] = {"o": {}, "a": {}}
+    groups: dict[str, dict[str, tuple[Pair, float]]] = {"o": {}, "a": {}}
     for pair in data.pairs:
         for which in ("o", "a"):
             sha = pair.image(which)
             value = data.score(NSFW_SCORER, sha, pair.prompt(which))
-            if value is not None:
-                groups[which][sha] = value  # an image shared by several pairs counts once
-    orig, anti = list(groups["o"].values()), list(groups["a"].values())
+            if value is not None and sha not in groups[which]:
+                groups[which][sha] = (pair, value)  # an image shared by several pairs counts once
+
+    def mean(which: str, transform: Callable[[float], float] = float) -> dict[str, Any]:
+        rows = list(groups[which].values())
+        return boot.mean([transform(v) for _, v in rows], [p for p, _ in rows])
+
     return {
         "scorer": NSFW_SCORER,
-        "original": boot.mean(orig),
-        "anti_aesthetic": boot.mean(anti),
-        "original_above_0_5": boot.mean([float(v > 0.5) for v in orig]),
-        "anti_aesthetic_above_0_5": boot.mean([float(v > 0.5) for v in anti]),
+        "original": mean("o"),
+        "anti_aesthetic": mean("a"),
+        "original_above_0_5": mean("o", lambda v: float(v > 0.5)),
+        "anti_aesthetic_above_0_5": mean("a", lambda v: float(v > 0.5)),
     }
 
 
@@ -398,29 +572,64 @@ class _Table:
     rows: list[list[Any]]  # a cell is text, a number, or an estimate dict {estimate, low, high, n}
 
 
-def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
+_UNIT_WORDS = {"source_image": ("source images", "pairs made from one I_o are resampled together"),
+               "prompt": ("prompt pairs", "pairs made from one prompt pair are resampled together"),
+               "none": ("pairs", "pairs are resampled one by one")}
+
+
+def bootstrap_note(analysis: dict[str, Any]) -> str:
+    """What the intervals are, for captions: ``95% CI: percentile bootstrap over 9 source images (...)``."""
     cfg = analysis.get("config", {})
-    ci = f"{round(100 * cfg.get('ci', 0.95))}% CI"
+    boot = analysis.get("bootstrap") or {"unit": "none", "n_clusters": analysis.get("n_pairs", 0)}
+    words, how = _UNIT_WORDS[boot["unit"]]
+    return (f"{round(100 * cfg.get('ci', 0.95))}% CI: percentile bootstrap ({cfg.get('bootstrap', '?')} resamples) "
+            f"over {boot['n_clusters']} {words}; {how}")
+
+
+def rm_test_note(scorer: dict[str, Any]) -> str:
+    """Where a scorer's reward-model test labels come from, or why it has no test."""
+    if not scorer.get("reward_model", True):
+        return "not a reward model"
+    rm = scorer.get("reward_model_test")
+    return rm["label_source"] if rm else "no labeller or human labels"
+
+
+def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
+    ci = bootstrap_note(analysis)
+    strict = ("shares are strict (ties, equal scores, are counted apart); the *_wilson columns are Wilson "
+              "intervals, which assume independent pairs")
     tables = []
     scorers = analysis.get("scorers", {})
+
+    def rm(s: dict[str, Any], key: str) -> Any:
+        return (s["reward_model_test"] or {}).get(key)
+
     tables.append(_Table(
         "summary", f"Reward models: share of pairs where the scorer prefers the original image under the "
-                   f"anti-aesthetic prompt, and Δr = r(I_a, p_o) − r(I_o, p_o); [{ci}].",
-        ["scorer", "direction", "n", "missing", "prefer_original_share", "delta_r", "aa",
-         "rm_accuracy", "rm_f1", "rm_auroc", "rm_n"],
-        [[name, "higher" if s["higher_is_better"] else "lower", s["n"], s["missing"],
-          s["prefer_original_share"], s["delta_r"], s["aa"],
-          *((s["reward_model_test"] or {}).get(k) for k in ("accuracy", "f1", "auroc", "n"))]
+                   f"anti-aesthetic prompt (prefer_original) or the anti-aesthetic one (prefer_anti), and "
+                   f"Δr = r(I_a, p_o) − r(I_o, p_o); {strict}. Reward-model test on labeller or human labels "
+                   f"(label ties removed, score ties predict I_o). [{ci}].",
+        ["scorer", "direction", "prompt", "n", "missing", "ties", "prefer_original_share", "prefer_original_wilson",
+         "prefer_anti_share", "prefer_anti_wilson", "delta_r", "aa", "rm_accuracy", "rm_f1", "rm_auroc", "rm_n",
+         "rm_labels"],
+        [[name, "higher" if s["higher_is_better"] else "lower", "aware" if s["prompt_aware"] else "blind",
+          s["n"], s["missing"], s["ties"], s["prefer_original_share"], s["prefer_original_wilson"],
+          s["prefer_anti_share"], s["prefer_anti_wilson"], s["delta_r"], s["aa"],
+          rm(s, "accuracy"), rm(s, "f1"), rm(s, "auroc"), rm(s, "n"), rm_test_note(s)]
          for name, s in scorers.items()]))
     tables.append(_Table(
-        "dimensions", f"Per requested dimension (a pair counts for each of its dimensions); [{ci}].",
-        ["scorer", "dimension", "n", "prefer_original_share", "delta_r"],
-        [[name, dim, b["n"], b["prefer_original_share"], b["delta_r"]]
+        "dimensions", f"Per requested dimension (a pair counts for each of its dimensions); {strict}. [{ci}].",
+        ["scorer", "dimension", "n", "ties", "prefer_original_share", "prefer_original_wilson",
+         "prefer_anti_share", "delta_r"],
+        [[name, dim, b["n"], b["ties"], b["prefer_original_share"], b["prefer_original_wilson"],
+          b["prefer_anti_share"], b["delta_r"]]
          for name, s in scorers.items() for dim, b in s["by_dimension"].items()]))
     tables.append(_Table(
-        "strengths", f"Per edit strength; [{ci}].",
-        ["scorer", "strength", "n", "prefer_original_share", "delta_r"],
-        [[name, k, b["n"], b["prefer_original_share"], b["delta_r"]]
+        "strengths", f"Per edit strength; {strict}. [{ci}].",
+        ["scorer", "strength", "n", "ties", "prefer_original_share", "prefer_original_wilson",
+         "prefer_anti_share", "delta_r"],
+        [[name, k, b["n"], b["ties"], b["prefer_original_share"], b["prefer_original_wilson"],
+          b["prefer_anti_share"], b["delta_r"]]
          for name, s in scorers.items() for k, b in s["by_strength"].items()]))
     judges = analysis.get("judges", {})
     if judges:
@@ -437,8 +646,8 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
                       f"got different answers; [{ci}].",
             ["source", "backend", "n", "failed", "anti_aesthetic", "original", "tie", "success_rate",
              "order_disagreement"],
-            [[name, b["backend"], b["n"], b["failed"], b["counts"]["anti_aesthetic"], b["counts"]["original"], b["counts"]["tie"],
-              b["success_rate"], b["order_disagreement"] or {"estimate": None, "low": None, "high": None, "n": 0}]
+            [[name, b["backend"], b["n"], b["failed"], b["counts"]["anti_aesthetic"], b["counts"]["original"],
+              b["counts"]["tie"], b["success_rate"], b["order_disagreement"]]
              for name, b in sources.items()]))
     return tables
 
@@ -486,18 +695,20 @@ def format_estimate(cell: dict[str, Any], digits: int = 3) -> str:
 
 
 def _csv(table: _Table, fh: Any) -> None:
-    # CSV keeps full precision and puts each interval bound in its own column.
+    # CSV keeps full precision and puts each interval bound in its own column; a column holds
+    # intervals when any of its rows has one (an undefined one is three empty cells).
     writer = csv.writer(fh)
-    sample = table.rows[0] if table.rows else [None] * len(table.columns)
+    intervals = [any(_is_estimate(row[i]) for row in table.rows) for i in range(len(table.columns))]
     header = []
-    for col, cell in zip(table.columns, sample):
-        header += [col, f"{col}_low", f"{col}_high"] if _is_estimate(cell) else [col]
+    for col, is_interval in zip(table.columns, intervals):
+        header += [col, f"{col}_low", f"{col}_high"] if is_interval else [col]
     writer.writerow([spreadsheet_safe(c) for c in header])
     for row in table.rows:
         line = []
-        for cell in row:
-            if _is_estimate(cell):
-                line += ["" if cell[k] is None else repr(cell[k]) for k in ("estimate", "low", "high")]
+        for cell, is_interval in zip(row, intervals):
+            if is_interval:
+                cell = cell or {}
+                line += ["" if cell.get(k) is None else repr(cell[k]) for k in ("estimate", "low", "high")]
             else:
                 line.append("" if cell is None else cell)
         writer.writerow([spreadsheet_safe(c) for c in line])

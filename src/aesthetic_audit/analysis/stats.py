@@ -1,9 +1,12 @@
 """The statistics of the study (design §6), as pure functions of arrays.
 
-Every function states its formula. Each is tested against scipy or scikit-learn on the same data and
-against small cases worked by hand. Only numpy and scipy are used, so the analysis needs no heavy
-dependency. Rank tests compute their own exact null distributions and pick exact or normal p-values
-with the same rules as scipy 1.17, so their p-values equal scipy's.
+Every function states its formula. The tests (Wilcoxon, Mann-Whitney, McNemar, z-scores) are scipy's,
+called directly; the code here picks the method, orients the data and keeps the edge cases defined
+(nan or 0 where a metric is undefined, never an exception or a warning). Own code remains only where
+no library does the job or where a library call is too slow for a bootstrap loop, each saying why:
+the percentile bootstrap with clusters, the study's composite metrics (class-balanced MAE,
+leaderboard placement), round-half-up, and the classification metrics (equal to scikit-learn's,
+checked by the tests).
 """
 
 from __future__ import annotations
@@ -64,8 +67,14 @@ class Placement(NamedTuple):
 
 
 # -- bootstrap --------------------------------------------------------------------------------------
+# Own code, not scipy.stats.bootstrap: scipy resamples rows, never clusters; one resample where the
+# statistic is undefined (a one-class AUROC) turns its whole interval into nan, where here it is left
+# out; and one resampling routine for every caller (judges/validate.py's fast per-image path draws the
+# same `cluster_resample_counts`) gives the same draws for the same seed, so an analysis with one
+# cluster per row reproduces the unclustered interval exactly. BCa would also cost n (or k) jackknife
+# evaluations per interval and is undefined when the bootstrap distribution is degenerate.
 
-_CHUNK = 2_000_000  # resampled indices held in memory at once
+_CHUNK = 2_000_000  # resampled counts held in memory at once
 
 
 def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
@@ -75,17 +84,17 @@ def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
     """Percentile bootstrap: ``(estimate, low, high)``.
 
     ``data`` is one array, or a tuple of equal-length arrays whose rows are resampled together
-    (paired). With ``B`` resamples of ``n`` row indices drawn with replacement,
-    ``theta*_b = statistic(data[idx_b])`` and the interval is the ``(1-ci)/2`` and ``(1+ci)/2``
-    quantiles (linear interpolation) of ``theta*``; the estimate is ``statistic(data)``.
-    ``statistic=None`` is the mean, computed for all resamples at once. Resamples on which the
-    statistic is undefined (nan, e.g. AUROC of a one-class resample) are left out of the quantiles.
-    The same seed gives the same interval. n = 0 gives nan; n = 1 gives ``low = high = estimate``.
-
-    ``clusters`` (one hashable id per row) makes it a cluster bootstrap: each resample draws the
-    ``k`` distinct clusters ``k`` times with replacement and takes all rows of every drawn cluster,
-    so rows that are not independent (the dimensions of one image, the pairs of one prompt) stay
-    together. One cluster gives ``low = high = estimate``.
+    (paired). ``clusters`` (one hashable id per row) makes it a cluster bootstrap: each resample draws
+    the ``k`` distinct clusters ``k`` times with replacement and takes all rows of every drawn
+    cluster, so rows that are not independent (the dimensions of one image, the pairs of one prompt)
+    stay together. Without ``clusters`` every row is its own cluster, which is the ordinary bootstrap
+    of rows, drawn from the same random stream. With ``B`` resamples,
+    ``theta*_b = statistic(rows of resample b)`` and the interval is the ``(1-ci)/2`` and
+    ``(1+ci)/2`` quantiles (linear interpolation) of ``theta*``; the estimate is ``statistic(data)``.
+    ``statistic=None`` is the mean, computed for all resamples at once as
+    ``(counts @ cluster sums) / (counts @ cluster sizes)``. Resamples on which the statistic is
+    undefined (nan, e.g. AUROC of a one-class resample) are left out of the quantiles. The same seed
+    gives the same interval. n = 0 gives nan; one row or one cluster gives ``low = high = estimate``.
     """
     paired = isinstance(data, tuple)
     arrays = tuple(np.asarray(a, dtype=float) for a in (data if paired else (data,)))
@@ -105,28 +114,23 @@ def bootstrap_ci(data: ArrayLike | tuple[ArrayLike, ...],
     if n == 0:
         return CI(math.nan, math.nan, math.nan)
     estimate = stat(*arrays)
-    codes = cluster_codes(clusters) if clusters is not None else None
-    if n == 1 or (codes is not None and codes.max() == 0):
+    codes = cluster_codes(clusters) if clusters is not None else np.arange(n)
+    k = int(codes.max()) + 1
+    if k == 1:
         return CI(estimate, estimate, estimate)
     thetas = np.empty(n_resamples)
-    if codes is not None:
-        rows, b = np.arange(n), 0
-        for counts in cluster_resample_counts(int(codes.max()) + 1, n_resamples, seed):
-            for drawn in counts:
-                # Row r is taken as many times as its cluster was drawn.
-                thetas[b] = stat(*(a[np.repeat(rows, drawn[codes])] for a in arrays))
-                b += 1
-        return percentile_ci(estimate, thetas, ci)
-    rng = np.random.default_rng(seed)
-    step = max(1, _CHUNK // n)
-    for start in range(0, n_resamples, step):
-        stop = min(n_resamples, start + step)
-        idx = rng.integers(0, n, size=(stop - start, n))
+    rows, b = np.arange(n), 0
+    if statistic is None:
+        sums, sizes = np.bincount(codes, weights=arrays[0], minlength=k), np.bincount(codes, minlength=k)
+    for counts in cluster_resample_counts(k, n_resamples, seed):
         if statistic is None:
-            thetas[start:stop] = arrays[0][idx].mean(axis=1)
-        else:
-            for j, row in enumerate(idx):
-                thetas[start + j] = stat(*(a[row] for a in arrays))
+            thetas[b:b + len(counts)] = (counts @ sums) / (counts @ sizes)
+            b += len(counts)
+            continue
+        for drawn in counts:
+            # Row r is taken as many times as its cluster was drawn.
+            thetas[b] = stat(*(a[np.repeat(rows, drawn[codes])] for a in arrays))
+            b += 1
     return percentile_ci(estimate, thetas, ci)
 
 
@@ -137,17 +141,16 @@ def cluster_codes(clusters: Sequence[Hashable]) -> np.ndarray:
 
 
 def cluster_resample_counts(k: int, n_resamples: int, seed: int | Sequence[int] | None = 0) -> Iterator[np.ndarray]:
-    """The cluster bootstrap's resamples, in chunks: row b of a chunk holds how many times each of the
-    ``k`` clusters is drawn when ``k`` are drawn with replacement. ``bootstrap_ci(clusters=...)`` uses
-    these same draws, so a statistic computed from per-cluster sums (``counts @ sums``) gives its
-    interval exactly, for the same seed."""
+    """The bootstrap's resamples, in chunks: row b of a chunk holds how many times each of the ``k``
+    clusters is drawn when ``k`` are drawn with replacement. ``bootstrap_ci`` uses these same draws
+    (with or without clusters), so a statistic computed from per-cluster sums (``counts @ sums``)
+    gives its interval exactly, for the same seed."""
     rng = np.random.default_rng(seed)
     step = max(1, _CHUNK // max(k, 1))
     for start in range(0, n_resamples, step):
-        chunk = np.empty((min(step, n_resamples - start), k), dtype=np.int64)
-        for row in chunk:
-            row[:] = np.bincount(rng.integers(0, k, size=k), minlength=k)
-        yield chunk
+        m = min(step, n_resamples - start)
+        draws = rng.integers(0, k, size=(m, k)) + (np.arange(m) * k)[:, None]  # row b's draws offset by b*k
+        yield np.bincount(draws.ravel(), minlength=m * k).reshape(m, k)
 
 
 def percentile_ci(estimate: float, thetas: np.ndarray, ci: float) -> CI:
@@ -170,8 +173,15 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     return float(np.mean(t == p)) if t.size else math.nan
 
 
+# binary_f1, auroc, weighted_f1 and quadratic_weighted_kappa are written out in numpy, not called from
+# scikit-learn: they run inside 2000-resample bootstraps (agreement between every two label sources,
+# the reward-model test, judge validation), where scikit-learn's input checks cost 2-4 ms per call,
+# 10-300x these, and turn an analysis of seconds into minutes. tests/test_stats.py checks each against
+# scikit-learn on fixed and random data.
+
 def binary_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """F1 of the positive class 1: ``2 TP / (2 TP + FP + FN)``; 0 when that denominator is 0."""
+    """F1 of the positive class 1: ``2 TP / (2 TP + FP + FN)``; 0 when that denominator is 0
+    (``sklearn.metrics.f1_score(y_true == 1, y_pred == 1, zero_division=0)``)."""
     t, p = np.asarray(y_true) == 1, np.asarray(y_pred) == 1
     tp, fp, fn = np.sum(t & p), np.sum(~t & p), np.sum(t & ~p)
     den = 2 * tp + fp + fn
@@ -179,15 +189,14 @@ def binary_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve by ranks (Mann-Whitney): ``(R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``.
-
-    ``R_pos`` is the sum of the positives' average ranks among all scores, so a tied
-    positive/negative pair counts one half. nan unless both classes occur.
-    """
+    """Area under the ROC curve by ranks (Mann-Whitney): ``(R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``
+    (``sklearn.metrics.roc_auc_score``). ``R_pos`` is the sum of the positives' average ranks among all
+    scores, so a tied positive/negative pair counts one half. nan unless both classes occur, and nan
+    when a score is not finite."""
     t = np.asarray(y_true) == 1
     s = np.asarray(scores, dtype=float)
     n_pos, n_neg = int(t.sum()), int((~t).sum())
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(s)):
         return math.nan
     ranks = _st.rankdata(s)
     return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -220,109 +229,72 @@ def reward_model_test(r_a: ArrayLike, r_o: ArrayLike, labels: ArrayLike) -> Rewa
 
 # -- paired and two-sample tests --------------------------------------------------------------------
 
-def _signed_rank_sf(ranks2: np.ndarray, t2: int) -> float:
-    """P(T >= t2) over the 2^m equally likely sign assignments of the doubled ranks ``ranks2``."""
-    counts = np.zeros(int(ranks2.sum()) + 1, dtype=np.int64)
-    counts[0] = 1
-    for r in ranks2:
-        shifted = counts[:counts.size - r].copy()
-        counts[r:] += shifted
-    return float(counts[max(t2, 0):].sum() / counts.sum())
-
-
 def wilcoxon_one_sided(x_aligned: ArrayLike, x_base: ArrayLike) -> WilcoxonResult:
     """One-sided Wilcoxon signed-rank test, H1: the aligned values are larger than the base values.
 
-    ``d = x_aligned - x_base``; zero differences are dropped (Wilcoxon's rule), leaving ``n``. The
-    ``|d|`` are ranked (ties get average ranks) and the statistic is ``T+ = sum of ranks where d > 0``.
-    The p-value ``P(T+ >= observed)`` under random signs is exact (enumerated) when there are at most
-    50 pairs and no ties or zeros, or at most 13 pairs; otherwise it is the normal approximation
+    ``scipy.stats.wilcoxon(x_aligned - x_base, alternative="greater", zero_method="wilcox")``: zero
+    differences ``d = x_aligned - x_base`` are dropped, leaving ``n``; the statistic is ``T+``, the
+    sum of the ranks of ``|d|`` (ties get average ranks) where ``d > 0``. The method is chosen here as
+    scipy's "auto" would, so the p-value is scipy's default one: ``"exact"`` (the exact null
+    distribution of T+) for at most 50 pairs without ties or zeros; with ties or zeros and at most 13
+    pairs, an exact permutation test over all 2^N sign patterns (scipy's ``PermutationMethod`` with
+    every pattern enumerated: deterministic); otherwise ``"asymptotic"``,
     ``Z = (T+ - n(n+1)/4) / sqrt(n(n+1)(2n+1)/24 - sum(t^3 - t)/48)`` (t: sizes of tie groups, no
-    continuity correction), ``p = 1 - Phi(Z)``. These are scipy's rules, so the p-value equals
-    ``scipy.stats.wilcoxon(x_aligned, x_base, alternative="greater")``. The effect size is
-    ``r = Z / sqrt(n)`` with Z from that normal approximation whatever way p was computed.
-    With no nonzero difference, T+ = 0 and p = 1.
+    continuity correction), ``p = 1 - Phi(Z)``. The effect size is ``r = Z / sqrt(n)`` with that Z
+    (scipy's ``zstatistic``), whatever way p was computed. With no nonzero difference, T+ = 0 and p = 1.
     """
     a, b = np.asarray(x_aligned, dtype=float), np.asarray(x_base, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples must have equal lengths, got {a.size} and {b.size}")
-    n_total = a.size
-    if n_total == 0:
+    if a.size == 0:
         return WilcoxonResult(math.nan, math.nan, math.nan, math.nan, 0)
     d = a - b
-    d = d[d != 0]
-    n = d.size
-    if n == 0:
+    nonzero = np.abs(d[d != 0])
+    n = nonzero.size
+    if n == 0:  # scipy's z and p are 0 / 0 here
         return WilcoxonResult(0.0, 1.0, math.nan, math.nan, 0)
-    ranks = _st.rankdata(np.abs(d))
-    t_plus = float(ranks[d > 0].sum())
-    _, tie_sizes = np.unique(np.abs(d), return_counts=True)
-    has_ties = bool(np.any(tie_sizes > 1))
-    var = n * (n + 1) * (2 * n + 1) / 24 - np.sum(tie_sizes**3 - tie_sizes) / 48
-    z = (t_plus - n * (n + 1) / 4) / math.sqrt(var)
-    exact = (n_total <= 50 and not has_ties and n == n_total) or n_total <= 13
-    if exact:
-        # Average ranks are multiples of 1/2: doubling makes every rank sum an integer.
-        p = _signed_rank_sf(np.rint(2 * ranks).astype(np.int64), int(round(2 * t_plus)))
+    has_ties_or_zeros = n < d.size or np.unique(nonzero).size < n
+    if d.size <= 50 and not has_ties_or_zeros:
+        method: str | _st.PermutationMethod = "exact"
+    elif d.size <= 13:
+        method = _st.PermutationMethod(n_resamples=np.inf)
     else:
-        p = float(special.ndtr(-z))
-    return WilcoxonResult(statistic=t_plus, pvalue=p, z=float(z), effect_size=float(z / math.sqrt(n)), n=n)
+        method = "asymptotic"
+    # d, not (a, b): scipy then ranks exactly the differences that chose the method.
+    res = _st.wilcoxon(d, alternative="greater", zero_method="wilcox", method=method)
+    z = float(_st.wilcoxon(d, alternative="greater", zero_method="wilcox", method="asymptotic").zstatistic)
+    return WilcoxonResult(statistic=float(res.statistic), pvalue=float(res.pvalue), z=z,
+                          effect_size=z / math.sqrt(n), n=n)
 
 
 def mcnemar(success_a: ArrayLike, success_b: ArrayLike, one_sided: bool = True) -> McNemarResult:
     """Exact McNemar test on paired successes (a = aligned, b = base).
 
     Discordant pairs: ``b`` = a succeeds and base fails, ``c`` = a fails and base succeeds. Under H0
-    ``b ~ Binomial(b + c, 1/2)``. One-sided (H1: a succeeds less often): ``p = P(X <= b)``.
-    Two-sided: ``p = min(1, 2 min(P(X <= b), P(X >= b)))``. Equals
-    ``scipy.stats.binomtest(b, b + c, 0.5, alternative="less" / "two-sided")``. No discordant
-    pair gives p = 1.
+    ``b ~ Binomial(b + c, 1/2)``: ``scipy.stats.binomtest(b, b + c, 0.5)``, one-sided with
+    H1 "a succeeds less often" (``p = P(X <= b)``, ``alternative="less"``) or two-sided. No
+    discordant pair gives p = 1.
     """
     sa, sb = np.asarray(success_a, dtype=bool), np.asarray(success_b, dtype=bool)
     if sa.shape != sb.shape:
         raise ValueError(f"paired samples must have equal lengths, got {sa.size} and {sb.size}")
     b, c = int(np.sum(sa & ~sb)), int(np.sum(~sa & sb))
     n = b + c
-    if n == 0:
+    if n == 0:  # binomtest needs at least one trial
         return McNemarResult(statistic=b, pvalue=1.0, b=b, c=c, n=0)
-    lower = float(_st.binom.cdf(b, n, 0.5))
-    if one_sided:
-        p = lower
-    else:
-        p = min(1.0, 2 * min(lower, float(_st.binom.sf(b - 1, n, 0.5))))
-    return McNemarResult(statistic=b, pvalue=p, b=b, c=c, n=n)
-
-
-def _mwu_sf(u: int, n1: int, n2: int) -> float:
-    """P(U >= u) for the Mann-Whitney U of samples of sizes n1, n2 without ties.
-
-    The number of arrangements with U = k is the coefficient of q^k in the Gaussian binomial
-    ``[n1 + n2 choose m]_q = prod_{i=1..m} (1 - q^(N - m + i)) / (1 - q^i)``, m = min(n1, n2);
-    every partial product is a polynomial, so exact integer arithmetic suffices.
-    """
-    m, big = min(n1, n2), max(n1, n2)
-    coef = np.zeros(m * big + 1, dtype=object)
-    coef[0] = 1
-    for i in range(1, m + 1):
-        k = big + i
-        if k < coef.size:
-            coef[k:] = coef[k:] - coef[:coef.size - k]
-        for start in range(i):  # divide by (1 - q^i): running sums with stride i
-            coef[start::i] = np.cumsum(coef[start::i])
-    total = sum(coef)
-    return float(sum(coef[max(u, 0):]) / total) if u < coef.size else 0.0
+    p = _st.binomtest(b, n, 0.5, alternative="less" if one_sided else "two-sided").pvalue
+    return McNemarResult(statistic=b, pvalue=float(p), b=b, c=c, n=n)
 
 
 def mann_whitney_one_sided(x: ArrayLike, y: ArrayLike, alternative: str = "greater") -> MannWhitneyResult:
     """One-sided Mann-Whitney U test of x against y, with the rank-biserial effect size.
 
-    Rank x and y together (average ranks); ``U_x = R_x - n_x (n_x + 1) / 2``. For H1 "x tends to be
-    greater" the test statistic is ``U = U_x``, for "less" ``U = n_x n_y - U_x``. p = P(U' >= U):
-    exact when either sample has at most 8 values and there are no ties, else normal with tie and
-    continuity correction, ``Z = (U - n_x n_y / 2 - 1/2) / sqrt(n_x n_y / 12 ((N + 1) - sum(t^3 - t) /
-    (N (N - 1))))``, ``p = 1 - Phi(Z)`` (scipy's rules, so p equals ``scipy.stats.mannwhitneyu``).
-    Effect size: rank-biserial ``r = 2 U_x / (n_x n_y) - 1`` in [-1, 1], positive when x is larger.
-    The returned statistic is ``U_x``, as scipy's.
+    ``scipy.stats.mannwhitneyu(x, y, alternative=alternative)``. Rank x and y together (average
+    ranks); ``U_x = R_x - n_x (n_x + 1) / 2``, the returned statistic, as scipy's. The method is
+    chosen here as scipy's "auto" would: ``"exact"`` when either sample has at most 8 values and
+    there are no ties, else ``"asymptotic"``, the normal approximation with tie and continuity
+    correction. Effect size: rank-biserial ``r = 2 U_x / (n_x n_y) - 1`` in [-1, 1], positive when
+    x tends to be larger (the share of (x, y) pairs where x is larger, ties one half, mapped to [-1, 1]).
     """
     if alternative not in ("greater", "less"):
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
@@ -331,18 +303,11 @@ def mann_whitney_one_sided(x: ArrayLike, y: ArrayLike, alternative: str = "great
     if n1 == 0 or n2 == 0:
         return MannWhitneyResult(math.nan, math.nan, math.nan, n1, n2)
     both = np.concatenate([xa, ya])
-    ranks = _st.rankdata(both)
-    u_x = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
-    u = u_x if alternative == "greater" else n1 * n2 - u_x
-    _, tie_sizes = np.unique(both, return_counts=True)
-    has_ties = bool(np.any(tie_sizes > 1))
-    if min(n1, n2) <= 8 and not has_ties:
-        p = _mwu_sf(int(round(u)), n1, n2)
-    else:
-        n = n1 + n2
-        sd = math.sqrt(n1 * n2 / 12 * ((n + 1) - np.sum(tie_sizes**3 - tie_sizes) / (n * (n - 1))))
-        p = float(special.ndtr(-(u - n1 * n2 / 2 - 0.5) / sd)) if sd > 0 else 1.0
-    return MannWhitneyResult(statistic=u_x, pvalue=min(max(p, 0.0), 1.0),
+    has_ties = np.unique(both).size < both.size
+    method = "exact" if min(n1, n2) <= 8 and not has_ties else "asymptotic"
+    res = _st.mannwhitneyu(xa, ya, use_continuity=True, alternative=alternative, method=method)
+    u_x = float(res.statistic)
+    return MannWhitneyResult(statistic=u_x, pvalue=float(res.pvalue),
                              effect_size=2 * u_x / (n1 * n2) - 1, n_x=n1, n_y=n2)
 
 
@@ -360,6 +325,8 @@ def wmae(pred: ArrayLike, target: ArrayLike, classes: Sequence[int] = (0, 1, 2))
     Each class counts equally whatever its support, so a judge cannot hide errors on the rare class.
     Classes absent from ``target`` are skipped; nan when none is present.
     """
+    # Own code: the study's class-balanced MAE, which no library offers (scikit-learn's
+    # sample_weight would weight rows, not average per-class means over the classes present).
     p, t = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
     per_class = [np.mean(np.abs(p[t == c] - c)) for c in classes if np.any(t == c)]
     return float(np.mean(per_class)) if per_class else math.nan
@@ -367,16 +334,16 @@ def wmae(pred: ArrayLike, target: ArrayLike, classes: Sequence[int] = (0, 1, 2))
 
 def round_half_up(values: ArrayLike) -> np.ndarray:
     """``floor(v + 1/2)`` as integers: 0.5 -> 1 and 1.5 -> 2 (numpy's round would give 0 and 2)."""
+    # Own code: numpy and Python round half to even; the study rounds judge scores half up.
     return np.floor(np.asarray(values, dtype=float) + 0.5).astype(int)
 
 
 def weighted_f1(pred: ArrayLike, target: ArrayLike) -> float:
-    """Support-weighted F1 of ``round_half_up(pred)`` against the integer ``target``.
-
-    Over every class c seen in either: ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)`` (0 when undefined),
-    weighted by ``support_c / n`` with support counted in ``target``. Equals
-    ``sklearn.metrics.f1_score(target, round_half_up(pred), average="weighted")``.
-    """
+    """Support-weighted F1 of ``round_half_up(pred)`` against the integer ``target``: over every class c
+    seen in either, ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)`` (0 when undefined) weighted by
+    ``support_c / n``, support counted in ``target``
+    (``sklearn.metrics.f1_score(target, round_half_up(pred), average="weighted", zero_division=0)``).
+    nan when empty."""
     p = round_half_up(pred)
     t = np.asarray(target).astype(int)
     if t.size == 0:
@@ -384,28 +351,30 @@ def weighted_f1(pred: ArrayLike, target: ArrayLike) -> float:
     total = 0.0
     for c in np.union1d(p, t):
         tp = np.sum((p == c) & (t == c))
-        fp = np.sum((p == c) & (t != c))
-        fn = np.sum((p != c) & (t == c))
-        den = 2 * tp + fp + fn
+        den = np.sum(p == c) + np.sum(t == c)  # (TP + FP) + (TP + FN)
         total += (2 * tp / den if den else 0.0) * np.sum(t == c)
     return float(total / t.size)
 
 
 def quadratic_weighted_kappa(a: ArrayLike, b: ArrayLike, labels: Sequence[int] | None = None) -> float:
-    """Cohen's kappa with quadratic weights: ``1 - sum(W O) / sum(W E)``.
+    """Cohen's kappa with quadratic weights: ``1 - sum(W O) / sum(W E)``
+    (``sklearn.metrics.cohen_kappa_score(a, b, labels=categories, weights="quadratic")``).
 
-    Categories are ``labels`` or the sorted values seen in a or b; ``O`` is their confusion matrix,
-    ``E = outer(row sums, column sums) / n`` and ``W_ij = (i - j)^2`` on the category indices. Equals
-    ``sklearn.metrics.cohen_kappa_score(a, b, weights="quadratic")``; nan when ``sum(W E) = 0``.
+    Categories are ``labels`` or the sorted values seen in a or b; ``O`` is their confusion matrix
+    (pairs with a value outside ``labels`` are left out), ``E = outer(row sums, column sums) / n`` and
+    ``W_ij = (i - j)^2`` on the category indices. nan when ``sum(W E) = 0`` (no pair left, or both
+    raters give one and the same category throughout).
     """
     x, y = np.asarray(a), np.asarray(b)
     cats = np.asarray(labels) if labels is not None else np.union1d(x, y)
     k = cats.size
-    index = {v: i for i, v in enumerate(cats.tolist())}
+    order = np.argsort(cats)  # a category's index is its position in ``cats`` as given
+    ranked = cats[order]
+    xi = np.clip(np.searchsorted(ranked, x), 0, k - 1)
+    yi = np.clip(np.searchsorted(ranked, y), 0, k - 1)
+    keep = (ranked[xi] == x) & (ranked[yi] == y)
     obs = np.zeros((k, k))
-    for u, v in zip(x.tolist(), y.tolist()):
-        if u in index and v in index:
-            obs[index[u], index[v]] += 1
+    np.add.at(obs, (order[xi[keep]], order[yi[keep]]), 1)
     n = obs.sum()
     if n == 0:
         return math.nan
@@ -422,11 +391,10 @@ def zscores(values: ArrayLike, reference: ArrayLike | None = None, ddof: int = 1
     """``z = (x - mean(reference)) / std(reference, ddof)``; the reference defaults to the values.
 
     Placing real artworks against the distribution of AI images: ``reference`` = the AI images'
-    scores. Equals ``scipy.stats.zmap(values, reference, ddof=ddof)``.
+    scores. ``scipy.stats.zmap(values, reference, ddof=ddof)``.
     """
     x = np.asarray(values, dtype=float)
-    ref = x if reference is None else np.asarray(reference, dtype=float)
-    return (x - ref.mean()) / ref.std(ddof=ddof)
+    return _st.zmap(x, x if reference is None else np.asarray(reference, dtype=float), ddof=ddof)
 
 
 def leaderboard_placement(r: float, board: Sequence[float] | Mapping[str, float],
@@ -437,6 +405,7 @@ def leaderboard_placement(r: float, board: Sequence[float] | Mapping[str, float]
     board; nan for a board of one value) and ``rank R = 1 + #(board entries strictly better than r)``,
     so R = 1 is the best and a tie shares the better rank.
     """
+    # Own code: the study's placement (relative score and competition rank), which no library offers.
     vals = np.asarray(list(board.values()) if isinstance(board, Mapping) else list(board), dtype=float)
     if vals.size == 0:
         raise ValueError("the leaderboard is empty")

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from PIL import Image, ImageOps
 
 from .. import __version__
-from ..analysis.audit import COMBOS, Pair, RunData, format_number
+from ..analysis.audit import COMBOS, CONSTRUCTION, Pair, RunData, bootstrap_note, format_number, rm_test_note
 from ..images.generators.presets import describe_params
 from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
@@ -168,8 +168,12 @@ def _tooltip(label: str, cell: dict[str, Any] | None) -> str:
 
 
 def _ci_label(analysis: dict[str, Any]) -> str:
-    cfg = analysis.get("config", {})
-    return f"{round(100 * cfg.get('ci', 0.95))}% percentile-bootstrap intervals ({cfg.get('bootstrap', '?')} resamples)"
+    """What the intervals are, in one sentence (cluster unit included), plus any dropped duplicates."""
+    text = bootstrap_note(analysis)
+    dups = analysis.get("duplicates") or 0
+    if dups:
+        text += f"; {dups} duplicate pair record(s) (same I_o, I_a, p_o and p_a) counted once"
+    return text
 
 
 def _manifest_value(manifest: dict[str, Any], dotted: str) -> Any:
@@ -184,6 +188,7 @@ def _manifest_value(manifest: dict[str, Any], dotted: str) -> Any:
 
 def _header(store: RunStore, analysis: dict[str, Any]) -> str:
     manifest = store.read_manifest()
+    boot = analysis.get("bootstrap") or {}
     info = [
         ("run", store.root.name),
         ("config hash", _manifest_value(manifest, "config_hash") or "not recorded"),
@@ -192,6 +197,8 @@ def _header(store: RunStore, analysis: dict[str, Any]) -> str:
         ("run created", _manifest_value(manifest, "created") or "not recorded"),
         ("report date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("image pairs", analysis.get("n_pairs", 0)),
+        ("duplicate pairs left out", analysis.get("duplicates", 0)),
+        ("bootstrap unit", f"{boot.get('unit', 'none')} ({boot.get('n_clusters', '?')} clusters)"),
         ("seed", analysis.get("config", {}).get("seed")),
     ]
     rows = "\n".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in info)
@@ -254,39 +261,69 @@ def _weights(identity: dict[str, Any], options: dict[str, Any]) -> str:
 def _summary_section(analysis: dict[str, Any]) -> str:
     scorers = analysis.get("scorers", {})
     parts = ["<h2>Reward models</h2>",
-             '<p class="note"><b>Prefers original</b>: share of pairs where the scorer rates I_o above I_a '
-             "under the anti-aesthetic prompt p_a (ties count half); above 0.5 the scorer rewards ignoring "
-             "the request. <b>Δr</b> = mean r(I_a, p_o) − r(I_o, p_o) in raw score units; "
-             "<b>AA</b> = mean r(I_a, p_o). The reward-model test scores both images with p_a against the "
-             "labeller's choice, ties removed.</p>"]
+             '<p class="note"><b>Prefers original</b>: share of pairs where the scorer rates I_o strictly above '
+             "I_a under the anti-aesthetic prompt p_a; above 0.5 the scorer rewards ignoring the request. "
+             "<b>Prefers I_a</b>: the share rating I_a strictly above I_o. <b>Ties</b>: pairs with equal scores, "
+             "in neither share. Each share has its bootstrap interval and, below it, a Wilson interval "
+             "(which assumes independent pairs). <b>Δr</b> = mean r(I_a, p_o) − r(I_o, p_o) in raw score units; "
+             "<b>AA</b> = mean r(I_a, p_o). <b>prompt-blind</b>: the scorer never reads the prompt, so its "
+             "preference under p_a is its preference under any prompt.</p>",
+             '<p class="note"><b>Reward-model test</b>: both images scored with p_a against labeller or human '
+             "labels only (never the editor's construction labels); label ties are removed and a score tie "
+             "counts as not predicting I_a. Accuracy, F1 (I_a positive) and AUROC with their intervals.</p>"]
     if not scorers:
         parts.append('<p class="muted">No scores in this run.</p>')
         return "\n".join(parts)
     rows = []
     for name, s in scorers.items():
-        rm = s.get("reward_model_test")
-        rm_text = ("–" if not rm else
-                   f"{_num(rm['accuracy'])} / {_num(rm['f1'])} / {_num(rm['auroc'])} "
-                   f'<span class="ci">n = {_e(rm["n"])}; labels: {_e(rm.get("label_source") or "?")}</span>')
         trunc = s.get("truncated") or {}
+        blind = "" if s.get("prompt_aware", True) else ' <span class="tag">prompt-blind</span>'
         rows.append([
-            f'<td class="text">{_e(name)}</td>',
+            f'<td class="text">{_e(name)}{blind}</td>',
             "↑ higher is better" if s["higher_is_better"] else "↓ lower is better",
-            _e(s["n"]), _e(s["missing"]),
-            _est(s["prefer_original_share"]), _est(s["delta_r"]), _est(s["aa"]), rm_text,
+            _e(s["n"]), _e(s["missing"]), _e(s["ties"]),
+            _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
+            _share(s["prefer_anti_share"], s.get("prefer_anti_wilson")),
+            _est(s["delta_r"]), _est(s["aa"]), _rm_cell(s),
             _num(trunc.get("share")),
         ])
-    parts.append(_table(["scorer", "direction", "n", "missing", "prefers original", "Δr", "AA",
-                         "RM test acc / F1 / AUROC", "prompts truncated"], rows))
+    parts.append(_table(["scorer", "direction", "n", "missing", "ties", "prefers original", "prefers I_a", "Δr",
+                         "AA", "reward-model test", "prompts truncated"], rows))
     labels = analysis.get("labels")
     if labels:
         c = labels["counts"]
-        parts.append(f'<p class="note">Generator success rate (labeller prefers I_a for p_a; labels: '
-                     f"{_e(labels.get('source') or '?')}): "
+        parts.append(f'<p class="note">Generator success rate (labeller prefers I_a for p_a; a tie or I_o is a '
+                     f"failure; labels: {_e(labels.get('source') or '?')}): "
                      f"{_est(labels['success_rate'])}, n = {_e(labels['n'])} "
                      f"({_e(c['anti_aesthetic'])} anti-aesthetic, {_e(c['original'])} original, "
                      f"{_e(c['tie'])} ties).</p>")
+    else:
+        parts.append('<p class="note">No labeller or human labels in this run, so no reward-model test and no '
+                     "success rate (labels that hold by how a pair was made are not a judgement).</p>")
     return "\n".join(parts)
+
+
+def _share(cell: dict[str, Any] | None, wilson: dict[str, Any] | None) -> str:
+    """A share with its bootstrap interval, and its Wilson interval on a second line."""
+    if not wilson or wilson.get("low") is None:
+        return _est(cell)
+    return (f'{_est(cell)}<br><span class="ci">Wilson [{_num(wilson["low"])}, '
+            f'{_num(wilson["high"])}]</span>')
+
+
+def _rm_cell(scorer: dict[str, Any]) -> str:
+    """Accuracy, F1 and AUROC with intervals, n and the label source; or why there is no test."""
+    rm = scorer.get("reward_model_test")
+    if not rm:
+        return f'<td class="text"><span class="muted">{_e(rm_test_note(scorer))}</span></td>'
+    notes = [f"n = {rm['n']}", f"labels: {rm_test_note(scorer)}"]
+    if rm.get("n_ties"):
+        notes.append(f"{rm['n_ties']} label ties removed")
+    if rm.get("n_score_ties"):
+        notes.append(f"{rm['n_score_ties']} score ties")
+    metrics = "<br>".join(f"{label} {_est(rm[key])}" for key, label in
+                          (("accuracy", "acc"), ("f1", "F1"), ("auroc", "AUROC")))
+    return f'<td class="text">{metrics}<br><span class="ci">{_e("; ".join(notes))}</span></td>'
 
 
 def _labels_section(analysis: dict[str, Any]) -> str:
@@ -346,8 +383,9 @@ def _heatmap_section(analysis: dict[str, Any]) -> str:
     scorers = analysis.get("scorers", {})
     dims = analysis.get("dimensions", [])
     parts = ["<h2>Per dimension</h2>",
-             '<p class="note">Share of pairs where the scorer prefers the original image, per requested '
-             "anti-aesthetic dimension (a pair counts for each of its dimensions).</p>"]
+             '<p class="note">Share of pairs where the scorer strictly prefers the original image, per '
+             "requested anti-aesthetic dimension (a pair counts for each of its dimensions; ties count in "
+             "neither direction; hover a cell for its interval, n and ties).</p>"]
     if not scorers or not dims:
         parts.append('<p class="muted">No dimensions to show.</p>')
         return "\n".join(parts)
@@ -355,8 +393,10 @@ def _heatmap_section(analysis: dict[str, Any]) -> str:
     for name, s in scorers.items():
         cells = [f'<td class="text">{_e(name)}</td>']
         for d in dims:
-            cell = s["by_dimension"].get(d, {}).get("prefer_original_share")
-            cells.append(_share_cell(cell, _tooltip(f"{name} · {d}", cell)))
+            block = s["by_dimension"].get(d, {})
+            cell = block.get("prefer_original_share")
+            tip = _tooltip(f"{name} · {d}", cell) + (f", ties = {block['ties']}" if block.get("ties") else "")
+            cells.append(_share_cell(cell, tip))
         rows.append(cells)
     parts.append(_table(["scorer", *dims], rows, cls="heat"))
     parts.append(_legend())
@@ -372,13 +412,14 @@ def _strength_section(analysis: dict[str, Any]) -> str:
     for name, s in scorers.items():
         for key, b in s["by_strength"].items():
             share = b["prefer_original_share"]
-            rows.append([f'<td class="text">{_e(name)}</td>', _e(key), _e(b["n"]),
+            rows.append([f'<td class="text">{_e(name)}</td>', _e(key), _e(b["n"]), _e(b["ties"]),
                          _share_cell(share, _tooltip(f"{name} · strength {key}", share), with_ci=True),
-                         _est(b["delta_r"])])
+                         _est(b["prefer_anti_share"]), _est(b["delta_r"])])
     if not rows:
         parts.append('<p class="muted">No scored pairs.</p>')
         return "\n".join(parts)
-    parts.append(_table(["scorer", "strength", "n", "prefers original", "Δr"], rows, cls="heat"))
+    parts.append(_table(["scorer", "strength", "n", "ties", "prefers original", "prefers I_a", "Δr"], rows,
+                        cls="heat"))
     return "\n".join(parts)
 
 
@@ -455,8 +496,10 @@ def _card(store: RunStore, data: RunData, pair: Pair, thumbs: dict[str, str | No
         if sha not in thumbs:
             thumbs[sha] = _thumbnail(store, sha)
     meta = [f"strength {_e('n/a' if pair.strength is None else pair.strength)}"]
-    if pair.label is not None:
-        meta.append("labeller: " + {1: "prefers I_a", 0: "prefers I_o", -1: "tie"}[pair.label])
+    if pair.label is not None and pair.label_source == CONSTRUCTION:
+        meta.append("I_a by construction")
+    elif pair.label is not None:
+        meta.append(f"{pair.label_source or 'label'}: " + {1: "prefers I_a", 0: "prefers I_o", -1: "tie"}[pair.label])
     parts = [
         '<div class="card">',
         '<div class="images">' + _figure(thumbs[pair.image_o], "I_o (original)")

@@ -1,9 +1,9 @@
 """The scorer protocol: a batch of (image, prompt) in, one result per item out.
 
 What a caller needs to read a score lives on the class: ``higher_is_better``, ``score_range``,
-``prompt_aware``, ``max_prompt_tokens``. Constructing a scorer loads nothing; ``load()`` (called on
-first use) does. ``identity()`` is what goes into every record key: change the weights, the
-preprocessing version or an option that changes numbers, and the key changes.
+``prompt_aware``, ``reward_model``, ``max_prompt_tokens``. Constructing a scorer loads nothing;
+``load()`` (called on first use) does. ``identity()`` is what goes into every record key: change the
+weights, the preprocessing version or an option that changes numbers, and the key changes.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Scorer:
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float | None, float | None]] = (None, None)
     prompt_aware: ClassVar[bool] = True
+    # A preference or quality model whose higher score means "better image": the analysis runs the
+    # reward-model test on it. False for scorers that measure something else (a safety classifier).
+    reward_model: ClassVar[bool] = True
     max_prompt_tokens: ClassVar[int | None] = None
     version: ClassVar[str] = "1"
     extra: ClassVar[str | None] = None  # the pip extra its dependencies come from

@@ -21,7 +21,8 @@ from .base import ScoreResult, Scorer, package_version
 
 @register("scorers")
 class NsfwScorer(Scorer):
-    """open_nsfw P(nsfw); prompt-blind; lower = safer.
+    """open_nsfw P(nsfw); prompt-blind; lower = safer. Not a reward model: it says whether an image is
+    unsafe, not which image is better, so the analysis runs no reward-model test on it.
 
     Options: ``batch_size`` (images per ONNX run), ``providers`` (onnxruntime execution providers,
     default: the best available), ``threads`` (intra-op threads), ``session`` (an already built
@@ -34,6 +35,7 @@ class NsfwScorer(Scorer):
     higher_is_better: ClassVar[bool] = False
     score_range: ClassVar[tuple[float | None, float | None]] = (0, 1)
     prompt_aware: ClassVar[bool] = False
+    reward_model: ClassVar[bool] = False
     extra: ClassVar[str | None] = "offline"
 
     def __init__(self, *, batch_size: int = 32, providers: list[str] | None = None, threads: int | None = None,
