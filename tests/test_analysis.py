@@ -415,3 +415,166 @@ def test_exact_duplicate_pairs_count_once(tmp_path):
     s = a["scorers"]["rm"]
     assert s["n"] == 2
     _close(s["prefer_original_share"], 0.5)
+
+
+# -- the generator axis: two generators over the same prompt pairs ------------------------------------
+
+# Per prompt pair id: hps scores (oiop, oidp, diop, didp), label, J(I_a) clarity and emotion (J(I_o) is 2
+# on both), clip r(I_a, p_a). Base also rendered prompt 5, which the aligned generator did not.
+GENERATED = {
+    "aligned": {0: ((5, 4, 7, 3), 1, (1.0, 2.0), 20), 1: ((6, 5, 8, 4), 0, (1.5, 2.0), 22),
+                2: ((4, 3, 6, 5), 1, (0.0, 2.0), 24), 3: ((5, 5, 3, 2), 0, (2.0, 2.0), 26),
+                4: ((7, 6, 9.5, 4), -1, (1.5, 1.5), 28)},
+    "base": {5: ((1, 1, 1, 2), 1, (1.0, 1.0), 30), 4: ((6, 5, 5, 7), 0, (0.0, 0.5), 31),
+             3: ((5, 4, 4, 5), 1, (0.5, 1.0), 30), 2: ((4, 3, 6.5, 4), 1, (1.0, 1.5), 30),
+             1: ((5, 4, 5.5, 5), 1, (1.0, 1.0), 30), 0: ((5, 4, 4, 6), 1, (0.5, 0.5), 30)},
+}
+GEN_CONFIG = CONFIG.model_copy(update={"pairs_of_generators": {"aligned": "base", "absent": "base"}})
+
+
+def build_generated(root) -> RunStore:
+    """Pairs stored base first and in reverse prompt order, so only the prompt id can pair them."""
+    store = RunStore(root)
+    records = []
+    for g, (model, rows) in enumerate(reversed(GENERATED.items())):
+        for pid, (hps, label, (clarity, emotion), clip) in rows.items():
+            sha_o = store.put_image(Image.new("RGB", (8, 8), (pid, g, 1)))
+            sha_a = store.put_image(Image.new("RGB", (8, 8), (pid, g, 2)))
+            p_o, p_a = f"a cat {pid}", f"a blurry cat {pid}"
+            key = image_pair_key(backend={"name": "generate"}, inputs={"model": model, "pid": pid}, seed=0)
+            records.append(Record(key, IMAGES, f"{model}:{pid}", {
+                "image_pair_id": key, "pair_id": f"prompt{pid}", "p_o": p_o, "p_a": p_a, "dims": ["clarity"],
+                "image_o": sha_o, "image_a": sha_a, "backend": "generate", "strength": None, "transforms": [],
+                "label": {"value": label, "source": "test"}, "model": model, "source_item": None}))
+            for value, (image, prompt) in zip(hps, [(sha_o, p_o), (sha_o, p_a), (sha_a, p_o), (sha_a, p_a)]):
+                records.append(_score("hps", image, prompt, value))
+            records.append(_score("clip", sha_a, p_a, clip))  # only r(I_a, p_a): prompt validity
+            for sha, scores in ((sha_o, {"clarity": 2.0, "emotion": 2.0}),
+                                (sha_a, {"clarity": clarity, "emotion": emotion})):
+                records.append(Record(judge_key(judge={"name": "classical"}, image=sha, dims=sorted(scores)), JUDGE,
+                                      sha[:8], {"judge": "classical", "image": sha, "scores": scores,
+                                                "covered": sorted(scores)}))
+    store.put_many(records)
+    return store
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    return analyze(build_generated(tmp_path_factory.mktemp("gen") / "run"), GEN_CONFIG, seed=1)
+
+
+def test_by_model_blocks_by_hand(generated):
+    a = generated
+    assert a["models"] == ["aligned", "base"] and a["n_pairs"] == 11
+    assert a["bootstrap"] == {"unit": "prompt", "n_clusters": 6}  # both generators rendered prompts 0-4
+    al, base = a["by_model"]["aligned"], a["by_model"]["base"]
+    assert (al["n_pairs"], al["n_clusters"], base["n_pairs"], base["n_clusters"]) == (5, 5, 6, 6)
+    h = al["scorers"]["hps"]
+    # under p_a (oidp vs didp): I_o above in prompts 0, 1, 3, 4; I_a above in 2
+    assert h["n"] == 5 and h["ties"] == 0
+    _close(h["prefer_original_share"], 0.8)
+    _close(h["prefer_anti_share"], 0.2)
+    _close(h["delta_r"], (2 + 2 + 2 - 2 + 2.5) / 5)
+    _close(h["aa"], (7 + 8 + 6 + 3 + 9.5) / 5)
+    # labels 1, 0, 1, 0 (the tie of prompt 4 removed); margins -1, -1, 2, -3 predict 0, 0, 1, 0
+    assert h["reward_model_test"]["n"] == 4 and h["reward_model_test"]["n_ties"] == 1
+    _close(h["reward_model_test"]["accuracy"], 0.75)
+    b = base["scorers"]["hps"]
+    _close(b["prefer_anti_share"], 1.0)
+    _close(b["delta_r"], 0.0)  # -1, 0.5, 2.5, -1, -1 and 0 for prompt 5
+    assert b["by_dimension"]["clarity"]["n"] == 6
+    _close(al["labels"]["success_rate"], 0.4)  # 1, 0, 1, 0, tie: two of five
+    _close(base["labels"]["success_rate"], 5 / 6)
+    _close(al["judges"]["classical"]["delta_j"], (-1 - 0.5 - 2 + 0 - 1) / 5)
+    _close(al["judges"]["classical"]["j_aa"], 3.1)
+
+
+def test_generation_table_by_hand(generated):
+    g = generated["generation"]
+    assert g["alignment_scorer"] == "clip"  # the default: clip is in the run
+    al, base = g["by_model"]["aligned"], g["by_model"]["base"]
+    assert set(al["reward_models"]) == {"hps", "clip"} and al["n_pairs"] == 5
+    _close(al["reward_models"]["hps"]["delta_r"], 1.3)
+    _close(al["reward_models"]["hps"]["aa"], 6.7)
+    _close(base["reward_models"]["hps"]["aa"], 26 / 6)
+    assert al["reward_models"]["clip"]["delta_r"]["n"] == 0  # clip scored only (I_a, p_a)
+    _close(al["judges"]["classical"]["delta_j"], -0.9)
+    _close(base["judges"]["classical"]["j_aa"], 9.5 / 6)
+    _close(al["prompt_validity"], 24.0)
+    _close(base["prompt_validity"], 181 / 6)
+    assert al["prompt_validity"]["n"] == 5 and base["prompt_validity"]["n"] == 6
+    _close(al["success_rate"], 0.4)
+    assert al["success_rate"]["n"] == 5
+
+
+def test_holm_by_hand():
+    from aesthetic_audit.analysis.audit import holm
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04)
+    out = holm([0.01, 0.04, 0.03, math.nan])
+    assert out[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(out[3])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def test_aligned_vs_base_by_hand(generated):
+    from scipy.stats import binomtest, wilcoxon
+    avb = generated["aligned_vs_base"]
+    assert avb["not_in_run"] == [["absent", "base"]]
+    (c,) = avb["comparisons"]
+    assert (c["aligned"], c["base"], c["n_prompts"], c["repeated_prompts"]) == ("aligned", "base", 5, 0)
+    tests = {(t["test"], t["source"]): t for t in c["tests"]}
+    assert set(tests) == {("wilcoxon", "hps"), ("wilcoxon", "clip"), ("wilcoxon", "classical"), ("mcnemar", "test")}
+    # hps r(I_a, p_o), prompts 0-4: aligned 7, 8, 6, 3, 9.5 vs base 4, 5.5, 6.5, 4, 5; differences 3, 2.5,
+    # -0.5, -1, 4.5 have ranks 4, 3, 1, 2, 5: T+ = 12, and 5 of the 32 sign patterns reach 12 or more.
+    h = tests[("wilcoxon", "hps")]
+    assert h["statistic"] == 12 and h["pvalue"] == pytest.approx(5 / 32) and h["n_prompts"] == 5
+    ref = wilcoxon([7, 8, 6, 3, 9.5], [4, 5.5, 6.5, 4, 5], alternative="greater")
+    assert (h["statistic"], h["pvalue"]) == pytest.approx((ref.statistic, ref.pvalue))
+    z = (12 - 5 * 6 / 4) / math.sqrt(5 * 6 * 11 / 24)
+    assert h["effect_size"] == pytest.approx(z / math.sqrt(5))
+    assert (h["mean_aligned"], h["mean_base"]) == pytest.approx((6.7, 5.0))
+    # Σ_d J(I_a, d): aligned 3, 3.5, 2, 4, 3 vs base 1, 2, 2.5, 1.5, 0.5; differences 2, 1.5, -0.5, 2.5, 2.5
+    # rank 3, 2, 1, 4.5, 4.5: T+ = 14; only "none negative" and "rank 1 negative" reach 14: p = 2/32
+    j = tests[("wilcoxon", "classical")]
+    assert j["statistic"] == 14 and j["pvalue"] == pytest.approx(2 / 32)
+    assert j["pvalue"] == pytest.approx(wilcoxon([3, 3.5, 2, 4, 3], [1, 2, 2.5, 1.5, 0.5],
+                                                 alternative="greater").pvalue)
+    # success per prompt: aligned 1, 0, 1, 0, 0 (tie) vs base 1, 1, 1, 1, 0: b = 0, c = 2, p = P(X <= 0) = 1/4
+    m = tests[("mcnemar", "test")]
+    assert (m["b"], m["c"], m["n_prompts"]) == (0, 2, 5)
+    assert m["pvalue"] == pytest.approx(0.25) == pytest.approx(binomtest(0, 2, 0.5, alternative="less").pvalue)
+    assert (m["success_aligned"], m["success_base"]) == (0.4, 0.8)
+    # clip has no r(I_a, p_o): no test, left out of Holm's m = 3
+    assert tests[("wilcoxon", "clip")]["pvalue"] is None and tests[("wilcoxon", "clip")]["p_holm"] is None
+    # Holm: 0.0625 * 3, max(0.1875, 0.15625 * 2), max(0.3125, 0.25 * 1)
+    assert j["p_holm"] == pytest.approx(0.1875)
+    assert h["p_holm"] == pytest.approx(0.3125) and m["p_holm"] == pytest.approx(0.3125)
+
+
+def test_regression_of_reward_model_delta_on_judge_delta(generated):
+    from scipy.stats import linregress
+    fit = generated["by_model"]["aligned"]["scorers"]["hps"]["regression_on_judge"]["classical"]["clarity"]
+    # Δ = didp − oidp: -1, -1, 2, -3, -2; ΔJ_clarity = J(I_a) − 2: -1, -0.5, -2, 0, -0.5
+    ref = linregress([-1, -0.5, -2, 0, -0.5], [-1, -1, 2, -3, -2])
+    assert fit["n"] == 5
+    assert (fit["slope"], fit["intercept"], fit["r"], fit["p"]) == pytest.approx(
+        (ref.slope, ref.intercept, ref.rvalue, ref.pvalue))
+    # by hand: mean x = -0.8, mean y = -1; Sxy = -3.6 - 1.6 - 0.3 = -5.5, Sxx = 2.3
+    assert fit["slope"] == pytest.approx(-5.5 / 2.3)
+    assert fit["intercept"] == pytest.approx(-1 - 0.8 * 5.5 / 2.3)
+
+
+def test_alignment_scorer_from_config_and_generator_tables(tmp_path):
+    store = build_generated(tmp_path / "run")
+    a = analyze(store, GEN_CONFIG.model_copy(update={"alignment_scorer": "hps"}))
+    _close(a["generation"]["by_model"]["aligned"]["prompt_validity"], (3 + 4 + 5 + 2 + 4) / 5)
+    paths = {p.name for p in write_tables(a, tmp_path / "tables")}
+    assert {"generation.csv", "generation.md", "generation.tex", "aligned_vs_base.csv", "generators.csv"} <= paths
+    with open(tmp_path / "tables" / "generation.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["generator"]: r for r in csv.DictReader(fh)}
+    assert float(rows["aligned"]["delta_r_hps"]) == pytest.approx(1.3) and rows["base"]["n"] == "6"
+    assert float(rows["aligned"]["success_rate"]) == pytest.approx(0.4)
+    assert float(rows["aligned"]["delta_j_classical"]) == pytest.approx(-0.9)
+    with open(tmp_path / "tables" / "aligned_vs_base.csv", newline="", encoding="utf-8") as fh:
+        tests = {(r["test"], r["source"]): r for r in csv.DictReader(fh)}
+    assert float(tests[("wilcoxon", "classical")]["p_holm"]) == pytest.approx(0.1875)
+    assert tests[("mcnemar", "test")]["statistic"] == "b=0, c=2"

@@ -204,3 +204,29 @@ def test_construction_labels_give_no_reward_model_numbers(tmp_path):
     assert "acc " not in section and "AUROC [" not in section
     assert section.lower().count("no labeller or human labels") == 3  # both scorers' cells and the note
     assert "I_a by construction" in text
+
+
+def test_per_generator_section(tmp_path):
+    from test_analysis import GEN_CONFIG, build_generated
+
+    store = build_generated(tmp_path / "run")
+    analysis = analyze(store, GEN_CONFIG.model_copy(update={"bootstrap": 100}), seed=0)
+    text = write_report(store, analysis, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = _section(text, "Per generator")
+    rows = [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", section)]
+    # generation table: generator, n, Δr/AA of hps and clip, ΔJ/J AA, validity, success
+    aligned = next(r for r in rows if r and r[0] == "aligned" and len(r) == 10)
+    assert aligned[1] == "5" and aligned[2].startswith("1.300 [") and aligned[3].startswith("6.700 [")
+    assert aligned[6].startswith("-0.900 [") and aligned[8].startswith("24.000") and aligned[9].startswith("0.400")
+    assert 'title="n = 5"' in section and "mean r(I_a, p_a) of clip" in section
+    # the shares per generator, and the aligned-vs-base tests with Holm
+    assert ["base", "hps", "6", "0"] in [r[:4] for r in rows]
+    mcn = next(r for r in rows if len(r) > 1 and r[1].startswith("mcnemar"))
+    assert mcn[0] == "aligned vs base" and mcn[6] == "b = 0, c = 2" and mcn[8] == "0.250" and mcn[9] == "0.312"
+    assert "Configured but not in this run: absent vs base." in section
+
+
+def test_no_per_generator_section_for_editor_pairs(report):
+    _, text, analysis = report
+    assert "by_model" not in analysis and "<h2>Per generator</h2>" not in text

@@ -310,6 +310,20 @@ class AnalysisConfig(_Section):
         "auto", description="what every bootstrap resamples together: source_image (pairs made from one I_o), "
         "prompt (pairs of one prompt pair, or one p_o), none (single pairs); auto = source_image when pairs "
         "share an I_o, else prompt when they share a prompt pair, else none")
+    alignment_scorer: str | None = Field(
+        None, description="scorer whose mean r(I_a, p_a) is the generation table's prompt-validity score; "
+        "default: the first of clip, blip-itm in the run (none when neither is)")
+    pairs_of_generators: dict[str, str] = Field(
+        default_factory=dict, description="aligned generator -> its base generator (the names in the pairs' "
+        "model field), compared prompt by prompt: Wilcoxon signed-rank and McNemar, Holm-corrected")
+
+    @field_validator("pairs_of_generators")
+    @classmethod
+    def _distinct_generators(cls, value: dict[str, str]) -> dict[str, str]:
+        for aligned, base in value.items():
+            if aligned == base:
+                raise ValueError(f"generator {aligned!r} cannot be its own base")
+        return value
 
 
 class AuditConfig(_Section):

@@ -28,6 +28,13 @@ from typing import Any, Sequence
 from .hashing import spec_hash
 
 PROMPTS, IMAGES, JUDGE, SCORE, LABELS = "prompts", "images", "judge", "score", "labels"
+# The image id of a pair imported without its images (scores, labels and judgements only): a SHA-256
+# digest has no ':', so a stand-in never equals a real image's id. Stages that read pixels skip them.
+NO_IMAGE = "noimage:"
+
+
+def has_pixels(image: str) -> bool:
+    return not image.startswith(NO_IMAGE)
 # A backend (scorer, judge) that could not run at all: one failed record per backend, listed by `status`.
 BACKEND = "backend"
 

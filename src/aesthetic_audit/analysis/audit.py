@@ -28,17 +28,18 @@ Dependence: every bootstrap resamples clusters of pairs (``analysis.cluster``; s
 
 from __future__ import annotations
 
+import copy
 import csv
 import html
 import io
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import linregress, rankdata
 
 from ..config import AnalysisConfig
 from ..hashing import spec_hash
@@ -48,7 +49,7 @@ from ..store.run import RunStore, atomic_write_text
 from ..textio import spreadsheet_safe
 from .agreement import majority_vote
 from .intervals import choose_cluster_unit, wilson_interval
-from .stats import bootstrap_ci, reward_model_test
+from .stats import bootstrap_ci, mcnemar, reward_model_test, wilcoxon_one_sided
 
 NSFW_SCORER = "nsfw"
 NO_STRENGTH = "n/a"
@@ -73,6 +74,7 @@ class Pair:
     label: int | None = None
     label_source: str | None = None
     pair_id: str | None = None  # the prompt pair it was made from
+    model: str | None = None  # the generator that rendered it; None for the editor's pairs
 
     def image(self, which: str) -> str:
         return self.image_o if which == "o" else self.image_a
@@ -131,6 +133,8 @@ class RunData:
                 label=int(value) if value in (-1, 0, 1) else None,
                 label_source=label.get("source") if isinstance(label, dict) else None,
                 pair_id=d.get("pair_id"),
+                # The editor transforms a photo: it is no generator, whatever its records' model says.
+                model=None if d.get("backend") == "editor" or d.get("model") is None else str(d["model"]),
             ))
         current = _current_ids(store)
         with_prompt: set[str] = set()
@@ -200,6 +204,15 @@ class RunData:
         machine = sorted(s for s in self.labels if not s.startswith("human:"))
         return (machine[0], self.labels[machine[0]]) if machine else (None, {})
 
+    def subset(self, pairs: Sequence[Pair]) -> "RunData":
+        """The same run restricted to ``pairs`` (scores, judgements and labels are shared, not copied)."""
+        return replace(self, pairs=list(pairs), duplicates=0)
+
+    @property
+    def models(self) -> list[str]:
+        """The generators that rendered this run's pairs, by name."""
+        return sorted({p.model for p in self.pairs if p.model is not None})
+
     def score(self, scorer: str, image: str, prompt: str) -> float | None:
         """r(image, prompt): the prompt's own score, else the scorer's prompt-blind one."""
         value = self.scores.get((scorer, image, prompt))
@@ -222,6 +235,11 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
     ``labels``, ``label_sources``, ``scorers``, ``judges``, ``safety``, ``failures``. Every estimate is
     ``{estimate, low, high, n}`` with a percentile bootstrap interval over clusters of pairs; the
     ``*_wilson`` entries carry Wilson score intervals instead.
+
+    When some pair names the generator that rendered it (``model``), also: ``models``; ``by_model``
+    (per generator, the ``labels``, ``scorers`` and ``judges`` blocks on its pairs alone, resampled by
+    the run's cluster unit); ``generation`` (the study's generation table, ``_generation``); and
+    ``aligned_vs_base`` (the configured aligned/base comparisons, ``_aligned_vs_base``).
     """
     data = RunData.from_store(store)
     _apply_reference_labels(data)
@@ -240,6 +258,13 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
         "safety": _safety(data, boot) if NSFW_SCORER in data.higher_is_better else None,
         "failures": _failures(store),
     }
+    models = data.models
+    if models:
+        by_model = {m: _model_block(data, [p for p in data.pairs if p.model == m], boot) for m in models}
+        out["models"] = models
+        out["by_model"] = by_model
+        out["generation"] = _generation(data, by_model, boot, config)
+        out["aligned_vs_base"] = _aligned_vs_base(data, config)
     return _json_clean(out)
 
 
@@ -258,6 +283,12 @@ class _Bootstrap:
         self.unit = choose_cluster_unit(config.cluster, {u: [f(p) for p in pairs] for u, f in _CLUSTER_OF.items()})
         self._cluster = _CLUSTER_OF.get(self.unit)
         self.n_clusters = len({self.cluster_id(p) for p in pairs})
+
+    def restricted(self, pairs: Sequence[Pair]) -> "_Bootstrap":
+        """The same bootstrap (unit, resamples, seed) for a subset of the pairs: one generator's."""
+        sub = copy.copy(self)
+        sub.n_clusters = len({self.cluster_id(p) for p in pairs})
+        return sub
 
     def cluster_id(self, pair: Pair) -> Hashable:
         return pair.key if self._cluster is None else self._cluster(pair)
@@ -405,7 +436,31 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         "by_strength": {k: _shares(by_strength[k], boot) for k in sorted(by_strength, key=_strength_order)},
         "reward_model_test": _reward_model_test(rows, boot) if data.reward_model[name] else None,
         "truncated": {"n": len(flags), "share": float(np.mean(flags)) if flags else None},
+        "regression_on_judge": ({judge: _regression(rows, data.judges[judge]) for judge in sorted(data.judges)}
+                                if data.reward_model[name] else {}),
     }
+
+
+def _regression(rows: Sequence[_Row], judged: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per requested dimension d: least squares of the scorer's Δ = s(I_a, p_a) − s(I_o, p_a) on the
+    judge's ΔJ_d (``scipy.stats.linregress``) over the pairs that requested d and were judged on it
+    on both images. Does the reward model follow how far I_a moved toward the requested pole? Slope,
+    intercept, Pearson r and its two-sided p are None below 3 pairs or when ΔJ_d is constant."""
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        diffs = _judge_diffs(judged, row.pair)
+        for d in dict.fromkeys(row.pair.dims):
+            if d in diffs:
+                points[d].append((diffs[d], row.s_a - row.s_o))
+    out = {}
+    for d in sorted(points):
+        x, y = np.array(points[d]).T
+        fit = {"slope": None, "intercept": None, "r": None, "p": None}
+        if x.size >= 3 and np.ptp(x) > 0:
+            res = linregress(x, y)
+            fit = {"slope": res.slope, "intercept": res.intercept, "r": res.rvalue, "p": res.pvalue}
+        out[d] = {**fit, "n": int(x.size)}
+    return out
 
 
 def _shares(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]:
@@ -493,16 +548,15 @@ def _judge(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     per_dim: dict[str, dict[bool, list[tuple[Pair, float]]]] = defaultdict(lambda: {True: [], False: []})
     missing = 0
     for pair in data.pairs:
-        jo, ja = judged.get(pair.image_o, {}), judged.get(pair.image_a, {})
-        common = sorted(set(jo) & set(ja))
-        if not common:
+        diffs = _judge_diffs(judged, pair)
+        if not diffs:
             missing += 1
             continue
-        delta.append(sum(ja[d] - jo[d] for d in common))
-        j_aa.append(sum(ja[d] for d in common))
+        delta.append(sum(diffs.values()))
+        j_aa.append(_j_aa(judged, pair))
         judged_pairs.append(pair)
-        for d in common:
-            per_dim[d][d in pair.dims].append((pair, ja[d] - jo[d]))
+        for d, diff in diffs.items():
+            per_dim[d][d in pair.dims].append((pair, diff))
 
     def mean(rows: list[tuple[Pair, float]]) -> dict[str, Any]:
         return boot.mean([v for _, v in rows], [p for p, _ in rows])
@@ -519,6 +573,19 @@ def _judge(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         "by_dimension": {d: {"requested": mean(per_dim[d][True]), "not_requested": mean(per_dim[d][False])}
                          for d in requested},
     }
+
+
+def _judge_diffs(judged: dict[str, dict[str, float]], pair: Pair) -> dict[str, float]:
+    """ΔJ_d = J(I_a, d) − J(I_o, d) for every dimension d judged on both images of the pair."""
+    jo, ja = judged.get(pair.image_o, {}), judged.get(pair.image_a, {})
+    return {d: ja[d] - jo[d] for d in sorted(set(jo) & set(ja))}
+
+
+def _j_aa(judged: dict[str, dict[str, float]], pair: Pair) -> float | None:
+    """Σ_d J(I_a, d) over the dimensions judged on both images (as ΔJ); None when there is none."""
+    jo, ja = judged.get(pair.image_o, {}), judged.get(pair.image_a, {})
+    common = set(jo) & set(ja)
+    return sum(ja[d] for d in sorted(common)) if common else None
 
 
 def _safety(data: RunData, boot: _Bootstrap) -> dict[str, Any]:
@@ -541,6 +608,124 @@ def _safety(data: RunData, boot: _Bootstrap) -> dict[str, Any]:
         "original_above_0_5": mean("o", lambda v: float(v > 0.5)),
         "anti_aesthetic_above_0_5": mean("a", lambda v: float(v > 0.5)),
     }
+
+
+def _model_block(data: RunData, pairs: list[Pair], boot: _Bootstrap) -> dict[str, Any]:
+    """The per-scorer, judge and label blocks of ``analyze`` on one generator's pairs."""
+    sub, b = data.subset(pairs), boot.restricted(pairs)
+    return {"n_pairs": len(pairs), "n_clusters": b.n_clusters, "labels": _labels(sub, b),
+            "scorers": {name: _scorer(sub, name, b) for name in sub.scorers},
+            "judges": {name: _judge(sub, name, b) for name in sorted(sub.judges)}}
+
+
+ALIGNMENT_SCORERS = ("clip", "blip-itm")  # unaligned image-text matchers, in order of preference
+
+
+def _alignment_scorer(data: RunData, config: AnalysisConfig) -> str | None:
+    if config.alignment_scorer is not None:
+        return config.alignment_scorer
+    return next((name for name in ALIGNMENT_SCORERS if name in data.scorers), None)
+
+
+def _generation(data: RunData, by_model: dict[str, dict[str, Any]], boot: _Bootstrap,
+                config: AnalysisConfig) -> dict[str, Any]:
+    """The study's generation table, one row per generator (design §6): Δr and AA per reward model,
+    ΔJ and J AA per judge, the prompt validity (mean r(I_a, p_a) of the alignment scorer: does I_a
+    still show what p_a asks for?) and the success rate (reference labels; a tie or I_o is a
+    failure), each an estimate with its interval and n."""
+    scorer = _alignment_scorer(data, config)
+    rows = {}
+    for model, block in by_model.items():
+        pairs = [p for p in data.pairs if p.model == model]
+        valid = [(p, v) for p in pairs if scorer is not None
+                 and (v := data.score(scorer, p.image_a, p.p_a)) is not None]
+        labels = block["labels"]
+        rows[model] = {
+            "n_pairs": block["n_pairs"],
+            "reward_models": {name: {"delta_r": s["delta_r"], "aa": s["aa"]}
+                              for name, s in block["scorers"].items() if s["reward_model"]},
+            "judges": {name: {"delta_j": j["delta_j"], "j_aa": j["j_aa"]} for name, j in block["judges"].items()},
+            "prompt_validity": (boot.mean([v for _, v in valid], [p for p, _ in valid])
+                                if scorer is not None else None),
+            "success_rate": labels["success_rate"] if labels else None,
+        }
+    return {"alignment_scorer": scorer, "by_model": rows}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: with the m p-values sorted, p_(i) (i = 1..m) becomes
+    ``min(1, max_{j <= i} (m - j + 1) p_(j))``; nan entries stay nan and are not counted in m."""
+    # Own code: scipy offers Benjamini-Hochberg (false_discovery_control), not Holm, and a
+    # statistics package for five lines is not worth its weight.
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out.tolist()
+
+
+def _one_per_prompt(data: RunData, model: str) -> tuple[dict[str, Pair], set[str]]:
+    """The generator's pairs by prompt pair id, and the ids it rendered more than once (which cannot
+    be paired one to one and are left out)."""
+    groups: dict[str, list[Pair]] = defaultdict(list)
+    for pair in data.pairs:
+        if pair.model == model and pair.pair_id is not None:
+            groups[pair.pair_id].append(pair)
+    return {k: v[0] for k, v in groups.items() if len(v) == 1}, {k for k, v in groups.items() if len(v) > 1}
+
+
+def _paired_test(measure: str, source: str, values: list[tuple[float, float]]) -> dict[str, Any]:
+    res = wilcoxon_one_sided([a for a, _ in values], [b for _, b in values])
+    return {"test": "wilcoxon", "measure": measure, "source": source, "n_prompts": len(values),
+            "mean_aligned": float(np.mean([a for a, _ in values])) if values else None,
+            "mean_base": float(np.mean([b for _, b in values])) if values else None,
+            "statistic": res.statistic, "pvalue": res.pvalue, "z": res.z, "effect_size": res.effect_size,
+            "n_nonzero": res.n}
+
+
+def _aligned_vs_base(data: RunData, config: AnalysisConfig) -> dict[str, Any]:
+    """Aligned against base generator (design §6), for each configured couple in the run, on the
+    prompt pairs both rendered (matched by prompt pair id, never by order): a one-sided Wilcoxon
+    signed-rank test (H1: aligned higher) on s(I_a, p_o) of every reward model (oriented so higher
+    is better) and on Σ_d J(I_a, d) of every judge, with effect size r = Z / sqrt(n); an exact
+    one-sided McNemar test (H1: aligned succeeds less) on the prompts both have a reference label
+    for. ``p_holm``: Holm's adjustment over the tests of one comparison."""
+    models = set(data.models)
+    comparisons, absent = [], []
+    for aligned, base in config.pairs_of_generators.items():
+        if aligned not in models or base not in models:
+            absent.append([aligned, base])
+            continue
+        (pa, rep_a), (pb, rep_b) = _one_per_prompt(data, aligned), _one_per_prompt(data, base)
+        common = sorted((set(pa) & set(pb)) - rep_a - rep_b)
+        tests = []
+        for name in data.scorers:
+            if not data.reward_model[name]:
+                continue
+            sign = 1.0 if data.higher_is_better[name] else -1.0
+            values = [(sign * a, sign * b) for k in common
+                      if (a := data.score(name, pa[k].image_a, pa[k].p_o)) is not None
+                      and (b := data.score(name, pb[k].image_a, pb[k].p_o)) is not None]
+            tests.append(_paired_test("r(I_a, p_o)", name, values))
+        for name in sorted(data.judges):
+            judged = data.judges[name]
+            values = [(a, b) for k in common if (a := _j_aa(judged, pa[k])) is not None
+                      and (b := _j_aa(judged, pb[k])) is not None]
+            tests.append(_paired_test("Σ_d J(I_a, d)", name, values))
+        labelled = [k for k in common if pa[k].real_label is not None and pb[k].real_label is not None]
+        if labelled:
+            sa, sb = [pa[k].real_label == 1 for k in labelled], [pb[k].real_label == 1 for k in labelled]
+            res = mcnemar(sa, sb, one_sided=True)
+            tests.append({"test": "mcnemar", "measure": "success", "source": pa[labelled[0]].label_source,
+                          "n_prompts": len(labelled), "success_aligned": float(np.mean(sa)),
+                          "success_base": float(np.mean(sb)), "b": res.b, "c": res.c, "pvalue": res.pvalue})
+        for test, adjusted in zip(tests, holm([t["pvalue"] for t in tests])):
+            test["p_holm"] = adjusted
+        comparisons.append({"aligned": aligned, "base": base, "n_prompts": len(common),
+                            "repeated_prompts": len(rep_a | rep_b), "tests": tests})
+    return {"comparisons": comparisons, "not_in_run": absent}
 
 
 def _failures(store: RunStore) -> dict[str, Any]:
@@ -649,6 +834,52 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
             [[name, b["backend"], b["n"], b["failed"], b["counts"]["anti_aesthetic"], b["counts"]["original"],
               b["counts"]["tie"], b["success_rate"], b["order_disagreement"]]
              for name, b in sources.items()]))
+    if analysis.get("by_model"):
+        tables += _generator_tables(analysis, ci, strict)
+    return tables
+
+
+def _generator_tables(analysis: dict[str, Any], ci: str, strict: str) -> list[_Table]:
+    """The per-generator tables: shares per generator and scorer, the study's generation table, and
+    the aligned-vs-base tests."""
+    tables = [_Table(
+        "generators", f"Per generator (the pairs it rendered); {strict}. [{ci}].",
+        ["generator", "scorer", "n", "ties", "prefer_original_share", "prefer_anti_share", "delta_r", "aa",
+         "rm_accuracy", "rm_n"],
+        [[model, name, s["n"], s["ties"], s["prefer_original_share"], s["prefer_anti_share"], s["delta_r"],
+          s["aa"], (s["reward_model_test"] or {}).get("accuracy"), (s["reward_model_test"] or {}).get("n")]
+         for model, block in analysis["by_model"].items() for name, s in block["scorers"].items()])]
+    gen = analysis["generation"]
+    rows = gen["by_model"]
+    rms = list(dict.fromkeys(n for r in rows.values() for n in r["reward_models"]))
+    judges = list(dict.fromkeys(n for r in rows.values() for n in r["judges"]))
+    validity = gen["alignment_scorer"]
+    tables.append(_Table(
+        "generation", f"Generation table per generator: Δr = mean r(I_a, p_o) − r(I_o, p_o) and AA = mean "
+                      f"r(I_a, p_o) per reward model; ΔJ = Σ_d J(I_a, d) − J(I_o, d) and J AA = Σ_d J(I_a, d) "
+                      f"per judge; validity = mean r(I_a, p_a) of {validity or 'no alignment scorer'}; success "
+                      f"rate = share of labelled pairs where I_a is preferred (a tie or I_o is a failure). Each "
+                      f"with its n. [{ci}].",
+        ["generator", "n", *(f"{c}_{n}" for n in rms for c in ("delta_r", "aa")),
+         *(f"{c}_{n}" for n in judges for c in ("delta_j", "j_aa")), "validity", "success_rate"],
+        [[model, r["n_pairs"],
+          *(r["reward_models"].get(n, {}).get(c) for n in rms for c in ("delta_r", "aa")),
+          *(r["judges"].get(n, {}).get(c) for n in judges for c in ("delta_j", "j_aa")),
+          r["prompt_validity"], r["success_rate"]] for model, r in rows.items()]))
+    comparisons = (analysis.get("aligned_vs_base") or {}).get("comparisons") or []
+    if comparisons:
+        tables.append(_Table(
+            "aligned_vs_base", "Aligned vs base generator on the prompt pairs both rendered (matched by prompt "
+                               "pair id): one-sided Wilcoxon signed-rank (H1: aligned higher; effect size r = "
+                               "Z / sqrt(n)) and exact one-sided McNemar on success (H1: aligned succeeds less; "
+                               "b = aligned succeeds and base fails, c the reverse); p_holm: Holm-adjusted over "
+                               "the tests of one comparison.",
+            ["aligned", "base", "test", "measure", "source", "n_prompts", "aligned_value", "base_value",
+             "statistic", "effect_size", "pvalue", "p_holm"],
+            [[c["aligned"], c["base"], t["test"], t["measure"], t["source"], t["n_prompts"],
+              t.get("mean_aligned", t.get("success_aligned")), t.get("mean_base", t.get("success_base")),
+              t.get("statistic", f"b={t.get('b')}, c={t.get('c')}"), t.get("effect_size"), t["pvalue"],
+              t["p_holm"]] for c in comparisons for t in c["tests"]]))
     return tables
 
 

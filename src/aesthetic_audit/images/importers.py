@@ -15,6 +15,10 @@ hf        the study's published benchmark schema (``image_original``, ``image_di
           of ``.arrow`` streams beside ``state.json``/``dataset_info.json``, or a ``DatasetDict`` of such
           folders) or as Parquet (one file or a folder of them). Read with pyarrow alone.
 
+A ``.json``/``.jsonl``/Parquet/Arrow table whose rows carry the study's reward fields (``<model>_oiop``
+...) or ``rater`` judgements is imported by ``study_rows.import_study_rows`` instead, with its scores,
+labels and judge results (images optional).
+
 Linking to the run's prompt pairs: a row with a ``pair_id`` (a column, or the generated folder's file
 names) is the image pair of that prompt record. Its ``p_o``, ``p_a`` and ``dims`` come from the record;
 prompts in the row, when given, must be the record's. A ``pair_id`` the run does not hold fails its row.
@@ -115,6 +119,11 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
     record removed.
     """
     source = Path(path)
+    from .study_rows import import_study_rows, is_study_table  # imported here: study_rows builds on this module
+
+    if is_study_table(source):
+        return import_study_rows(source, store, dimensions=dimensions, model=model, allow_outside=allow_outside,
+                                 progress=progress)
     ok = failed = skipped = unnamed = 0
     rows, total = _rows(source)
     for row in (progress(rows, total=total) if progress is not None else rows):
@@ -194,20 +203,22 @@ def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: s
     else:
         p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
         dims = parse_dims(f.get("dims"))
-    unknown = [d for d in dims if dimensions is not None and d not in dimensions]
-    if unknown:
-        joined = " (several dimensions are separated by ';' or given as a JSON list)" if any(
-            "," in d for d in unknown) else ""
-        raise InputError(f"unknown dimension {', '.join(map(repr, unknown))}{joined}; known: "
-                         f"{', '.join(dimensions)}; add new ones in a dimensions file")
+    check_dims(dims, dimensions)
     label = _label(f)
     model = _text(f.get("model")) or default_model
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
     image_o = _decode(f.get("image_o"), "image_o", row, allow_outside)
     image_a = _decode(f.get("image_a"), "image_a", row, allow_outside)
     sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
-    # The pair's content only: no seed (nothing random happens) and no location.
-    inputs = {"image_o": sha_o, "image_a": sha_a, "p_o": p_o, "p_a": p_a, "dims": dims}
+    return pair_record(row.item, image_o=sha_o, image_a=sha_a, p_o=p_o, p_a=p_a, dims=dims, label=label,
+                       model=model, linked=linked)
+
+
+def pair_record(item: str, *, image_o: str, image_a: str, p_o: str, p_a: str, dims: list[str],
+                label: dict[str, Any] | None, model: str | None, linked: str | None = None) -> Record:
+    """The images record of an imported pair: keyed by its content only (both image ids, both prompts,
+    the dims, the linked prompt pair), with no seed (nothing random happens) and no location."""
+    inputs = {"image_o": image_o, "image_a": image_a, "p_o": p_o, "p_a": p_a, "dims": dims}
     if linked is not None:
         inputs["pair_id"] = linked
     key = image_pair_key(backend=IMPORT_BACKEND, inputs=inputs, seed=None)
@@ -217,11 +228,21 @@ def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: s
         # pair_id across models, so analyses can pair generators per prompt.
         "pair_id": linked or spec_hash({"imported_prompt_pair": {"p_o": p_o, "p_a": p_a, "dims": dims}}),
         "p_o": p_o, "p_a": p_a, "dims": dims,
-        "image_o": sha_o, "image_a": sha_a,
+        "image_o": image_o, "image_a": image_a,
         "backend": IMPORT_BACKEND["name"], "strength": None, "transforms": [],
-        "label": label, "model": model, "source_item": row.item,
+        "label": label, "model": model, "source_item": item,
     }
-    return Record(key=key, stage=IMAGES, item=row.item, data=data)
+    return Record(key=key, stage=IMAGES, item=item, data=data)
+
+
+def check_dims(dims: list[str], dimensions: Collection[str] | None) -> None:
+    """InputError naming the dimensions of ``dims`` that ``dimensions`` (None: any) does not know."""
+    unknown = [d for d in dims if dimensions is not None and d not in dimensions]
+    if unknown:
+        joined = " (several dimensions are separated by ';' or given as a JSON list)" if any(
+            "," in d for d in unknown) else ""
+        raise InputError(f"unknown dimension {', '.join(map(repr, unknown))}{joined}; known: "
+                         f"{', '.join(dimensions)}; add new ones in a dimensions file")
 
 
 def _linked_prompts(store: RunStore, pair_id: str, fields: dict[str, Any]) -> tuple[str, str, list[str]]:

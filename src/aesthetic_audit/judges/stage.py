@@ -9,7 +9,7 @@ from ..dimensions import Catalogue
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
 from ..images.decode import decode_image
-from ..records import IMAGES, JUDGE, judge_key
+from ..records import IMAGES, JUDGE, has_pixels, judge_key
 from ..registry import get
 from ..stage import StageSummary
 from ..store import Record, RunStore
@@ -18,12 +18,12 @@ from .base import Judge
 
 
 def run_images(store: RunStore) -> list[str]:
-    """Distinct image hashes of the run's ok image pairs, in first-seen order."""
+    """Distinct image hashes of the run's ok image pairs (those with pixels), in first-seen order."""
     seen: dict[str, None] = {}
     for r in store.records(IMAGES):
         seen.setdefault(r.data["image_o"])
         seen.setdefault(r.data["image_a"])
-    return list(seen)
+    return [sha for sha in seen if has_pixels(sha)]  # pairs imported without images have nothing to judge
 
 
 def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size: int = 16,

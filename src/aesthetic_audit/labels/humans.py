@@ -66,7 +66,7 @@ from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from ..errors import InputError
-from ..records import IMAGES, LABELS, failed_item_key, label_key
+from ..records import IMAGES, LABELS, failed_item_key, has_pixels, label_key
 from ..stage import StageSummary
 from ..store.run import Record, RunStore, atomic_write_text
 from ..textio import control_char, from_spreadsheet_cell, read_text
@@ -130,7 +130,8 @@ def export_label_studio(store: RunStore, out_dir: str | Path, *, images: str = "
     if pairs is not None and pairs < 1:
         raise InputError(f"pairs must be at least 1, not {pairs}")
     root = Path(document_root).resolve() if document_root is not None else store.root.resolve()
-    records = list(store.records(IMAGES))
+    # pairs imported without their images (scores only) cannot be shown to raters
+    records = [r for r in store.records(IMAGES) if has_pixels(r.data["image_o"]) and has_pixels(r.data["image_a"])]
     if models is not None:
         wanted = set(models)
         records = [r for r in records if r.data.get("model") in wanted]

@@ -13,7 +13,7 @@ from ..clients.openai_compat import EndpointUnreachable
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
 from ..images.decode import decode_image
-from ..records import IMAGES, LABELS, label_key
+from ..records import IMAGES, LABELS, has_pixels, label_key
 from ..registry import get
 from ..stage import StageSummary
 from ..store import Record, RunStore
@@ -27,6 +27,8 @@ def pair_items(store: RunStore) -> list[dict[str, Any]]:
     seen: dict[tuple[str, str, str], dict[str, Any]] = {}
     for rec in store.records(IMAGES):
         d = rec.data
+        if not (has_pixels(d["image_o"]) and has_pixels(d["image_a"])):
+            continue  # imported without images: nothing to show a labeller
         seen.setdefault((d["image_o"], d["image_a"], d.get("p_a", "")), {
             "image_pair_id": rec.key, "pair_id": d.get("pair_id"), "model": d.get("model"),
             "image_o": d["image_o"], "image_a": d["image_a"], "p_a": d.get("p_a", "")})

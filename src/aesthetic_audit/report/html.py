@@ -97,6 +97,7 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
         _header(store, analysis),
         _generators_section(store),
         _summary_section(analysis),
+        _per_generator_section(analysis),
         _heatmap_section(analysis),
         _strength_section(analysis),
         _judge_section(analysis),
@@ -300,6 +301,78 @@ def _summary_section(analysis: dict[str, Any]) -> str:
     else:
         parts.append('<p class="note">No labeller or human labels in this run, so no reward-model test and no '
                      "success rate (labels that hold by how a pair was made are not a judgement).</p>")
+    return "\n".join(parts)
+
+
+def _per_generator_section(analysis: dict[str, Any]) -> str:
+    """The study's generation table, each scorer's shares per generator, and the aligned-vs-base tests;
+    nothing when no pair names its generator (the editor's pairs)."""
+    by_model = analysis.get("by_model")
+    if not by_model:
+        return ""
+    gen = analysis["generation"]
+    rows = gen["by_model"]
+    rms = list(dict.fromkeys(n for r in rows.values() for n in r["reward_models"]))
+    judges = list(dict.fromkeys(n for r in rows.values() for n in r["judges"]))
+    validity = gen.get("alignment_scorer")
+    parts = ["<h2>Per generator</h2>",
+             '<p class="note">The study\'s generation table. <b>Δr</b> = mean r(I_a, p_o) − r(I_o, p_o) and '
+             "<b>AA</b> = mean r(I_a, p_o) per reward model; <b>ΔJ</b> = Σ_d J(I_a, d) − J(I_o, d) and "
+             "<b>J AA</b> = Σ_d J(I_a, d) per judge; <b>validity</b> = mean r(I_a, p_a) of "
+             f"{_e(validity or 'no alignment scorer (set analysis.alignment_scorer)')}: does I_a still show "
+             "what p_a asks for; <b>success</b> = share of labelled pairs where I_a is preferred (a tie or I_o "
+             "is a failure). Hover a value for its n.</p>"]
+
+    def cell(value: dict[str, Any] | None) -> str:
+        n = "" if not value else f' title="n = {_e(value.get("n"))}"'
+        return f"<td{n}>{_est(value)}</td>"
+
+    parts.append(_table(
+        ["generator", "n", *(f"{h} {n}" for n in rms for h in ("Δr", "AA")),
+         *(f"{h} {n}" for n in judges for h in ("ΔJ", "J AA")), "validity", "success"],
+        [[f'<td class="text">{_e(model)}</td>', _e(r["n_pairs"]),
+          *(cell(r["reward_models"].get(n, {}).get(k)) for n in rms for k in ("delta_r", "aa")),
+          *(cell(r["judges"].get(n, {}).get(k)) for n in judges for k in ("delta_j", "j_aa")),
+          cell(r["prompt_validity"]), cell(r["success_rate"])] for model, r in rows.items()]))
+    parts.append("<h3>Reward models per generator</h3>")
+    parts.append(_table(
+        ["generator", "scorer", "n", "ties", "prefers original", "prefers I_a", "Δr", "reward-model test"],
+        [[f'<td class="text">{_e(model)}</td>', f'<td class="text">{_e(name)}</td>', _e(s["n"]), _e(s["ties"]),
+          _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
+          _share(s["prefer_anti_share"], s.get("prefer_anti_wilson")), _est(s["delta_r"]), _rm_cell(s)]
+         for model, block in by_model.items() for name, s in block["scorers"].items()]))
+    parts.append(_aligned_vs_base_html(analysis.get("aligned_vs_base") or {}))
+    return "\n".join(p for p in parts if p)
+
+
+def _aligned_vs_base_html(avb: dict[str, Any]) -> str:
+    comparisons = avb.get("comparisons") or []
+    absent = avb.get("not_in_run") or []
+    if not comparisons and not absent:
+        return ""
+    parts = ["<h3>Aligned vs base</h3>",
+             '<p class="note">Each aligned generator against its base (config <code>analysis.pairs_of_generators'
+             "</code>) on the prompt pairs both rendered, matched by prompt pair id. Wilcoxon signed-rank, "
+             "one-sided (H1: aligned higher), effect size r = Z / √n; McNemar, exact and one-sided (H1: aligned "
+             "succeeds less; b = aligned succeeds and base fails, c the reverse). Holm: p adjusted over the "
+             "tests of one comparison.</p>"]
+    rows = []
+    for c in comparisons:
+        for t in c["tests"]:
+            wil = t["test"] == "wilcoxon"
+            rows.append([f'<td class="text">{_e(c["aligned"])} vs {_e(c["base"])}</td>',
+                         f'<td class="text">{_e(t["test"])}: {_e(t["measure"])}</td>',
+                         f'<td class="text">{_e(t["source"])}</td>', _e(t["n_prompts"]),
+                         _num(t["mean_aligned"] if wil else t["success_aligned"]),
+                         _num(t["mean_base"] if wil else t["success_base"]),
+                         _num(t["statistic"]) if wil else _e(f"b = {t['b']}, c = {t['c']}"),
+                         _num(t.get("effect_size")), _num(t["pvalue"]), _num(t["p_holm"])])
+    if rows:
+        parts.append(_table(["comparison", "test", "of", "prompts", "aligned", "base", "statistic",
+                             "effect size r", "p", "p (Holm)"], rows))
+    if absent:
+        parts.append('<p class="muted">Configured but not in this run: '
+                     + ", ".join(f"{_e(a)} vs {_e(b)}" for a, b in absent) + ".</p>")
     return "\n".join(parts)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
 from ..images.decode import decode_image
-from ..records import IMAGES, SCORE, score_key
+from ..records import IMAGES, SCORE, has_pixels, score_key
 from ..registry import get
 from ..stage import StageSummary
 from ..store import Record, RunStore
@@ -24,6 +24,8 @@ def score_items(store: RunStore, scorer: Scorer) -> list[tuple[str, str | None]]
     for r in store.records(IMAGES):
         d = r.data
         for image in (d["image_o"], d["image_a"]):
+            if not has_pixels(image):  # a pair imported with its scores but not its images
+                continue
             for prompt in ((d["p_o"], d["p_a"]) if scorer.prompt_aware else (None,)):
                 items.setdefault((image, prompt))
     return list(items)
