@@ -292,6 +292,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts only: keep the prompt pairs of one origin (the prompt stage's captions, the "
                         "editor's photos, or an import); every layout has an origin column")
 
+    p = command("extra-tests", "the study's emotion test and real-art placement (no run needed)",
+                "The study's two tests outside the image-pair audit. Each prints a table (or --format json) "
+                "and writes nothing to a run.\n"
+                "  emotion   images of one scene differing only in the emotion expressed: per scorer and "
+                "emotion e,\n"
+                "            the strict share of scenes with s(I_e, p_e) > s(I_ref, p_e), ties, n, bootstrap "
+                "CI over\n"
+                "            scenes and Wilson interval\n"
+                "  real-art  real artworks' scores: z against one generator's images in a run, a one-sided\n"
+                "            Mann-Whitney U test (H1: artworks score worse) with effect size, and placement on\n"
+                "            a leaderboard")
+    extra = p.add_subparsers(dest="extra_test", metavar="TEST", required=True)
+    e = extra.add_parser("emotion", parents=[flags], help="does a scorer prefer the reference emotion?",
+                         description="MANIFEST: a CSV/JSONL file with columns scene, emotion, image (a path relative "
+                                     "to the manifest, inside its folder) and prompt (naming that emotion; the "
+                                     "reference row's may be empty). For every scene and emotion e other than "
+                                     "--reference, compare s(I_e, p_e) with s(I_ref, p_e), s oriented so that "
+                                     "higher is better. Scorer options: score.options.NAME (--set, -c).")
+    e.add_argument("manifest", type=Path, metavar="MANIFEST")
+    e.add_argument("--scorers", required=True, help="comma-separated scorer names (see `ls scorers`)")
+    e.add_argument("--reference", default="neutral", help="the emotion every other is compared with "
+                                                          "(default neutral)")
+    e.add_argument("--emotions", help="comma-separated emotions to test (default: all but the reference)")
+    r = extra.add_parser("real-art", parents=[flags], help="real artworks against AI images and a leaderboard",
+                         description="ARTWORKS: a folder of images, or a CSV/JSONL manifest with column image "
+                                     "(relative to it) and optional prompt and title. With --run and "
+                                     "--generator, the reference is that generator's r(I_o, p_o) (or with "
+                                     "--side a, r(I_a, p_a)) from the run's scores by the same scorer and "
+                                     "options: z-scores (sd with ddof 1) and a one-sided Mann-Whitney U test "
+                                     "(H1: artworks score worse) with rank-biserial effect size. With "
+                                     "--leaderboard (CSV/JSONL with name, score): raw r, relative s = "
+                                     "(r - r_min)/(r_max - r_min) and rank R (1 = best) per artwork.")
+    r.add_argument("artworks", type=Path, metavar="ARTWORKS")
+    r.add_argument("--scorer", required=True, help="a scorer name (see `ls scorers`)")
+    r.add_argument("--prompt", help="prompt for artworks without one (needed by prompt-aware scorers)")
+    r.add_argument("--run", dest="ref_run", type=Path, metavar="RUN", help="a run holding the AI images' scores")
+    r.add_argument("--generator", metavar="NAME",
+                   help="with --run: the generator (the pairs' model) whose images are the reference")
+    r.add_argument("--side", choices=["o", "a"], default="o",
+                   help="with --run: I_o under p_o (default) or I_a under p_a")
+    r.add_argument("--leaderboard", type=Path, metavar="TABLE", help="a CSV/JSONL table with columns name, score")
+    for q in (e, r):
+        _common(q, run=False)
+        q.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+        q.add_argument("--format", dest="fmt", choices=["table", "json"], default="table")
+        q.add_argument("-o", "--out", type=Path, help="also write the JSON result here")
+
     p = command("convert", "convert a pickle checkpoint to safetensors once",
                 "Read a pickle checkpoint (.pt/.pth/.bin) with torch.load(weights_only=True) and write its "
                 "tensors as safetensors, so scorers load it without allow_pickle. With --openclip "
@@ -417,6 +464,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         _convert(args)
     elif cmd == "validate-judge":
         return _validate_judge(args)
+    elif cmd == "extra-tests":
+        return _extra_tests(args)
     elif cmd == "demo":
         run = _open(args)
         run.prompts()
@@ -586,6 +635,58 @@ def _validate_judge(args: argparse.Namespace) -> int:
         log.info("wrote %s", args.out)
     print(json.dumps(result, indent=2, sort_keys=True) if args.fmt == "json" else v.format_table(result))
     return 1 if (result.get("failures") or {}).get("n") else 0
+
+
+def _extra_tests(args: argparse.Namespace) -> int:
+    """Exit 0, or 1 when the scorer failed on some images (listed; their comparisons left out)."""
+    from .analysis import extra_tests as x
+    from .config import load_config
+    from .scorers.stage import make_scorer
+
+    if args.bootstrap < 0:
+        raise AuditError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    config = load_config(args.config, {**parse_set(args.sets), **({"seed": args.seed} if args.seed is not None
+                                                                   else {})})
+
+    def scorer(name: str):
+        try:
+            return make_scorer(name, config.score.options.get(name))
+        except AuditError as exc:
+            raise AuditError(f"scorer {name}: {exc}") from None
+
+    if args.extra_test == "emotion":
+        names = _csv(args.scorers) or []
+        if not names:
+            raise AuditError("--scorers: give at least one scorer name")
+        scenes = x.read_emotion_manifest(args.manifest, args.reference, _csv(args.emotions))
+        result = x.emotion_test(scenes, [scorer(n) for n in names], args.reference, n_boot=args.bootstrap,
+                                seed=config.seed, chunk_size=config.score.chunk_size)
+        table = x.format_emotion_table(result)
+    else:
+        if (args.ref_run is None) != (args.generator is None):
+            raise AuditError("--run and --generator go together: the run holding the AI images' scores and the "
+                             "generator whose images they are")
+        s = scorer(args.scorer)
+        artworks = x.read_artworks(args.artworks, args.prompt)
+        board = x.read_leaderboard(args.leaderboard) if args.leaderboard else None
+        reference = label = None
+        if args.ref_run is not None:
+            from .store import RunStore
+
+            store = RunStore(args.ref_run, create=False, readonly=True)
+            reference = x.reference_scores(store, s, args.generator, args.side)
+            label = f"{args.generator} I_{args.side} in {args.ref_run}"
+        result = x.real_art_test(artworks, s, reference=reference, reference_label=label, leaderboard=board,
+                                 chunk_size=config.score.chunk_size)
+        table = x.format_real_art_table(result)
+    text = x.to_json(result)
+    if args.out:
+        from .store.run import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        log.info("wrote %s", args.out)
+    print(text.rstrip("\n") if args.fmt == "json" else table)
+    return 1 if result["failures"] else 0
 
 
 def _convert(args: argparse.Namespace) -> None:
