@@ -1,4 +1,5 @@
-"""The HTML report: one offline file, escaped text, embedded thumbnails, every section present."""
+"""The HTML report: one offline file, escaped text, embedded thumbnails, every section present, the
+quotable summary, deterministic charts, the filterable gallery of every pair and the methods."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from aesthetic_audit.store.run import Record, RunStore
 EVIL = "<script>alert('x')</script>"
 
 
-def _build(root, n_pairs: int = 3, n_failures: int = 2, label_source: str = "test") -> RunStore:
+def _build(root, n_pairs: int = 3, n_failures: int = 2, label_source: str = "test",
+           strengths: tuple[float, ...] = (0.5,)) -> RunStore:
     store = RunStore(root)
     store.write_manifest({"config_hash": "cafe1234", "package": {"name": "aesthetic-audit", "version": "0.1.0"}, "created": "2026-01-02"})
     records = []
@@ -31,7 +33,7 @@ def _build(root, n_pairs: int = 3, n_failures: int = 2, label_source: str = "tes
         key = image_pair_key(backend={"name": "editor"}, inputs={"i": i}, seed=0)
         records.append(Record(key=key, stage=IMAGES, item=f"pair{i}", data={
             "image_pair_id": key, "pair_id": f"p{i}", "p_o": p_o, "p_a": p_a, "dims": ["clarity", "emotion"],
-            "image_o": sha_o, "image_a": sha_a, "backend": "editor", "strength": 0.5, "transforms": [],
+            "image_o": sha_o, "image_a": sha_a, "backend": "editor", "strength": strengths[i % len(strengths)], "transforms": [],
             "label": {"value": i % 2, "source": label_source}, "model": None, "source_item": None}))
         for scorer, prompt_aware in (("pickscore_like", True), ("aesthetic&blind", False)):
             combos = [(sha_o, p_o), (sha_o, p_a), (sha_a, p_o), (sha_a, p_a)] if prompt_aware else \
@@ -53,8 +55,9 @@ def _build(root, n_pairs: int = 3, n_failures: int = 2, label_source: str = "tes
     return store
 
 
-@pytest.fixture
-def report(tmp_path):
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")  # built once: the tests below only read it
     store = _build(tmp_path / "run")
     analysis = analyze(store, AnalysisConfig(bootstrap=100), seed=0)
     path = write_report(store, analysis, tmp_path / "out" / "report.html")
@@ -66,8 +69,11 @@ def test_one_offline_file(report, tmp_path):
     assert path.exists() and list(path.parent.iterdir()) == [path]
     assert text.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.IGNORECASE)
-    assert "<link" not in text and "@import" not in text and "url(" not in text
-    assert "<script" not in text  # no scripts at all, including the one in the prompts
+    assert "<link" not in text and "@import" not in text
+    # the charts' only references are to their own clip paths and markers
+    assert set(re.findall(r"url\((.)", text)) <= {"#"} and set(re.findall(r'href="(.)', text)) <= {"#"}
+    # one script, the gallery filter, inline; the one in the prompts is escaped
+    assert text.count("<script") == 1 and "<script>\n(function () {" in text and "<script src" not in text
 
 
 def test_user_text_is_escaped(report):
@@ -97,7 +103,7 @@ def test_thumbnails_are_embedded_and_small(report):
     uris = re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(uris) == 6  # three pairs, two images each
     sizes = [Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris]
-    assert (256, 171) in sizes and max(max(s) for s in sizes) <= 256
+    assert (192, 128) in sizes and max(max(s) for s in sizes) <= 192
 
 
 def test_failures_listed_and_capped(tmp_path):
@@ -157,7 +163,7 @@ def test_generators_section_shows_each_generators_settings_per_side(tmp_path):
     _generated(store, "api", same, {"o": {"quality": "low"}, "a": {"quality": "low"}}, n=3)
     path = write_report(store, analyze(store, AnalysisConfig(bootstrap=100), seed=0), tmp_path / "report.html")
     text = path.read_text(encoding="utf-8")
-    assert "<script" not in text and "<b>m</b>" not in text
+    assert EVIL not in text and "<b>m</b>" not in text
     assert "sd35m&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text and "org/&lt;b&gt;m&lt;/b&gt;" in text
     rows = _generators_table(text)
     assert rows == [
@@ -225,8 +231,121 @@ def test_per_generator_section(tmp_path):
     mcn = next(r for r in rows if len(r) > 1 and r[1].startswith("mcnemar"))
     assert mcn[0] == "aligned vs base" and mcn[6] == "b = 0, c = 2" and mcn[8] == "0.250" and mcn[9] == "0.312"
     assert "Configured but not in this run: absent vs base." in section
+    # the summary says the same per generator: 2 of 5 labelled pairs of "aligned" succeed (0.400 above)
+    summary = html.unescape(_section(text, "Summary"))
+    assert "aligned's images followed the request (success) in 40% [" in summary
+    assert "of 5 labelled pairs, by test" in summary and " of 6 pairs from base" in summary
 
 
 def test_no_per_generator_section_for_editor_pairs(report):
     _, text, analysis = report
     assert "by_model" not in analysis and "<h2>Per generator</h2>" not in text
+
+
+# -- summary, charts, gallery, methods ---------------------------------------------------------------
+
+def test_scorer_sentence_reads_like_the_issue_example():
+    from aesthetic_audit.report.summary import scorer_sentence
+
+    cell = {"estimate": 0.61, "low": 0.553, "high": 0.668, "n": 300}
+    anti = {"estimate": 0.37, "low": 0.31, "high": 0.425, "n": 300}
+    text = scorer_sentence("HPSv2.1", {"n": 300, "ties": 6, "prefer_original_share": cell,
+                                       "prefer_anti_share": anti})
+    assert text == ("HPSv2.1 preferred the image that ignored the request in 61% [55, 67] of 300 pairs, "
+                    "and the requested image in 37% [31, 42]; 6 ties.")
+
+
+def test_summary_comes_first_with_shares_and_success_rate(report):
+    _, text, _ = report
+    assert text.index("<h2>Summary</h2>") < text.index("<h2>Charts</h2>") < text.index("<h2>Reward models</h2>")
+    summary = _section(text, "Summary")
+    # every pair has r(I_a, p_a) > r(I_o, p_a) for both scorers (scores 1 + j + i), so 0% prefer I_o
+    assert ("pickscore_like preferred the image that ignored the request in 0% [0, 0] of 3 pairs, "
+            "and the requested image in 100% [100, 100].") in summary
+    assert re.search(r"aesthetic&amp;blind preferred .*?</li>", summary).group(0).count("prompt-blind") == 1
+    # labels 0, 1, 0 from the "test" labeller: one success in three
+    assert "followed the request (success) in 33% [" in summary and "of 3 labelled pairs, by test" in summary
+
+
+def test_a_scorer_made_from_the_judge_is_flagged_as_not_independent(tmp_path):
+    store = _build(tmp_path / "run", n_failures=0)
+    manifest = store.read_manifest()
+    manifest["backends"] = {"scorer:pickscore_like": {"identity": {"name": "pickscore_like", "version": "1",
+                                                                   "judge": {"name": "classical"}}},
+                            "judge:classical": {"name": "classical", "version": "1"}}
+    manifest["dependencies"] = {"numpy": "9.9.9"}
+    store.write_manifest(manifest)
+    text = write_report(store, analyze(store, AnalysisConfig(bootstrap=100)), tmp_path / "r.html").read_text()
+    note = "computed from the classical judge"
+    assert note in _section(text, "Summary") and note in _section(text, "Methods")
+    methods = _section(text, "Methods")
+    from aesthetic_audit.hashing import spec_hash
+
+    assert spec_hash({"name": "classical", "version": "1"})[:16] in methods
+    assert "<dt>numpy</dt><dd>9.9.9</dd>" in methods and "<dt>pairs analysed</dt><dd>3</dd>" in methods
+
+
+def _svgs(text: str) -> list[str]:
+    return re.findall(r"<svg .*?</svg>", text, re.DOTALL)
+
+
+def test_charts_are_inline_svg_and_deterministic(tmp_path):
+    store = _build(tmp_path / "run", n_failures=0)
+    analysis = analyze(store, AnalysisConfig(bootstrap=100), seed=0)
+    first = write_report(store, analysis, tmp_path / "a.html").read_text(encoding="utf-8")
+    second = write_report(store, analysis, tmp_path / "b.html").read_text(encoding="utf-8")
+    charts = _svgs(_section(first, "Charts"))
+    assert len(charts) == 2  # shares and Δr; one strength only, so no strength curve
+    assert charts == _svgs(_section(second, "Charts"))
+    assert all("<dc:date>" not in svg for svg in charts)
+    assert 'aria-label="Share of pairs preferring the original, per scorer"' in charts[0]
+    assert "pickscore_like" in charts[0] and "(n = 3)" in charts[1]  # text stays text
+
+
+def test_delta_values_are_the_per_pair_differences(tmp_path):
+    from aesthetic_audit.analysis.audit import RunData
+    from aesthetic_audit.report.charts import delta_values
+
+    store = _build(tmp_path / "run", n_failures=0)
+    values = delta_values(RunData.from_store(store))
+    # r(I_a, p_o) - r(I_o, p_o) = (3 + i) - (1 + i) with a prompt; (2 + i) - (1 + i) prompt-blind
+    assert values == {"pickscore_like": {"all pairs": [2.0, 2.0, 2.0]},
+                      "aesthetic&blind": {"all pairs": [1.0, 1.0, 1.0]}}
+
+
+def test_strength_curve_appears_with_two_strengths(tmp_path):
+    store = _build(tmp_path / "run", n_failures=0, strengths=(1.0, 0.25))
+    text = write_report(store, analyze(store, AnalysisConfig(bootstrap=100)), tmp_path / "r.html").read_text()
+    assert 'aria-label="Share preferring the original against edit strength"' in text
+
+
+def test_gallery_holds_every_pair_with_filter_attributes(report):
+    _, text, _ = report
+    cards = re.findall(r'<div class="card" data-model="([^"]*)" data-dims="([^"]*)" data-disagree="(\d)" '
+                       r'data-failed="(\d)">', text)
+    # both scorers prefer I_a in every pair; labels 0, 1, 0: pairs 0 and 2 are failures
+    assert cards == [("editor", "clarity|emotion", "0", "1"), ("editor", "clarity|emotion", "0", "0"),
+                     ("editor", "clarity|emotion", "0", "1")]
+    assert "3 of 3 pairs shown" in text and 'data-filter="dims"' in text
+
+
+def test_disagreement_needs_two_reward_models_pointing_opposite_ways():
+    from aesthetic_audit.analysis.audit import Pair, RunData
+    from aesthetic_audit.report.html import _disagree
+
+    pair = Pair(key="k", p_o="po", p_a="pa", dims=(), image_o="o", image_a="a")
+    data = RunData(pairs=[pair], scorers=["up", "down", "nsfw"],
+                   higher_is_better={"up": True, "down": False, "nsfw": True},
+                   reward_model={"up": True, "down": True, "nsfw": False},
+                   scores={("up", "o", "pa"): 1.0, ("up", "a", "pa"): 2.0,  # prefers I_a
+                           ("down", "o", "pa"): 1.0, ("down", "a", "pa"): 2.0,  # lower is better: I_o
+                           ("nsfw", "o", "pa"): 0.0, ("nsfw", "a", "pa"): 1.0})
+    assert _disagree(data, pair)
+    data.scores[("down", "a", "pa")] = 0.5  # now both prefer I_a; nsfw is no reward model
+    assert not _disagree(data, pair)
+
+
+def test_tables_scroll_inside_their_box(report):
+    _, text, _ = report
+    assert text.count('<div class="scroll"><table') == text.count("<table")
+    assert ".scroll { overflow-x: auto;" in text and "minmax(min(100%, 460px), 1fr)" in text

@@ -1,8 +1,10 @@
 """One self-contained HTML report of an analysed run.
 
-The file holds everything it shows (CSS inline, images as base64 JPEG thumbnails) so it can be mailed
-or attached to a paper review and opened offline. Every piece of text that comes from a run (prompts,
-names, errors, manifest values) goes through ``html.escape``.
+The file holds everything it shows (CSS, the gallery filter's few lines of script, charts as inline
+SVG, images as base64 JPEG thumbnails) so it can be mailed or attached to a paper review and opened
+offline. Every piece of text that comes from a run (prompts, names, errors, manifest values) goes
+through ``html.escape``. It opens with a summary in quotable sentences, then charts, the tables, a
+filterable gallery of every pair, the methods (from the manifest) and the failures.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from ..analysis.audit import COMBOS, CONSTRUCTION, Pair, RunData, bootstrap_note
 from ..images.generators.presets import describe_params
 from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
+from . import charts
+from .methods import methods_section
+from .summary import summary_sentences
 
-THUMB_SIDE = 256
-GALLERY_SIZE = 24
+THUMB_SIDE = 192
 MAX_FAILURES = 50
 
 _PAGE = Template("""<!DOCTYPE html>
@@ -41,6 +45,7 @@ $css
 <main>
 $body
 </main>
+$script
 </body>
 </html>
 """)
@@ -51,6 +56,14 @@ _CSS = """
 body { margin: 0; background: var(--bg); color: var(--fg);
        font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 64px; }
+@media (max-width: 600px) { main { padding: 12px 10px 40px; } }
+.scroll { overflow-x: auto; max-width: 100%; }
+.chart svg { width: 100%; max-width: 760px; height: auto; display: block; }
+ul.summary { font-size: 16px; padding-left: 20px; }
+ul.summary li { margin: 4px 0; }
+.filters { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; margin: 8px 0 12px; font-size: 13px; }
+.card[hidden] { display: none; }
+pre { white-space: pre-wrap; font-size: 12px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 20px; margin: 40px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 16px; margin: 20px 0 6px; }
@@ -67,8 +80,8 @@ table.heat td.cell { text-align: center; min-width: 64px; }
 td.cell .ci { color: inherit; opacity: 0.8; }
 .legend { display: flex; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); }
 .legend .bar { width: 220px; height: 12px; border: 1px solid var(--line); }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 16px; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 12px; background: #fff; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 460px), 1fr)); gap: 16px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 12px; background: #fff; min-width: 0; }
 .card .images { display: flex; gap: 8px; }
 .card figure { margin: 0; flex: 1; text-align: center; }
 .card figure img { max-width: 100%; height: auto; border-radius: 3px; }
@@ -90,11 +103,14 @@ _LOW, _MID, _HIGH = (49, 104, 176), (247, 247, 247), (196, 45, 45)
 
 
 def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
-                 gallery_size: int = GALLERY_SIZE, max_failures: int = MAX_FAILURES) -> Path:
+                 max_failures: int = MAX_FAILURES) -> Path:
     """Write the report for ``analysis`` (from ``analyze(store, ...)``) to ``path``; return the path."""
     data = RunData.from_store(store)
+    manifest = store.read_manifest()
     body = "\n".join([
         _header(store, analysis),
+        _quotable_section(analysis, manifest),
+        _charts_section(analysis, data),
         _generators_section(store),
         _summary_section(analysis),
         _per_generator_section(analysis),
@@ -103,14 +119,15 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
         _judge_section(analysis),
         _labels_section(analysis),
         _safety_section(analysis),
-        _gallery_section(store, data, gallery_size),
+        _gallery_section(store, data),
+        methods_section(manifest, analysis, _table),
         _failures_section(analysis, max_failures),
     ])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Replaced whole: a killed run or a full disk leaves the previous report, never half of one.
     atomic_write_text(out, _PAGE.substitute(title=_e(f"aesthetic-audit report: {store.root.name}"),
-                                            css=_CSS.strip(), body=body))
+                                            css=_CSS.strip(), body=body, script=_FILTER_SCRIPT))
     return out
 
 
@@ -139,7 +156,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") 
     body = "\n".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
                      for row in rows)
     cls_attr = f' class="{cls}"' if cls else ""
-    return f"<table{cls_attr}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    # The wrapper scrolls a wide table inside its box on a narrow screen instead of the whole page.
+    return (f'<div class="scroll"><table{cls_attr}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
+            f"</tbody>\n</table></div>")
 
 
 def _colour(value: float) -> tuple[str, str]:
@@ -157,6 +176,8 @@ def _share_cell(cell: dict[str, Any] | None, tooltip: str, with_ci: bool = False
         return f'<td class="cell" title="{_e(tooltip)}">–</td>'
     bg, fg = _colour(cell["estimate"])
     text = _est(cell) if with_ci else _num(cell["estimate"], 2)
+    if cell.get("n") is not None:
+        text += f'<br><span class="ci">n = {_e(cell["n"])}</span>'
     return f'<td class="cell" style="background: {bg}; color: {fg}" title="{_e(tooltip)}">{text}</td>'
 
 
@@ -207,6 +228,41 @@ def _header(store: RunStore, analysis: dict[str, Any]) -> str:
             f'<p class="note">Do image generators and reward models respect explicit anti-aesthetic '
             f"requests? Every number below is recomputed from the run's per-item records; "
             f"{_e(_ci_label(analysis))}.</p>\n<dl class=\"info\">\n{rows}\n</dl>")
+
+
+def _quotable_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """The findings as sentences a reader can quote, each number with its interval and n."""
+    items = summary_sentences(analysis, manifest)
+    parts = ["<h2>Summary</h2>"]
+    if not items:
+        parts.append('<p class="muted">No scored pairs and no labels: nothing to summarise.</p>')
+        return "\n".join(parts)
+    lines = [f"<li>{_e(sentence)}" + "".join(f' <span class="tag">{_e(n)}</span>' for n in notes) + "</li>"
+             for sentence, notes in items]
+    parts.append('<ul class="summary" id="summary">\n' + "\n".join(lines) + "\n</ul>")
+    parts.append(f'<p class="note">"Ignored the request": the scorer rated I_o strictly above I_a under the '
+                 f"anti-aesthetic prompt p_a; ties count in neither share. Brackets: {_e(_ci_label(analysis))}.</p>")
+    return "\n".join(parts)
+
+
+def _charts_section(analysis: dict[str, Any], data: RunData) -> str:
+    figures = [
+        ("Who prefers the original?", "Strict share of pairs where each scorer rates I_o above I_a under p_a, "
+         "with its bootstrap interval; right of the dashed line the scorer rewards ignoring the request.",
+         charts.share_chart(analysis)),
+        ("Δr per pair", "r(I_a, p_o) − r(I_o, p_o) for every pair: how much the scorer's conventional score "
+         "drops when the image follows the anti-aesthetic request (boxes: quartiles; points: pairs).",
+         charts.delta_chart(data)),
+        ("Strength curves", "Share preferring the original against the strength of the edit that made I_a, "
+         "with its interval as a band.", charts.strength_chart(analysis)),
+    ]
+    shown = [(h, note, svg) for h, note, svg in figures if svg]
+    if not shown:
+        return ""
+    parts = ["<h2>Charts</h2>"]
+    for heading, note, svg in shown:
+        parts += [f"<h3>{_e(heading)}</h3>", f'<p class="note">{_e(note)}</p>', f'<div class="chart">{svg}</div>']
+    return "\n".join(parts)
 
 
 def _generators_section(store: RunStore) -> str:
@@ -545,36 +601,43 @@ def _thumbnail(store: RunStore, sha: str) -> str | None:
             im = ImageOps.exif_transpose(im).convert("RGB")
             im.thumbnail((THUMB_SIDE, THUMB_SIDE))
             buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=82)
+            im.save(buf, format="JPEG", quality=80)
     except Exception:  # a missing or broken image must not take the report down
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _pick(pairs: Sequence[Pair], k: int) -> list[Pair]:
-    """Up to k pairs spread evenly over the run, so the gallery is not just the first caption's."""
-    if len(pairs) <= k:
-        return list(pairs)
-    step = len(pairs) / k
-    return [pairs[int(i * step)] for i in range(k)]
-
-
 def _figure(uri: str | None, caption: str) -> str:
-    img = (f'<img src="{uri}" alt="{_e(caption)}">' if uri else '<div class="missing">image unavailable</div>')
+    img = (f'<img src="{uri}" alt="{_e(caption)}" loading="lazy" decoding="async">' if uri else '<div class="missing">image unavailable</div>')
     return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _disagree(data: RunData, pair: Pair) -> bool:
+    """Whether the reward models split on the pair: one strictly prefers I_o under p_a, another I_a."""
+    signs = set()
+    for name in data.scorers:
+        if not data.reward_model.get(name, True):
+            continue
+        r_o, r_a = data.score(name, pair.image_o, pair.p_a), data.score(name, pair.image_a, pair.p_a)
+        if r_o is not None and r_a is not None and r_o != r_a:
+            signs.add((r_a > r_o) == data.higher_is_better[name])
+    return len(signs) == 2
 
 
 def _card(store: RunStore, data: RunData, pair: Pair, thumbs: dict[str, str | None]) -> str:
     for sha in (pair.image_o, pair.image_a):
         if sha not in thumbs:
             thumbs[sha] = _thumbnail(store, sha)
+    failed = pair.real_label is not None and pair.real_label != 1
     meta = [f"strength {_e('n/a' if pair.strength is None else pair.strength)}"]
     if pair.label is not None and pair.label_source == CONSTRUCTION:
         meta.append("I_a by construction")
     elif pair.label is not None:
         meta.append(f"{pair.label_source or 'label'}: " + {1: "prefers I_a", 0: "prefers I_o", -1: "tie"}[pair.label])
+    attrs = {"model": pair.model or "editor", "dims": "|".join(pair.dims),
+             "disagree": int(_disagree(data, pair)), "failed": int(failed)}
     parts = [
-        '<div class="card">',
+        '<div class="card"' + "".join(f' data-{k}="{_e(v)}"' for k, v in attrs.items()) + ">",
         '<div class="images">' + _figure(thumbs[pair.image_o], "I_o (original)")
         + _figure(thumbs[pair.image_a], "I_a (anti-aesthetic)") + "</div>",
         f'<div class="prompt"><b>p_o</b> {_e(pair.p_o)}</div>',
@@ -598,25 +661,66 @@ def _card(store: RunStore, data: RunData, pair: Pair, thumbs: dict[str, str | No
             diff = ja[d] - jo[d] if d in ja and d in jo else None
             rows.append(f"<tr{cls}><td>{_e(d)}</td><td>{_num(jo.get(d), 2)}</td><td>{_num(ja.get(d), 2)}</td>"
                         f"<td>{_num(diff, 2)}</td></tr>")
-        parts.append(f"<table><thead><tr><th>{_e(judge)}: J</th><th>I_o</th><th>I_a</th><th>ΔJ</th></tr></thead>"
-                     f"<tbody>{''.join(rows)}</tbody></table>")
+        parts.append(f'<div class="scroll"><table><thead><tr><th>{_e(judge)}: J</th><th>I_o</th><th>I_a</th>'
+                     f"<th>ΔJ</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
     parts.append("</div>")
     return "\n".join(parts)
 
 
-def _gallery_section(store: RunStore, data: RunData, size: int) -> str:
-    chosen = _pick(data.pairs, size)
+def _gallery_section(store: RunStore, data: RunData) -> str:
+    """Every pair as a card, with filters (generator, dimension, reward models disagree, labelled a
+    failure) that the inline script applies to the cards' data attributes."""
     parts = ["<h2>Gallery</h2>",
-             f'<p class="note">{len(chosen)} of {len(data.pairs)} image pairs. Requested dimensions are '
-             "tagged and shown in bold in the judge tables.</p>"]
-    if not chosen:
+             f'<p class="note">All {len(data.pairs)} image pairs. Requested dimensions are tagged and shown in '
+             "bold in the judge tables. <b>Reward models disagree</b>: one reward model strictly prefers I_o "
+             "under p_a and another I_a. <b>Failed</b>: the reference label does not prefer I_a.</p>"]
+    if not data.pairs:
         parts.append('<p class="muted">No image pairs in this run.</p>')
         return "\n".join(parts)
+    models = sorted({p.model or "editor" for p in data.pairs})
+
+    def select(name: str, label: str, values: list[str]) -> str:
+        options = "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in values)
+        return f'<label>{label} <select data-filter="{name}"><option value="">all</option>{options}</select></label>'
+
+    parts.append('<div class="filters" id="gallery-filters">'
+                 + (select("model", "generator", models) if len(models) > 1 else "")
+                 + select("dims", "dimension", data.dimensions)
+                 + '<label><input type="checkbox" data-filter="disagree"> reward models disagree</label>'
+                 + '<label><input type="checkbox" data-filter="failed"> failed</label>'
+                 + f'<span class="muted" id="gallery-count">{len(data.pairs)} of {len(data.pairs)} pairs shown</span>'
+                 + "</div>")
     thumbs: dict[str, str | None] = {}
-    parts.append('<div class="gallery">')
-    parts.extend(_card(store, data, pair, thumbs) for pair in chosen)
+    parts.append('<div class="gallery" id="gallery">')
+    parts.extend(_card(store, data, pair, thumbs) for pair in data.pairs)
     parts.append("</div>")
     return "\n".join(parts)
+
+
+# Plain script, no library: a select keeps the cards whose data attribute holds its value (dims is a
+# "|"-joined list), a checkbox keeps the cards whose attribute is 1. Text is never built from data.
+_FILTER_SCRIPT = """<script>
+(function () {
+  var controls = document.querySelectorAll('#gallery-filters [data-filter]');
+  var cards = document.querySelectorAll('#gallery .card');
+  var count = document.getElementById('gallery-count');
+  function apply() {
+    var shown = 0;
+    cards.forEach(function (card) {
+      var keep = true;
+      controls.forEach(function (c) {
+        var key = c.getAttribute('data-filter'), value = card.getAttribute('data-' + key) || '';
+        if (c.type === 'checkbox') { if (c.checked && value !== '1') keep = false; }
+        else if (c.value && (key === 'dims' ? value.split('|').indexOf(c.value) < 0 : value !== c.value)) keep = false;
+      });
+      card.hidden = !keep;
+      if (keep) shown += 1;
+    });
+    if (count) count.textContent = shown + ' of ' + cards.length + ' pairs shown';
+  }
+  controls.forEach(function (c) { c.addEventListener('change', apply); });
+})();
+</script>"""
 
 
 def _failures_section(analysis: dict[str, Any], cap: int) -> str:

@@ -1,0 +1,165 @@
+"""The report's charts as inline SVG strings, drawn with matplotlib (no JavaScript, no network).
+
+Each function returns one ``<svg>`` element, or None when the analysis has nothing to draw. The SVG
+is deterministic: ids are salted with a fixed string, text stays text (``svg.fonttype = none``, so a
+browser renders it in its own font and a reader can search and copy the numbers) and the metadata
+carries no date, so the same analysis gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..analysis.audit import NO_STRENGTH, RunData
+
+_RC = {"svg.hashsalt": "aesthetic-audit", "svg.fonttype": "none", "font.size": 9,
+       "axes.spines.top": False, "axes.spines.right": False}
+_COLOURS = ("#3168b0", "#c42d2d", "#2f8f5b", "#8a5cb8", "#d08a1c", "#4a9fb5", "#7a7a7a", "#b84a7d")
+
+
+def to_svg(fig: Figure, title: str) -> str:
+    """The figure as an inline ``<svg>`` element (no XML prolog), with ``title`` as its accessible name."""
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Title": title})
+    text = buf.getvalue()
+    svg = text[text.index("<svg"):]
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{_attr(title)}" ', 1)
+
+
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def _figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(_RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _reward_models(scorers: dict[str, Any]) -> dict[str, Any]:
+    """The scorer blocks of reward models: a safety classifier's "preference" is no aesthetic one."""
+    return {name: s for name, s in scorers.items() if s.get("reward_model", True)}
+
+
+def _groups(analysis: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Scorer blocks per group: one group per generator when the run has several, else the whole run."""
+    by_model = analysis.get("by_model") or {}
+    if len(by_model) > 1:
+        return {m: _reward_models(b["scorers"]) for m, b in by_model.items()}
+    return {"all pairs": _reward_models(analysis.get("scorers", {}))}
+
+
+def share_chart(analysis: dict[str, Any]) -> str | None:
+    """Horizontal bars: per scorer (and generator), the strict share preferring the original under
+    p_a with its bootstrap interval as an error bar; a line marks 0.5 (indifferent)."""
+    groups = _groups(analysis)
+    scorers = list(dict.fromkeys(n for block in groups.values() for n in block))
+    if not scorers:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 0.9 + 0.32 * len(scorers) * len(groups))
+        ax = fig.add_subplot()
+        height = 0.8 / len(groups)
+        for g, (label, block) in enumerate(groups.items()):
+            y, est, lo, hi = [], [], [], []
+            for i, name in enumerate(scorers):
+                cell = (block.get(name) or {}).get("prefer_original_share") or {}
+                if cell.get("estimate") is None:
+                    continue
+                y.append(i + (g - (len(groups) - 1) / 2) * height)
+                est.append(cell["estimate"])
+                lo.append(cell["estimate"] - (cell["low"] if cell.get("low") is not None else cell["estimate"]))
+                hi.append((cell["high"] if cell.get("high") is not None else cell["estimate"]) - cell["estimate"])
+            ax.barh(y, est, height=height * 0.9, color=_COLOURS[g % len(_COLOURS)], label=label,
+                    xerr=[lo, hi], error_kw={"ecolor": "#1d2330", "capsize": 3, "elinewidth": 1})
+        ax.axvline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(scorers)), scorers)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of pairs preferring the original image under p_a (strict; bars: CI)")
+        if len(groups) > 1:
+            ax.legend(title="generator", loc="lower right", fontsize=8)
+        return to_svg(fig, "Share of pairs preferring the original, per scorer")
+
+
+def delta_values(data: RunData) -> dict[str, dict[str, list[float]]]:
+    """Per reward model, per group (generator, or "all pairs"), the per-pair Δr = r(I_a, p_o) − r(I_o, p_o)
+    over the pairs with both scores."""
+    several = len(data.models) > 1
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in data.scorers:
+        if not data.reward_model.get(name, True):
+            continue
+        groups: dict[str, list[float]] = {}
+        for pair in data.pairs:
+            r = data.combos(name, pair)
+            if r["diop"] is None or r["oiop"] is None:
+                continue
+            key = (pair.model or "editor") if several else "all pairs"
+            groups.setdefault(key, []).append(r["diop"] - r["oiop"])
+        if groups:
+            out[name] = groups
+    return out
+
+
+def delta_chart(data: RunData) -> str | None:
+    """One panel per scorer (scores have their own units): a box plot of per-pair Δr per group, with
+    every pair drawn as a point over it; a line marks Δr = 0."""
+    values = delta_values(data)
+    if not values:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 0.9 + 1.1 * len(values))
+        axes = fig.subplots(len(values), 1, squeeze=False)[:, 0]
+        # Fixed seed: the strip plot's vertical jitter must not change the bytes between reports.
+        rng = np.random.default_rng(0)
+        for ax, (name, groups) in zip(axes, values.items()):
+            labels = list(groups)
+            ax.boxplot([groups[k] for k in labels], orientation="horizontal", widths=0.6,
+                       showfliers=False, medianprops={"color": "#c42d2d"})
+            for i, k in enumerate(labels, start=1):
+                v = np.asarray(groups[k])
+                ax.plot(v, i + rng.uniform(-0.18, 0.18, v.size), "o", markersize=2.5, alpha=0.5,
+                        color=_COLOURS[0])
+            ax.axvline(0, color="#5f6b7a", linestyle="--", linewidth=1)
+            ax.set_yticks(range(1, len(labels) + 1), [f"{k} (n = {len(groups[k])})" for k in labels])
+            ax.set_title(name, loc="left", fontsize=9)
+        axes[-1].set_xlabel("Δr = r(I_a, p_o) − r(I_o, p_o), per pair, in each scorer's own units")
+        return to_svg(fig, "Per-pair Δr per scorer")
+
+
+def strength_chart(analysis: dict[str, Any]) -> str | None:
+    """Per scorer, the share preferring the original against the edit strength, with its interval
+    as a band; None unless some scorer has pairs at two or more strengths."""
+    series = {}
+    for name, s in _reward_models(analysis.get("scorers", {})).items():
+        points = [(float(k), b["prefer_original_share"]) for k, b in s.get("by_strength", {}).items()
+                  if k != NO_STRENGTH and (b.get("prefer_original_share") or {}).get("estimate") is not None]
+        if len(points) >= 2:
+            series[name] = sorted(points, key=lambda p: p[0])
+    if not series:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 3.2)
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            colour = _COLOURS[i % len(_COLOURS)]
+            x = [p for p, _ in points]
+            ax.plot(x, [c["estimate"] for _, c in points], "o-", color=colour, label=name)
+            ax.fill_between(x, _bound(points, "low"), _bound(points, "high"), color=colour, alpha=0.15,
+                            linewidth=0)
+        ax.axhline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("edit strength")
+        ax.set_ylabel("prefers original (share)")
+        ax.legend(fontsize=8, loc="best")
+        return to_svg(fig, "Share preferring the original against edit strength")
+
+
+def _bound(points: Sequence[tuple[float, dict[str, Any]]], key: str) -> list[float]:
+    return [c[key] if c.get(key) is not None else c["estimate"] for _, c in points]

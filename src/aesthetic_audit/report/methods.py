@@ -1,0 +1,93 @@
+"""The report's methods section, written from the run's manifest: what ran (each backend with its
+identity hash, version and weights), with which seeds and settings, on how many pairs, under which
+software versions. Everything shown is read from the manifest and the analysis, none of it typed in."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Callable
+
+from ..hashing import spec_hash
+from .summary import derived_from_judge
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _identity(entry: Any) -> dict[str, Any]:
+    """A backend's identity: scorers wrap theirs (with their weights files) under ``identity``."""
+    if isinstance(entry, dict) and isinstance(entry.get("identity"), dict):
+        return entry["identity"]
+    return entry if isinstance(entry, dict) else {}
+
+
+def _weights(identity: dict[str, Any]) -> str:
+    """Weights as recorded: a package pin, a hub repo at a revision, or files with their SHA-256."""
+    weights = identity.get("weights", identity.get("model"))
+    if weights is None:
+        return "none (no weights)"
+    if isinstance(weights, dict):
+        if weights.get("repo"):
+            return f"{weights['repo']} @ {weights.get('revision') or 'unpinned'}"
+        files = weights.get("files")
+        if isinstance(files, dict):
+            return "; ".join(f"{k} sha256 {v}" for k, v in sorted(files.items()))
+    return json.dumps(weights, sort_keys=True, default=str) if not isinstance(weights, str) else weights
+
+
+def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
+                    table: Callable[[list[str], list[list[str]]], str]) -> str:
+    """The methods section as HTML; ``table`` renders header + rows of escaped cells."""
+    backends = manifest.get("backends") or {}
+    scorers = analysis.get("scorers", {})
+    rows = []
+    for key in sorted(backends):
+        identity = _identity(backends[key])
+        role, _, name = key.partition(":")
+        notes = []
+        if role == "scorer":
+            s = scorers.get(name) or {}
+            if s and not s.get("prompt_aware", True):
+                notes.append("prompt-blind")
+            if s and not s.get("reward_model", True):
+                notes.append("not a reward model")
+            judge = derived_from_judge(manifest, name)
+            if judge:
+                notes.append(f"computed from the {judge} judge: not independent evidence")
+        rows.append([f'<td class="text">{_e(role)}</td>', f'<td class="text">{_e(name or identity.get("name", ""))}</td>',
+                     _e(identity.get("version", "–")), f'<td class="text">{_e(_weights(identity))}</td>',
+                     f'<td class="text"><code>{_e(spec_hash(identity)[:16])}</code></td>',
+                     f'<td class="text">{_e(", ".join(notes) or "–")}</td>'])
+    config = manifest.get("config") or {}
+    cfg = analysis.get("config") or {}
+    boot = analysis.get("bootstrap") or {}
+    settings = [
+        ("run seed", config.get("seed", "not recorded")),
+        ("analysis seed", cfg.get("seed")),
+        ("pairs analysed", analysis.get("n_pairs", 0)),
+        ("duplicate pairs left out", analysis.get("duplicates", 0)),
+        ("bootstrap", f"{cfg.get('bootstrap')} resamples, {round(100 * cfg.get('ci', 0.95))}% percentile interval, "
+                      f"unit {boot.get('unit', 'none')} (config: {cfg.get('cluster')}), "
+                      f"{boot.get('n_clusters', '?')} clusters"),
+        ("config hash", manifest.get("config_hash", "not recorded")),
+        ("run created", manifest.get("created", "not recorded")),
+        ("aesthetic-audit", (manifest.get("package") or {}).get("version", "not recorded")),
+        ("python", manifest.get("python", "not recorded")),
+    ]
+    deps = manifest.get("dependencies") or {}
+    parts = ["<h2>Methods</h2>",
+             '<p class="note">Written from the run\'s manifest. Identity hash: SHA-256 of the backend\'s '
+             "recorded identity (name, version, options, weights), the key its records are cached under.</p>",
+             table(["stage", "backend", "version", "weights", "identity hash", "notes"], rows) if rows
+             else '<p class="muted">No backends recorded in the manifest.</p>',
+             '<dl class="info">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in settings) + "</dl>"]
+    if deps:
+        parts.append("<h3>Software versions</h3>")
+        parts.append('<dl class="info">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>"
+                                                  for k, v in sorted(deps.items())) + "</dl>")
+    if config:
+        parts.append("<details><summary>Resolved configuration</summary><pre>"
+                     + _e(json.dumps(config, indent=1, sort_keys=True, default=str)) + "</pre></details>")
+    return "\n".join(parts)
