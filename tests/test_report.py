@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 
 import pytest
@@ -349,3 +350,22 @@ def test_tables_scroll_inside_their_box(report):
     _, text, _ = report
     assert text.count('<div class="scroll"><table') == text.count("<table")
     assert ".scroll { overflow-x: auto;" in text and "minmax(min(100%, 460px), 1fr)" in text
+
+
+def test_several_runs_side_by_side_in_one_file(tmp_path, cli):
+    """`report RUN RUN -o FILE`: one table of every scorer's strict share per run, then each run's
+    report; the two runs' numbers are their own analyses' numbers."""
+    a, b = _build(tmp_path / "a" / "run", n_pairs=3), _build(tmp_path / "b" / "run", n_pairs=4)
+    out = tmp_path / "compare.html"
+    code, _, err = cli("report", a.root, b.root, "-o", out, "-q")
+    assert code == 0, err
+    page = out.read_text()
+    assert "2 runs side by side" in page and 'id="run-0"' in page and 'id="run-1"' in page
+    assert "run (1)" in page and "run (2)" in page  # two folders of one name told apart
+    for root in (a.root, b.root):
+        shares = json.loads((root / "analysis.json").read_text())["scorers"]
+        for cell in (s["prefer_original_share"] for s in shares.values()):
+            assert f"n = {cell['n']}" in page
+    assert 'id="gallery"' not in page  # galleries stay in each run's own report
+    code, _, err = cli("report", a.root, b.root)
+    assert code == 2 and "-o" in err

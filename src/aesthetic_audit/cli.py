@@ -235,10 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "judge deltas, reward-model tests, with bootstrap CIs and n. Writes RUN/analysis.json and "
                 "RUN/tables/ (CSV, Markdown, LaTeX).")
     _common(p)
-    p = command("report", "self-contained RUN/report.html",
+    p = command("report", "self-contained RUN/report.html (or several runs side by side)",
                 "Analyse the records as they are now and write RUN/report.html: one self-contained file "
-                "(tables, images inlined) to send around.")
+                "(summary, charts, tables, a gallery of every pair, methods) to send around. With more runs, "
+                "write one file (-o) with a table of every scorer's share per run and each run's report.")
     _common(p)
+    p.add_argument("more", nargs="*", type=Path, metavar="RUN", help="more runs to show side by side")
+    p.add_argument("-o", "--out", type=Path, help="where to write the report (default RUN/report.html; "
+                                                  "required with several runs)")
 
     p = command("run", "all stages the config asks for: images, judge, score, analyze, report",
                 "Run every stage the config asks for, in order: images (images.backend: generate, edit or "
@@ -491,7 +495,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         elif cmd == "analyze":
             run.analyze()
         elif cmd == "report":
-            run.report()
+            if args.more or args.out:
+                _report_several(run, args)
+            else:
+                run.report()
         elif cmd == "run":
             run.audit()
         return run.exit_code()
@@ -594,6 +601,27 @@ def _status(args: argparse.Namespace) -> None:
         print(f"retry failed items with --retry-failed on the stage's command, e.g. "
               f"`aesthetic-audit {command} {store.root} --retry-failed`; failed rows of an import: fix them and "
               f"import again")
+
+
+def _report_several(first, args: argparse.Namespace) -> None:
+    """``report RUN -o FILE`` or ``report RUN RUN ... -o FILE``."""
+    from .pipeline import Run
+    from .report.html import write_comparison
+
+    if args.out is None:
+        raise AuditError("report of several runs: give the output file with -o, e.g. -o compare.html")
+    runs = [first] + [Run.open(path, create=False) for path in args.more]
+    analyses = [run.analyze() for run in runs]
+    empty = [str(run.store.root) for run, a in zip(runs, analyses) if a is None]
+    if empty:
+        raise AuditError(f"report: {', '.join(empty)} has no image pairs to report on")
+    if len(runs) == 1:
+        from .report.html import write_report
+
+        out = write_report(first.store, analyses[0], args.out)
+    else:
+        out = write_comparison([(run.store, a) for run, a in zip(runs, analyses)], args.out)
+    log.info("report: %s", out)
 
 
 def _validate_judge(args: argparse.Namespace) -> int:

@@ -105,9 +105,51 @@ _LOW, _MID, _HIGH = (49, 104, 176), (247, 247, 247), (196, 45, 45)
 def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
                  max_failures: int = MAX_FAILURES) -> Path:
     """Write the report for ``analysis`` (from ``analyze(store, ...)``) to ``path``; return the path."""
+    body = _run_body(store, analysis, max_failures=max_failures, gallery=True)
+    return _write_page(path, f"aesthetic-audit report: {store.root.name}", body)
+
+
+def write_comparison(runs: Sequence[tuple[RunStore, dict[str, Any]]], path: str | Path, *,
+                     max_failures: int = MAX_FAILURES) -> Path:
+    """Several runs side by side in one file: a table of every scorer's strict prefer-original share per
+    run, then each run's report (its gallery stays in the run's own report.html: one page holding every
+    pair of every run would be too heavy to send around)."""
+    names = _distinct_names([store.root.name for store, _ in runs])
+    scorers = list(dict.fromkeys(name for _, analysis in runs for name in analysis.get("scorers", {})))
+    rows = []
+    for scorer in scorers:
+        cells = [f'<td class="text">{_e(scorer)}</td>']
+        for _, analysis in runs:
+            s = analysis.get("scorers", {}).get(scorer)
+            cells.append(f'{_est(s["prefer_original_share"])} <span class="ci">n = {_e(s["n"])}</span>'
+                         if s else "–")
+        rows.append(cells)
+    header = [f"<h1>{len(runs)} runs side by side</h1>",
+              '<p class="note">Share of pairs where each scorer strictly prefers the original image under the '
+              "anti-aesthetic prompt, per run, with its bootstrap interval and n; each run's full report "
+              "follows (its gallery of pairs is in the run's own report.html).</p>",
+              _table(["scorer", *names], rows),
+              "<ul>" + "".join(f'<li><a href="#run-{i}">{_e(n)}</a></li>' for i, n in enumerate(names)) + "</ul>"]
+    sections = [f'<section id="run-{i}"><h1>{_e(name)}</h1>\n'
+                f"{_run_body(store, analysis, max_failures=max_failures, gallery=False)}</section>"
+                for i, (name, (store, analysis)) in enumerate(zip(names, runs))]
+    return _write_page(path, f"aesthetic-audit: {', '.join(names)}", "\n".join(header + sections))
+
+
+def _distinct_names(names: list[str]) -> list[str]:
+    """Run folder names, numbered where two runs share one (runs/a/x and runs/b/x)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if names.count(name) == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def _run_body(store: RunStore, analysis: dict[str, Any], *, max_failures: int, gallery: bool) -> str:
     data = RunData.from_store(store)
     manifest = store.read_manifest()
-    body = "\n".join([
+    return "\n".join([
         _header(store, analysis),
         _quotable_section(analysis, manifest),
         _charts_section(analysis, data),
@@ -119,15 +161,17 @@ def write_report(store: RunStore, analysis: dict[str, Any], path: str | Path, *,
         _judge_section(analysis),
         _labels_section(analysis),
         _safety_section(analysis),
-        _gallery_section(store, data),
+        _gallery_section(store, data) if gallery else "",
         methods_section(manifest, analysis, _table),
         _failures_section(analysis, max_failures),
     ])
+
+
+def _write_page(path: str | Path, title: str, body: str) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Replaced whole: a killed run or a full disk leaves the previous report, never half of one.
-    atomic_write_text(out, _PAGE.substitute(title=_e(f"aesthetic-audit report: {store.root.name}"),
-                                            css=_CSS.strip(), body=body, script=_FILTER_SCRIPT))
+    atomic_write_text(out, _PAGE.substitute(title=_e(title), css=_CSS.strip(), body=body, script=_FILTER_SCRIPT))
     return out
 
 
