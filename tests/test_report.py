@@ -236,6 +236,12 @@ def test_per_generator_section(tmp_path):
     summary = html.unescape(_section(text, "Summary"))
     assert "aligned's images followed the request (success) in 40% [" in summary
     assert "of 5 labelled pairs, by test" in summary and " of 6 pairs from base" in summary
+    # success against the conventional score: one point per generator and reward model with a success rate
+    chart = _section(text, "Charts")
+    assert "Success rate against the conventional score of I_a, per generator" in chart
+    gen = analysis["generation"]["by_model"]
+    with_success = [m for m, r in gen.items() if (r.get("success_rate") or {}).get("estimate") is not None]
+    assert len(with_success) >= 2 and all(m in chart for m in with_success)
 
 
 def test_no_per_generator_section_for_editor_pairs(report):

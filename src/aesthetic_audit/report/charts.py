@@ -161,5 +161,43 @@ def strength_chart(analysis: dict[str, Any]) -> str | None:
         return to_svg(fig, "Share preferring the original against edit strength")
 
 
+def success_chart(analysis: dict[str, Any]) -> str | None:
+    """Per generator, the success rate (I_a preferred for p_a by the reference labels) against the
+    conventional score of its anti-aesthetic images (AA = mean r(I_a, p_o)), one panel per reward model,
+    with both intervals as error bars: does a generator that scores higher on conventional aesthetics
+    follow anti-aesthetic requests less often? None unless two generators have a success rate."""
+    rows = (analysis.get("generation") or {}).get("by_model") or {}
+    rows = {m: r for m, r in rows.items() if (r.get("success_rate") or {}).get("estimate") is not None}
+    if len(rows) < 2:
+        return None
+    scorers = list(dict.fromkeys(n for r in rows.values() for n, b in (r.get("reward_models") or {}).items()
+                                 if (b.get("aa") or {}).get("estimate") is not None))
+    if not scorers:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(3.2 * min(len(scorers), 3), 3.0 * -(-len(scorers) // 3))
+        for k, name in enumerate(scorers):
+            ax = fig.add_subplot(-(-len(scorers) // 3), min(len(scorers), 3), k + 1)
+            for i, (model, r) in enumerate(rows.items()):
+                aa = (r.get("reward_models") or {}).get(name, {}).get("aa") or {}
+                if aa.get("estimate") is None:
+                    continue
+                sr = r["success_rate"]
+                ax.errorbar([aa["estimate"]], [sr["estimate"]], fmt="o", color=_COLOURS[i % len(_COLOURS)],
+                            label=model, capsize=3, elinewidth=1,
+                            xerr=[[aa["estimate"] - _or(aa, "low")], [_or(aa, "high") - aa["estimate"]]],
+                            yerr=[[sr["estimate"] - _or(sr, "low")], [_or(sr, "high") - sr["estimate"]]])
+            ax.set_ylim(0, 1)
+            ax.set_xlabel(f"{name}: AA = mean r(I_a, p_o)")
+            ax.set_ylabel("success rate")
+            if k == 0:
+                ax.legend(title="generator", fontsize=7)
+        return to_svg(fig, "Success rate against the conventional score of I_a, per generator")
+
+
+def _or(cell: dict[str, Any], key: str) -> float:
+    return cell[key] if cell.get(key) is not None else cell["estimate"]
+
+
 def _bound(points: Sequence[tuple[float, dict[str, Any]]], key: str) -> list[float]:
     return [c[key] if c.get(key) is not None else c["estimate"] for _, c in points]
