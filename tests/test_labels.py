@@ -188,3 +188,18 @@ def test_judge_and_labels_through_an_endpoint_then_the_report_names_their_source
                        "--set", "judge.options.vlm:dead.model=m", "--set", "judge.options.vlm:dead.retries=0")
     assert code == 2 and "Traceback" not in err and err.count("error: judge vlm:dead: connection error") == 1, err
     assert "judge vlm:dead" in cli("status", run)[1]
+
+
+def test_the_report_gallery_shows_and_filters_by_the_labels_the_analysis_used(tmp_path, cli, monkeypatch):
+    import re
+
+    run = _run_with_pairs(tmp_path, cli, n=3)
+    backend = Chooser([Reply('{"selection": 0}')] * 3)  # always the first shown: I_a or I_o by the coin
+    monkeypatch.setattr(labeller_mod, "make_backend", lambda opts: backend)
+    sets = ["--set", "labels.options.vlm.url=http://localhost:1/v1", "--set", "labels.options.vlm.model=m"]
+    assert cli("labels", run, "--labellers", "vlm", *sets)[0] == 0
+    values = [r.data["value"] for r in RunStore(run).records("labels")]
+    assert cli("report", run, "-q")[0] == 0
+    page = (run / "report.html").read_text()
+    failed = re.findall(r'data-failed="(\d)"', page)
+    assert len(failed) == 3 and failed.count("1") == sum(v != 1 for v in values)

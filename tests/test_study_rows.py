@@ -152,6 +152,23 @@ def test_a_json_list_of_objects_gives_the_same_pairs(table, tmp_path: Path) -> N
     assert import_pairs(as_list, store).skipped_existing == 5
 
 
+def test_a_reward_nested_under_its_own_name_reads_the_same(table, tmp_path: Path) -> None:
+    """{"hpsv3_oiop": {"hpsv3_oiop": [mu, sigma]}} (a field nested under its own name) is the same score."""
+    path, rows = table
+    store = RunStore(tmp_path / "run")
+    import_pairs(path, store)
+    nested = [{**{k: v for k, v in r.items() if k != "hpsv3_reward"},
+               **{k: {k: v} for k, v in r["hpsv3_reward"].items()}} for r in rows]
+    (tmp_path / "nested").mkdir()
+    other = _write_jsonl(tmp_path / "nested" / "rows.jsonl", nested)
+    assert is_study_table(other)
+    again = RunStore(tmp_path / "run2")
+    import_pairs(other, again)
+    scores = lambda st: sorted((r.data["scorer"], r.data["image"], r.data["prompt"], r.data["score"])  # noqa: E731
+                               for r in st.records("score"))
+    assert scores(again) == scores(store) and any(s[0] == "hpsv3 (imported)" for s in scores(again))
+
+
 def test_bad_rows_fail_alone_and_a_fixed_row_replaces_its_failure(table, tmp_path: Path) -> None:
     path, rows = table
     missing = {k: v for k, v in _row(5, "flux", (1, 1, 1, 1), (1, 1, 1, 1), 0).items() if k != "hpsv2_didp"}

@@ -242,7 +242,7 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
     ``aligned_vs_base`` (the configured aligned/base comparisons, ``_aligned_vs_base``).
     """
     data = RunData.from_store(store)
-    _apply_reference_labels(data)
+    apply_reference_labels(data)
     boot = _Bootstrap(config, seed, data.pairs)
     out = {
         "config": {"bootstrap": config.bootstrap, "ci": config.ci, "cluster": config.cluster, "seed": seed},
@@ -323,7 +323,7 @@ def _current_ids(store: RunStore) -> dict[str, str]:
     return out
 
 
-def _apply_reference_labels(data: RunData) -> None:
+def apply_reference_labels(data: RunData) -> None:
     """Give every pair the reference label (humans' majority, else a VLM labeller) where one exists.
     A pair without one loses any other label, so one table never mixes label sources; it keeps a
     construction label, which the gallery shows and no statistic uses."""

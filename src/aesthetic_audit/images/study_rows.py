@@ -7,7 +7,8 @@ Face dataset), images optional:
   ``model`` and ``index``; images ``image_original``/``image_distorted`` when the table has them;
 - reward fields ``<model>_oiop``, ``_oidp``, ``_diop``, ``_didp`` (o/d: original/distorted image, then
   original/distorted prompt), a number or ``[mu, sigma]`` (HPSv3; mu is the score), either top-level
-  or one level down under another field (``{"hpsv3_reward": {"hpsv3_oiop": [mu, sigma], ...}}``);
+  or one level down under another field (``{"hpsv3_reward": {"hpsv3_oiop": [mu, sigma], ...}}``) or
+  under its own name (``{"hpsv3_oiop": {"hpsv3_oiop": [mu, sigma]}}``);
 - ``llm_selected``: the labeller's choice, -1 tie / 0 original / 1 distorted (null: no label);
 - ``rater``: ``{"original": {"scores": [...], "preds": [...]}, "distorted": {...}}``, the judge's
   expected level J in [0, 2] and its argmax level, over the study's 11 dimensions in alphabetical order.
@@ -261,6 +262,8 @@ def _layout(columns: list[str], subfields: dict[str, list[str]]) -> _Layout:
     rewards: dict[str, dict[str, tuple[str, str | None]]] = {}
     found = [(c, None) for c in columns] + [(c, s) for c, subs in subfields.items() for s in subs]
     for column, sub in found:
+        if sub is None and column in subfields.get(column, ()):
+            continue  # nested under its own name ({"hpsv3_oiop": {"hpsv3_oiop": [mu, sigma]}}): read the inner one
         m = _REWARD.match(sub or column)
         if m is None:
             continue

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Sequence
 from PIL import Image, ImageOps
 
 from .. import __version__
-from ..analysis.audit import COMBOS, CONSTRUCTION, Pair, RunData, bootstrap_note, format_number, rm_test_note
+from ..analysis.audit import (COMBOS, CONSTRUCTION, Pair, RunData, apply_reference_labels, bootstrap_note,
+                              format_number, rm_test_note)
 from ..images.generators.presets import describe_params
 from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
@@ -148,6 +149,7 @@ def _distinct_names(names: list[str]) -> list[str]:
 
 def _run_body(store: RunStore, analysis: dict[str, Any], *, max_failures: int, gallery: bool) -> str:
     data = RunData.from_store(store)
+    apply_reference_labels(data)  # the gallery shows (and filters by) the labels the analysis used
     manifest = store.read_manifest()
     return "\n".join([
         _header(store, analysis),

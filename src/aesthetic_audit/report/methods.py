@@ -72,7 +72,6 @@ def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
                       f"unit {boot.get('unit', 'none')} (config: {cfg.get('cluster')}), "
                       f"{boot.get('n_clusters', '?')} clusters"),
         ("config hash", manifest.get("config_hash", "not recorded")),
-        ("run created", manifest.get("created", "not recorded")),
         ("aesthetic-audit", (manifest.get("package") or {}).get("version", "not recorded")),
         ("python", manifest.get("python", "not recorded")),
     ]
