@@ -192,8 +192,8 @@ class RunData:
 
     def reference_labels(self) -> tuple[str | None, dict[LabelKey, int]]:
         """The labels the reward-model test and the success rate use, and where they come from: the
-        human raters' majority when there are human labels, else the first VLM labeller by name. A
-        majority with no single winner is a tie."""
+        human raters' majority when there are human labels, else the first other source by name (a VLM
+        labeller, an imported study's labels). A majority with no single winner is a tie."""
         humans = {s: v for s, v in self.labels.items() if s.startswith("human:")}
         if humans:
             votes: dict[LabelKey, list[int]] = defaultdict(list)
@@ -508,9 +508,8 @@ def _reward_model_test(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]
     }
 
 
-# The bootstrap evaluates these once per resample (thousands of times per scorer). scikit-learn's
-# versions, which give the point estimates through stats.reward_model_test, spend milliseconds per
-# call validating their input, so the resamples use these few lines of numpy instead: ``margin`` is
+# The bootstrap evaluates these once per resample (thousands of times per scorer), on the margins
+# directly rather than through stats.reward_model_test (which gives the point estimates): ``margin`` is
 # s(I_a, p_a) - s(I_o, p_a) (> 0 predicts I_a) and ``truth`` is 1 where the label is I_a.
 
 def _resampled_accuracy(margin: np.ndarray, truth: np.ndarray) -> float:

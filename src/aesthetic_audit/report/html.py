@@ -297,7 +297,8 @@ def _charts_section(analysis: dict[str, Any], data: RunData) -> str:
          "with its bootstrap interval; right of the dashed line the scorer rewards ignoring the request.",
          charts.share_chart(analysis)),
         ("Δr per pair", "r(I_a, p_o) − r(I_o, p_o) for every pair: how much the scorer's conventional score "
-         "drops when the image follows the anti-aesthetic request (boxes: quartiles; points: pairs).",
+         "changes when the image follows the anti-aesthetic request (for a lower-is-better scorer such as BRISQUE a "
+         "rise is a worse score; boxes: quartiles; points: pairs).",
          charts.delta_chart(data)),
         ("Strength curves", "Share preferring the original against the strength of the edit that made I_a, "
          "with its interval as a band.", charts.strength_chart(analysis)),

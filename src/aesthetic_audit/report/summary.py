@@ -72,7 +72,7 @@ def summary_sentences(analysis: dict[str, Any], manifest: dict[str, Any]) -> lis
     for model, cell in rates.items():
         share = percent(cell)
         if share is not None:
-            who = "The generated images" if model == "the run" else f"{model}'s images"
+            who = "The anti-aesthetic images I_a" if model == "the run" else f"{model}'s images"
             items.append((f"{who} followed the request (success) in {share} of {cell['n']} labelled pairs, "
                           f"by {source}; a tie or the original counts as a failure.", []))
     return items
