@@ -211,6 +211,7 @@ def test_construction_labels_give_no_reward_model_numbers(tmp_path):
     assert "acc " not in section and "AUROC [" not in section
     assert section.lower().count("no labeller or human labels") == 3  # both scorers' cells and the note
     assert "I_a by construction" in text
+    assert 'data-filter="failed"' not in text  # no real labels: nothing can have failed
 
 
 def test_per_generator_section(tmp_path):

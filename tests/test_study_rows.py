@@ -246,6 +246,9 @@ def test_report_runs_on_a_run_without_images(cli, table, tmp_path: Path) -> None
     text = (run / "report.html").read_text(encoding="utf-8")
     assert "hpsv3 (imported)" in text and "study-judge (imported)" in text
     assert "image unavailable" in text
+    methods = text[text.index("<h2>Methods</h2>"):]  # every source the tables rest on, imported ones too
+    for name in ("hpsv2 (imported)", "hpsv3 (imported)", "study-judge (imported)", "import:llm_selected"):
+        assert name in methods and "no stage of this run made these records" in methods
 
 
 def test_stages_that_read_pixels_skip_pairs_imported_without_images(table, tmp_path, cli):

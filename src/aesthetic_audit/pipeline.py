@@ -314,13 +314,13 @@ class Run:
 
         if not self._has_pairs("analyze"):
             return None
-        # The analysis settings it ran with become the run's (flags persist, as for every stage), so a
-        # later `report` analyses the same way and its methods section shows them.
-        record_stage(self.store, self.config, "analyze")
         result = analyze(self.store, self.config.analysis, seed=self.config.seed)
         path = self.store.root / "analysis.json"
         atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         write_tables(result, self.store.root / "tables")
+        # The analysis settings it ran with become the run's (flags persist, as for every stage), so a
+        # later `report` analyses the same way and its methods section shows them.
+        record_stage(self.store, self.config, "analyze")
         log.info("analysis: %s", path)
         return result
 

@@ -27,7 +27,7 @@ from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
 from . import charts
 from .methods import methods_section
-from .summary import summary_sentences
+from .summary import derived_from_judge, summary_sentences
 
 THUMB_SIDE = 192
 MAX_FAILURES = 50
@@ -156,7 +156,7 @@ def _run_body(store: RunStore, analysis: dict[str, Any], *, max_failures: int, g
         _quotable_section(analysis, manifest),
         _charts_section(analysis, data),
         _generators_section(store),
-        _summary_section(analysis),
+        _summary_section(analysis, manifest),
         _per_generator_section(analysis),
         _heatmap_section(analysis),
         _strength_section(analysis),
@@ -365,7 +365,7 @@ def _weights(identity: dict[str, Any], options: dict[str, Any]) -> str:
     return " at ".join(str(v) for v in (options.get("model"), where) if v) or "–"
 
 
-def _summary_section(analysis: dict[str, Any]) -> str:
+def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
     scorers = analysis.get("scorers", {})
     parts = ["<h2>Reward models</h2>",
              '<p class="note"><b>Prefers original</b>: share of pairs where the scorer rates I_o strictly above '
@@ -384,9 +384,13 @@ def _summary_section(analysis: dict[str, Any]) -> str:
     rows = []
     for name, s in scorers.items():
         trunc = s.get("truncated") or {}
-        blind = "" if s.get("prompt_aware", True) else ' <span class="tag">prompt-blind</span>'
+        tags = [] if s.get("prompt_aware", True) else ["prompt-blind"]
+        if not s.get("reward_model", True):
+            tags.append("not a reward model")
+        if derived_from_judge(manifest, name):
+            tags.append("from the judge's statistics: not independent evidence")
         rows.append([
-            f'<td class="text">{_e(name)}{blind}</td>',
+            f'<td class="text">{_e(name)}' + "".join(f' <span class="tag">{_e(t)}</span>' for t in tags) + "</td>",
             "↑ higher is better" if s["higher_is_better"] else "↓ lower is better",
             _e(s["n"]), _e(s["missing"]), _e(s["ties"]),
             _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
@@ -500,6 +504,8 @@ def _rm_cell(scorer: dict[str, Any]) -> str:
         notes.append(f"{rm['n_ties']} label ties removed")
     if rm.get("n_score_ties"):
         notes.append(f"{rm['n_score_ties']} score ties")
+    if rm.get("n_unlabelled"):
+        notes.append(f"{rm['n_unlabelled']} pairs without a label")
     metrics = "<br>".join(f"{label} {_est(rm[key])}" for key, label in
                           (("accuracy", "acc"), ("f1", "F1"), ("auroc", "AUROC")))
     return f'<td class="text">{metrics}<br><span class="ci">{_e("; ".join(notes))}</span></td>'
@@ -737,7 +743,8 @@ def _gallery_section(store: RunStore, data: RunData) -> str:
                  + (select("model", "generator", models) if len(models) > 1 else "")
                  + select("dims", "dimension", data.dimensions)
                  + '<label><input type="checkbox" data-filter="disagree"> reward models disagree</label>'
-                 + '<label><input type="checkbox" data-filter="failed"> failed</label>'
+                 + ('<label><input type="checkbox" data-filter="failed"> failed</label>'
+                    if any(p.label is not None and p.label_source != CONSTRUCTION for p in data.pairs) else "")
                  + f'<span class="muted" id="gallery-count">{len(data.pairs)} of {len(data.pairs)} pairs shown</span>'
                  + "</div>")
     thumbs: dict[str, str | None] = {}

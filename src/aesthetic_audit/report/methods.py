@@ -37,6 +37,22 @@ def _weights(identity: dict[str, Any]) -> str:
     return json.dumps(weights, sort_keys=True, default=str) if not isinstance(weights, str) else weights
 
 
+def _imported_rows(backends: dict[str, Any], analysis: dict[str, Any]) -> list[list[str]]:
+    """Evidence in the records that no stage of this run produced (an imported study's scores, judge
+    results and labels; human raters): listed, so a reader sees every source the tables rest on."""
+    found = [("scorer", name, "scores imported with the pairs")
+             for name in analysis.get("scorers", {}) if f"scorer:{name}" not in backends]
+    found += [("judge", name, j.get("backend") or "judgements imported with the pairs")
+              for name, j in (analysis.get("judges") or {}).items() if f"judge:{name}" not in backends]
+    sources = ((analysis.get("label_sources") or {}).get("sources")) or {}
+    found += [("labels", name, b.get("backend") or "labels imported") for name, b in sources.items()
+              if not name.startswith("vlm:")]
+    return [[f'<td class="text">{_e(role)}</td>', f'<td class="text">{_e(name)}</td>', "–",
+             '<td class="text">–</td>', '<td class="text">–</td>',
+             f'<td class="text">{_e(note)}; no stage of this run made these records</td>']
+            for role, name, note in found]
+
+
 def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
                     table: Callable[[list[str], list[list[str]]], str]) -> str:
     """The methods section as HTML; ``table`` renders header + rows of escaped cells."""
@@ -60,6 +76,7 @@ def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
                      _e(identity.get("version", "–")), f'<td class="text">{_e(_weights(identity))}</td>',
                      f'<td class="text"><code>{_e(spec_hash(identity)[:16])}</code></td>',
                      f'<td class="text">{_e(", ".join(notes) or "–")}</td>'])
+    rows += _imported_rows(backends, analysis)
     config = manifest.get("config") or {}
     cfg = analysis.get("config") or {}
     boot = analysis.get("bootstrap") or {}
