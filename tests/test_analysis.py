@@ -578,3 +578,38 @@ def test_alignment_scorer_from_config_and_generator_tables(tmp_path):
         tests = {(r["test"], r["source"]): r for r in csv.DictReader(fh)}
     assert float(tests[("wilcoxon", "classical")]["p_holm"]) == pytest.approx(0.1875)
     assert tests[("mcnemar", "test")]["statistic"] == "b=0, c=2"
+
+
+def test_one_lora_at_several_scales_gives_an_adapter_scale_axis(tmp_path):
+    """Generators that differ only in their LoRA's scale are one adapter; per scale, the scorer's
+    strict share on that scale's pairs (by hand: under p_a, I_o wins 2 of 2 at scale 0, 1 of 2 at 0.5,
+    0 of 2 at 1)."""
+    store = RunStore(tmp_path / "run")
+    wins = {0.0: (True, True), 0.5: (True, False), 1.0: (False, False)}
+    records = []
+    for scale, outcomes in wins.items():
+        generator = {"name": "diffusers", "model": {"repo": "base"}, "lora": {"sha256": "ab" * 32, "scale": scale},
+                     "options": {"lora": "x.safetensors", "lora_scale": scale}}
+        for pid, o_wins in enumerate(outcomes):
+            sha_o = store.put_image(Image.new("RGB", (8, 8), (pid, int(scale * 10), 1)))
+            sha_a = store.put_image(Image.new("RGB", (8, 8), (pid, int(scale * 10), 2)))
+            p_o, p_a = f"a cat {pid}", f"a blurry cat {pid}"
+            key = image_pair_key(backend={"name": "generate"}, inputs={"scale": scale, "pid": pid}, seed=0)
+            records.append(Record(key, IMAGES, f"s{scale}:{pid}", {
+                "image_pair_id": key, "pair_id": f"prompt{pid}", "p_o": p_o, "p_a": p_a, "dims": ["clarity"],
+                "image_o": sha_o, "image_a": sha_a, "backend": "generate", "strength": None, "transforms": [],
+                "label": None, "model": f"lora@{scale:g}", "generator": generator, "source_item": None}))
+            for value, (image, prompt) in zip((5, 5 if o_wins else 1, 4, 3), [(sha_o, p_o), (sha_o, p_a),
+                                                                               (sha_a, p_o), (sha_a, p_a)]):
+                records.append(_score("hps", image, prompt, value))
+    store.put_many(records)
+    a = analyze(store, AnalysisConfig(bootstrap=100), seed=0)
+    (block,) = a["adapter_scale"].values()
+    assert block["models"] == ["lora@0", "lora@0.5", "lora@1"] and list(block["scales"]) == ["0", "0.5", "1"]
+    for scale, expected in (("0", 1.0), ("0.5", 0.5), ("1", 0.0)):
+        assert block["scales"][scale]["n_pairs"] == 2
+        _close(block["scales"][scale]["scorers"]["hps"]["prefer_original_share"], expected)
+    from aesthetic_audit.report import write_report
+
+    page = write_report(store, a, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Adapter-scale curves" in page and "Share preferring the original against the adapter's scale" in page

@@ -75,6 +75,10 @@ class Pair:
     label_source: str | None = None
     pair_id: str | None = None  # the prompt pair it was made from
     model: str | None = None  # the generator that rendered it; None for the editor's pairs
+    # A generator with a LoRA: its weights without the scale (one adapter swept over scales shares it)
+    # and the scale, the "user-controllable strength of aesthetic alignment" the study asks for.
+    adapter: str | None = None
+    adapter_scale: float | None = None
 
     def image(self, which: str) -> str:
         return self.image_o if which == "o" else self.image_a
@@ -135,6 +139,7 @@ class RunData:
                 pair_id=d.get("pair_id"),
                 # The editor transforms a photo: it is no generator, whatever its records' model says.
                 model=None if d.get("backend") == "editor" or d.get("model") is None else str(d["model"]),
+                **_adapter(d.get("generator")),
             ))
         current = _current_ids(store)
         with_prompt: set[str] = set()
@@ -265,7 +270,46 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
         out["by_model"] = by_model
         out["generation"] = _generation(data, by_model, boot, config)
         out["aligned_vs_base"] = _aligned_vs_base(data, config)
+        adapter = _adapter_scale(data, boot)
+        if adapter:
+            out["adapter_scale"] = adapter
     return _json_clean(out)
+
+
+def _adapter(generator: Any) -> dict[str, Any]:
+    """``adapter`` and ``adapter_scale`` of a generated pair whose generator loads a LoRA: the
+    generator's identity without the scale names the adapter (same base weights, same LoRA file), so
+    one adapter rendered at several scales groups together."""
+    lora = generator.get("lora") if isinstance(generator, dict) else None
+    if not isinstance(lora, dict) or not isinstance(lora.get("scale"), (int, float)):
+        return {}
+    options = {k: v for k, v in (generator.get("options") or {}).items() if k != "lora_scale"}
+    rest = {k: v for k, v in generator.items() if k not in ("lora", "options", "name")}
+    ident = {**rest, "options": options, "lora": {k: v for k, v in lora.items() if k != "scale"}}
+    return {"adapter": spec_hash(ident), "adapter_scale": float(lora["scale"])}
+
+
+def _adapter_scale(data: RunData, boot: "_Bootstrap") -> dict[str, Any] | None:
+    """Per LoRA adapter rendered at two or more scales: the scales, the generators behind them, and per
+    scale the scorers' blocks (strict shares, Δr, RM test) on that scale's pairs: how the bias moves
+    with the strength of aesthetic alignment. None when no adapter has two scales."""
+    groups: dict[str, dict[float, list[Pair]]] = defaultdict(lambda: defaultdict(list))
+    for p in data.pairs:
+        if p.adapter is not None:
+            groups[p.adapter][p.adapter_scale].append(p)
+    out = {}
+    for adapter, by_scale in sorted(groups.items()):
+        if len(by_scale) < 2:
+            continue
+        models = sorted({p.model or "?" for pairs in by_scale.values() for p in pairs})
+        scales = {}
+        for scale in sorted(by_scale):
+            pairs = by_scale[scale]
+            sub, sboot = data.subset(pairs), boot.restricted(pairs)
+            scales[format(scale, "g")] = {"n_pairs": len(pairs), "models": sorted({p.model or "?" for p in pairs}),
+                                          "scorers": {name: _scorer(sub, name, sboot) for name in sub.scorers}}
+        out[adapter[:12]] = {"models": models, "scales": scales}
+    return out or None
 
 
 _CLUSTER_OF: dict[str, Callable[[Pair], Hashable]] = {

@@ -161,6 +161,37 @@ def strength_chart(analysis: dict[str, Any]) -> str | None:
         return to_svg(fig, "Share preferring the original against edit strength")
 
 
+def adapter_chart(analysis: dict[str, Any]) -> str | None:
+    """Per LoRA adapter rendered at several scales and per reward model, the share preferring the
+    original against the adapter's scale with its interval as a band (the study's "user-controllable
+    strength of aesthetic alignment"); None unless some adapter has two scales."""
+    series = {}
+    for adapter, block in (analysis.get("adapter_scale") or {}).items():
+        label = "/".join(block["models"]) if len(block["models"]) <= 2 else adapter
+        names = dict.fromkeys(n for sc in block["scales"].values() for n in _reward_models(sc["scorers"]))
+        for name in names:
+            points = [(float(k), sc["scorers"][name]["prefer_original_share"]) for k, sc in block["scales"].items()
+                      if (sc["scorers"].get(name, {}).get("prefer_original_share") or {}).get("estimate") is not None]
+            if len(points) >= 2:
+                series[f"{name} · {label}"] = sorted(points, key=lambda p: p[0])
+    if not series:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(7.0, 3.2)
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            colour = _COLOURS[i % len(_COLOURS)]
+            x = [p for p, _ in points]
+            ax.plot(x, [c["estimate"] for _, c in points], "o-", color=colour, label=name)
+            ax.fill_between(x, _bound(points, "low"), _bound(points, "high"), color=colour, alpha=0.15, linewidth=0)
+        ax.axhline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("LoRA scale (strength of aesthetic alignment)")
+        ax.set_ylabel("prefers original (share)")
+        ax.legend(fontsize=8, loc="best")
+        return to_svg(fig, "Share preferring the original against the adapter's scale")
+
+
 def success_chart(analysis: dict[str, Any]) -> str | None:
     """Per generator, the success rate (I_a preferred for p_a by the reference labels) against the
     conventional score of its anti-aesthetic images (AA = mean r(I_a, p_o)), one panel per reward model,

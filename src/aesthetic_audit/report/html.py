@@ -302,6 +302,8 @@ def _charts_section(analysis: dict[str, Any], data: RunData) -> str:
          charts.delta_chart(data)),
         ("Strength curves", "Share preferring the original against the strength of the edit that made I_a, "
          "with its interval as a band.", charts.strength_chart(analysis)),
+        ("Adapter-scale curves", "Per LoRA adapter rendered at several scales: the share preferring the original "
+         "against the scale, with its interval as a band.", charts.adapter_chart(analysis)),
         ("Success against conventional score", "Per generator: the share of pairs where the labels prefer I_a "
          "for p_a, against the mean conventional score r(I_a, p_o) of its anti-aesthetic images (bars: CIs).",
          charts.success_chart(analysis)),
