@@ -578,6 +578,15 @@ def test_alignment_scorer_from_config_and_generator_tables(tmp_path):
         tests = {(r["test"], r["source"]): r for r in csv.DictReader(fh)}
     assert float(tests[("wilcoxon", "classical")]["p_holm"]) == pytest.approx(0.1875)
     assert tests[("mcnemar", "test")]["statistic"] == "b=0, c=2"
+    # per generator and dimension, and the regression of each reward model's Δ on the judge's ΔJ_d
+    with open(tmp_path / "tables" / "generators_dimensions.csv", newline="", encoding="utf-8") as fh:
+        dims = {(r["generator"], r["scorer"], r["dimension"]): r for r in csv.DictReader(fh)}
+    assert dims[("aligned", "hps", "clarity")]["n"] == "5" and dims[("base", "hps", "clarity")]["n"] == "6"
+    assert float(dims[("aligned", "hps", "clarity")]["prefer_original_share"]) == pytest.approx(0.8)
+    with open(tmp_path / "tables" / "regression_on_judge.csv", newline="", encoding="utf-8") as fh:
+        reg = {(r["scorer"], r["judge"], r["dimension"]): r for r in csv.DictReader(fh)}
+    fit = a["scorers"]["hps"]["regression_on_judge"]["classical"]["clarity"]
+    assert float(reg[("hps", "classical", "clarity")]["slope"]) == pytest.approx(fit["slope"])
 
 
 def test_one_lora_at_several_scales_gives_an_adapter_scale_axis(tmp_path):

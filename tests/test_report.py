@@ -233,6 +233,7 @@ def test_per_generator_section(tmp_path):
     mcn = next(r for r in rows if len(r) > 1 and r[1].startswith("mcnemar"))
     assert mcn[0] == "aligned vs base" and mcn[6] == "b = 0, c = 2" and mcn[8] == "0.250" and mcn[9] == "0.312"
     assert "Configured but not in this run: absent vs base." in section
+    assert "Per generator and dimension" in section and 'title="aligned · hps · clarity: 0.800 [' in section
     # the summary says the same per generator: 2 of 5 labelled pairs of "aligned" succeed (0.400 above)
     summary = html.unescape(_section(text, "Summary"))
     assert "aligned's images followed the request (success) in 40% [" in summary
@@ -374,5 +375,8 @@ def test_several_runs_side_by_side_in_one_file(tmp_path, cli):
         for cell in (s["prefer_original_share"] for s in shares.values()):
             assert f"n = {cell['n']}" in page
     assert 'id="gallery"' not in page  # galleries stay in each run's own report
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # each run's section anchors and chart clip paths are its own
+    assert all(ref in ids for ref in re.findall(r'url\(#([^)]+)\)', page))
     code, _, err = cli("report", a.root, b.root)
     assert code == 2 and "-o" in err

@@ -877,6 +877,15 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
             [[name, b["backend"], b["n"], b["failed"], b["counts"]["anti_aesthetic"], b["counts"]["original"],
               b["counts"]["tie"], b["success_rate"], b["order_disagreement"]]
              for name, b in sources.items()]))
+    regression = [[name, judge, dim, r.get("n"), r.get("slope"), r.get("intercept"), r.get("r"), r.get("p")]
+                  for name, sc in scorers.items() for judge, dims in (sc.get("regression_on_judge") or {}).items()
+                  for dim, r in dims.items()]
+    if regression:
+        tables.append(_Table(
+            "regression_on_judge", "Per reward model, judge and requested dimension: least-squares fit of the "
+                                   "reward model's Δ = s(I_a, p_a) − s(I_o, p_a) on the judge's ΔJ_d over the pairs "
+                                   "that requested d (slope, intercept, Pearson r, two-sided p, n).",
+            ["scorer", "judge", "dimension", "n", "slope", "intercept", "r", "p"], regression))
     if analysis.get("by_model"):
         tables += _generator_tables(analysis, ci, strict)
     return tables
@@ -892,6 +901,13 @@ def _generator_tables(analysis: dict[str, Any], ci: str, strict: str) -> list[_T
         [[model, name, s["n"], s["ties"], s["prefer_original_share"], s["prefer_anti_share"], s["delta_r"],
           s["aa"], (s["reward_model_test"] or {}).get("accuracy"), (s["reward_model_test"] or {}).get("n")]
          for model, block in analysis["by_model"].items() for name, s in block["scorers"].items()])]
+    tables.append(_Table(
+        "generators_dimensions", f"Per generator and requested dimension (a pair counts for each of its "
+                                 f"dimensions); {strict}. [{ci}].",
+        ["generator", "scorer", "dimension", "n", "ties", "prefer_original_share", "delta_r"],
+        [[model, name, dim, b["n"], b["ties"], b["prefer_original_share"], b["delta_r"]]
+         for model, block in analysis["by_model"].items() for name, s in block["scorers"].items()
+         for dim, b in s["by_dimension"].items()]))
     gen = analysis["generation"]
     rows = gen["by_model"]
     rms = list(dict.fromkeys(n for r in rows.values() for n in r["reward_models"]))

@@ -8,6 +8,7 @@ carries no date, so the same analysis gives the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.audit import NO_STRENGTH, RunData
 
-_RC = {"svg.hashsalt": "aesthetic-audit", "svg.fonttype": "none", "font.size": 9,
+_RC = {"svg.hashsalt": "aesthetic-audit", "svg.fonttype": "none", "font.size": 11,
        "axes.spines.top": False, "axes.spines.right": False}
 _COLOURS = ("#3168b0", "#c42d2d", "#2f8f5b", "#8a5cb8", "#d08a1c", "#4a9fb5", "#7a7a7a", "#b84a7d")
 
@@ -29,6 +30,10 @@ def to_svg(fig: Figure, title: str) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Title": title})
     text = buf.getvalue()
     svg = text[text.index("<svg"):]
+    # matplotlib numbers its ids per figure (figure_1, patch_1, ...): prefixed with the chart's own
+    # name, so several charts on one page never share an id (a shared clip-path id clips the wrong chart)
+    prefix = "c" + hashlib.sha256(title.encode()).hexdigest()[:8] + "-"
+    svg = svg.replace(' id="', f' id="{prefix}').replace("url(#", f"url(#{prefix}").replace('href="#', f'href="#{prefix}')
     return svg.replace("<svg ", f'<svg role="img" aria-label="{_attr(title)}" ', 1)
 
 
@@ -62,7 +67,7 @@ def share_chart(analysis: dict[str, Any]) -> str | None:
     if not scorers:
         return None
     with matplotlib.rc_context(_RC):
-        fig = _figure(7.0, 0.9 + 0.32 * len(scorers) * len(groups))
+        fig = _figure(6.0, 0.9 + 0.32 * len(scorers) * len(groups))
         ax = fig.add_subplot()
         height = 0.8 / len(groups)
         for g, (label, block) in enumerate(groups.items()):
@@ -114,7 +119,7 @@ def delta_chart(data: RunData) -> str | None:
     if not values:
         return None
     with matplotlib.rc_context(_RC):
-        fig = _figure(7.0, 0.9 + 1.1 * len(values))
+        fig = _figure(6.0, 0.9 + 1.1 * len(values))
         axes = fig.subplots(len(values), 1, squeeze=False)[:, 0]
         # Fixed seed: the strip plot's vertical jitter must not change the bytes between reports.
         rng = np.random.default_rng(0)
@@ -145,7 +150,7 @@ def strength_chart(analysis: dict[str, Any]) -> str | None:
     if not series:
         return None
     with matplotlib.rc_context(_RC):
-        fig = _figure(7.0, 3.2)
+        fig = _figure(6.0, 3.2)
         ax = fig.add_subplot()
         for i, (name, points) in enumerate(series.items()):
             colour = _COLOURS[i % len(_COLOURS)]
@@ -177,7 +182,7 @@ def adapter_chart(analysis: dict[str, Any]) -> str | None:
     if not series:
         return None
     with matplotlib.rc_context(_RC):
-        fig = _figure(7.0, 3.2)
+        fig = _figure(6.0, 3.2)
         ax = fig.add_subplot()
         for i, (name, points) in enumerate(series.items()):
             colour = _COLOURS[i % len(_COLOURS)]

@@ -119,7 +119,8 @@ def write_comparison(runs: Sequence[tuple[RunStore, dict[str, Any]]], path: str 
     scorers = list(dict.fromkeys(name for _, analysis in runs for name in analysis.get("scorers", {})))
     rows = []
     for scorer in scorers:
-        cells = [f'<td class="text">{_e(scorer)}</td>']
+        first = next(a["scorers"][scorer] for _, a in runs if scorer in a.get("scorers", {}))
+        cells = [_scorer_cell(scorer, first)]
         for _, analysis in runs:
             s = analysis.get("scorers", {}).get(scorer)
             cells.append(f'{_est(s["prefer_original_share"])} <span class="ci">n = {_e(s["n"])}</span>'
@@ -132,9 +133,16 @@ def write_comparison(runs: Sequence[tuple[RunStore, dict[str, Any]]], path: str 
               _table(["scorer", *names], rows),
               "<ul>" + "".join(f'<li><a href="#run-{i}">{_e(n)}</a></li>' for i, n in enumerate(names)) + "</ul>"]
     sections = [f'<section id="run-{i}"><h1>{_e(name)}</h1>\n'
-                f"{_run_body(store, analysis, max_failures=max_failures, gallery=False)}</section>"
-                for i, (name, (store, analysis)) in enumerate(zip(names, runs))]
+                + _prefix_ids(_run_body(store, analysis, max_failures=max_failures, gallery=False), f"run-{i}-")
+                + "</section>" for i, (name, (store, analysis)) in enumerate(zip(names, runs))]
     return _write_page(path, f"aesthetic-audit: {', '.join(names)}", "\n".join(header + sections))
+
+
+def _prefix_ids(body: str, prefix: str) -> str:
+    """Every id in one run's sections (section anchors, the charts' clip paths) and every reference to
+    one (``href="#…"``, ``url(#…)``) prefixed, so several runs' sections share a page without clashing."""
+    return body.replace(' id="', f' id="{prefix}').replace('href="#', f'href="#{prefix}').replace(
+        "url(#", f"url(#{prefix}")
 
 
 def _distinct_names(names: list[str]) -> list[str]:
@@ -453,6 +461,18 @@ def _per_generator_section(analysis: dict[str, Any]) -> str:
           _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
           _share(s["prefer_anti_share"], s.get("prefer_anti_wilson")), _est(s["delta_r"]), _rm_cell(s)]
          for model, block in by_model.items() for name, s in block["scorers"].items()]))
+    dims = analysis.get("dimensions", [])
+    dim_rows = [[f'<td class="text">{_e(model)}</td>', _scorer_cell(name, sc),
+                 *(_share_cell((sc["by_dimension"].get(d) or {}).get("prefer_original_share"),
+                               _tooltip(f"{model} · {name} · {d}",
+                                        (sc["by_dimension"].get(d) or {}).get("prefer_original_share")))
+                   for d in dims)]
+                for model, block in by_model.items() for name, sc in block["scorers"].items()]
+    if dims and dim_rows:
+        parts.append("<h3>Per generator and dimension</h3>")
+        parts.append('<p class="note">Share of each generator\'s pairs where the scorer strictly prefers I_o, per '
+                     "requested dimension (hover a cell for its interval and n).</p>")
+        parts.append(_table(["generator", "scorer", *dims], dim_rows, cls="heat"))
     parts.append(_aligned_vs_base_html(analysis.get("aligned_vs_base") or {}))
     return "\n".join(p for p in parts if p)
 
@@ -566,6 +586,12 @@ def _legend() -> str:
             f"</div>")
 
 
+def _scorer_cell(name: str, s: dict[str, Any]) -> str:
+    """A scorer's name, tagged when it is not a reward model (its "preference" is no aesthetic taste)."""
+    tag = "" if s.get("reward_model", True) else ' <span class="tag">not a reward model</span>'
+    return f'<td class="text">{_e(name)}{tag}</td>'
+
+
 def _heatmap_section(analysis: dict[str, Any]) -> str:
     scorers = analysis.get("scorers", {})
     dims = analysis.get("dimensions", [])
@@ -578,7 +604,7 @@ def _heatmap_section(analysis: dict[str, Any]) -> str:
         return "\n".join(parts)
     rows = []
     for name, s in scorers.items():
-        cells = [f'<td class="text">{_e(name)}</td>']
+        cells = [_scorer_cell(name, s)]
         for d in dims:
             block = s["by_dimension"].get(d, {})
             cell = block.get("prefer_original_share")
@@ -599,7 +625,7 @@ def _strength_section(analysis: dict[str, Any]) -> str:
     for name, s in scorers.items():
         for key, b in s["by_strength"].items():
             share = b["prefer_original_share"]
-            rows.append([f'<td class="text">{_e(name)}</td>', _e(key), _e(b["n"]), _e(b["ties"]),
+            rows.append([_scorer_cell(name, s), _e(key), _e(b["n"]), _e(b["ties"]),
                          _share_cell(share, _tooltip(f"{name} · strength {key}", share), with_ci=True),
                          _est(b["prefer_anti_share"]), _est(b["delta_r"])])
     if not rows:
