@@ -3,6 +3,7 @@ bytes), finding control characters, and making text cells safe to open in a spre
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from pathlib import Path
@@ -60,3 +61,20 @@ def from_spreadsheet_cell(text: str) -> str:
     if text.startswith("'") and spreadsheet_safe(text[1:]) == text:
         return text[1:]
     return text
+
+
+def jsonl_objects(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a JSONL text as (``"<name>:line N"``, object); blank lines skipped. A line that is
+    not JSON, or not a JSON object, is an InputError naming it."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name}:line {n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{name}:line {n}: not a JSON object")
+        rows.append((f"{name}:line {n}", obj))
+    return rows

@@ -35,7 +35,7 @@ from ..images.photos import IMAGE_SUFFIXES
 from ..records import IMAGES, SCORE, has_pixels
 from ..scorers.base import Scorer
 from ..store import RunStore
-from ..textio import read_text
+from ..textio import jsonl_objects, read_text
 from .intervals import wilson_interval
 from .stats import bootstrap_ci, leaderboard_placement, mann_whitney_one_sided, zscores
 
@@ -61,17 +61,7 @@ def read_table(path: str | Path, what: str) -> list[tuple[str, dict[str, Any]]]:
         except csv.Error as exc:
             raise InputError(f"{path.name}:{reader.line_num}: malformed CSV ({exc})") from None
         return rows
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path.name}:line {n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{path.name}:line {n}: not a JSON object")
-        rows.append((f"{path.name}:line {n}", raw))
-    return rows
+    return jsonl_objects(text, path.name)
 
 
 def _field(fields: dict[str, Any], column: str, item: str, *, required: bool = True) -> str | None:

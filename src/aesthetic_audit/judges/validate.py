@@ -46,7 +46,7 @@ from ..analysis.audit import format_estimate
 from ..analysis.stats import CI, cluster_codes, cluster_resample_counts, percentile_ci, round_half_up
 from ..errors import ConfigError, InputError
 from ..images.decode import decode_image
-from ..textio import read_text
+from ..textio import jsonl_objects, read_text
 from .base import Judge
 
 ROUNDING = {"half-up": round_half_up, "half-even": np.round}
@@ -141,18 +141,7 @@ def _read(path: Path, what: str) -> tuple[list[tuple[str, dict[str, Any]]], dict
     if kind in ("csv", "tsv"):
         return _csv_rows(text, name, "\t" if kind == "tsv" else ","), None
     if kind == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{name}:line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{name}:line {n}: not a JSON object")
-            rows.append((f"{name}:line {n}", row))
-        return rows, None
+        return jsonl_objects(text, name), None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:

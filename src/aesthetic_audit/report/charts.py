@@ -147,23 +147,7 @@ def strength_chart(analysis: dict[str, Any]) -> str | None:
                   if k != NO_STRENGTH and (b.get("prefer_original_share") or {}).get("estimate") is not None]
         if len(points) >= 2:
             series[name] = sorted(points, key=lambda p: p[0])
-    if not series:
-        return None
-    with matplotlib.rc_context(_RC):
-        fig = _figure(6.0, 3.2)
-        ax = fig.add_subplot()
-        for i, (name, points) in enumerate(series.items()):
-            colour = _COLOURS[i % len(_COLOURS)]
-            x = [p for p, _ in points]
-            ax.plot(x, [c["estimate"] for _, c in points], "o-", color=colour, label=name)
-            ax.fill_between(x, _bound(points, "low"), _bound(points, "high"), color=colour, alpha=0.15,
-                            linewidth=0)
-        ax.axhline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("edit strength")
-        ax.set_ylabel("prefers original (share)")
-        ax.legend(fontsize=8, loc="best")
-        return to_svg(fig, "Share preferring the original against edit strength")
+    return _share_curves(series, "edit strength", "Share preferring the original against edit strength")
 
 
 def adapter_chart(analysis: dict[str, Any]) -> str | None:
@@ -179,22 +163,8 @@ def adapter_chart(analysis: dict[str, Any]) -> str | None:
                       if (sc["scorers"].get(name, {}).get("prefer_original_share") or {}).get("estimate") is not None]
             if len(points) >= 2:
                 series[f"{name} · {label}"] = sorted(points, key=lambda p: p[0])
-    if not series:
-        return None
-    with matplotlib.rc_context(_RC):
-        fig = _figure(6.0, 3.2)
-        ax = fig.add_subplot()
-        for i, (name, points) in enumerate(series.items()):
-            colour = _COLOURS[i % len(_COLOURS)]
-            x = [p for p, _ in points]
-            ax.plot(x, [c["estimate"] for _, c in points], "o-", color=colour, label=name)
-            ax.fill_between(x, _bound(points, "low"), _bound(points, "high"), color=colour, alpha=0.15, linewidth=0)
-        ax.axhline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("LoRA scale (strength of aesthetic alignment)")
-        ax.set_ylabel("prefers original (share)")
-        ax.legend(fontsize=8, loc="best")
-        return to_svg(fig, "Share preferring the original against the adapter's scale")
+    return _share_curves(series, "LoRA scale (strength of aesthetic alignment)",
+                         "Share preferring the original against the adapter's scale")
 
 
 def success_chart(analysis: dict[str, Any]) -> str | None:
@@ -235,5 +205,26 @@ def _or(cell: dict[str, Any], key: str) -> float:
     return cell[key] if cell.get(key) is not None else cell["estimate"]
 
 
+def _share_curves(series: dict[str, list[tuple[float, dict[str, Any]]]], xlabel: str, title: str) -> str | None:
+    """One line per series of (x, share cell) points, its interval as a band, a dashed line at 0.5."""
+    if not series:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _figure(6.0, 3.2)
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            colour = _COLOURS[i % len(_COLOURS)]
+            x = [p for p, _ in points]
+            ax.plot(x, [c["estimate"] for _, c in points], "o-", color=colour, label=name)
+            ax.fill_between(x, _bound(points, "low"), _bound(points, "high"), color=colour, alpha=0.15,
+                            linewidth=0)
+        ax.axhline(0.5, color="#5f6b7a", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("prefers original (share)")
+        ax.legend(fontsize=8, loc="best")
+        return to_svg(fig, title)
+
+
 def _bound(points: Sequence[tuple[float, dict[str, Any]]], key: str) -> list[float]:
-    return [c[key] if c.get(key) is not None else c["estimate"] for _, c in points]
+    return [_or(c, key) for _, c in points]
