@@ -1,5 +1,5 @@
 """The run directory: manifest, record database and content-addressed images."""
 
-from .run import Record, RunStore
+from .run import Record, RecordWriter, RunStore
 
-__all__ = ["Record", "RunStore"]
+__all__ = ["Record", "RecordWriter", "RunStore"]

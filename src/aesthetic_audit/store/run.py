@@ -2,8 +2,9 @@
 
 Every record has a key that hashes everything that determines it. Inserting an existing key is a
 no-op, so a stage that is run twice, or killed and run again, ends with exactly one record per key.
-Several processes may write to one run: SQLite's WAL mode serialises writers and each record is
-committed on its own, so a killed worker loses at most the item it was computing.
+Several processes may write to one run: SQLite's WAL mode serialises writers. Stages write through a
+``RecordWriter``, which commits records in chunks (one transaction per chunk, or per second when items
+are slow), so a killed worker loses at most the chunk in flight and a rerun recomputes exactly that.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ CREATE TABLE IF NOT EXISTS records (
     worker   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_stage ON records (stage, status);
+CREATE TABLE IF NOT EXISTS memo (
+    key      TEXT PRIMARY KEY,
+    value    TEXT NOT NULL
+);
 """
+# ``memo`` remembers facts that are expensive to recompute and never change for the same key (a source
+# photo's stored hash, keyed by the photo's bytes and the settings that made the stored image). It is a
+# cache, never a result: deleting it only makes the next run slower.
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,22 @@ class RunStore:
             raise
         return db.total_changes - before
 
+    def writer(self, *, max_records: int = 512, max_seconds: float = 1.0) -> "RecordWriter":
+        """A buffered writer for a stage's records (see ``RecordWriter``)."""
+        return RecordWriter(self, max_records=max_records, max_seconds=max_seconds)
+
+    def memo_get(self, key: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM memo WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:  # a run made before the table existed, opened read-only
+            return None
+        return row[0] if row else None
+
+    def memo_put_many(self, items: Iterable[tuple[str, str]]) -> None:
+        items = list(items)
+        if items and not self.readonly:
+            self.db.executemany("INSERT OR REPLACE INTO memo (key, value) VALUES (?, ?)", items)
+
     def discard_failed(self, keys: Iterable[str]) -> int:
         """Delete failed records with these keys: an item that now succeeds under another key (a fixed
         photo, a corrected row) must not stay listed as failed."""
@@ -253,6 +277,43 @@ class RunStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_text(self.manifest_path, text)
+
+
+class RecordWriter:
+    """Collects a stage's records and commits them in chunks: one transaction per ``max_records`` records,
+    or sooner once ``max_seconds`` have passed since the last commit, so fast stages write at bulk speed
+    and slow ones (a model per item) still commit about every second.
+
+    Use it as a context manager: leaving the block commits what is buffered, also when the block raises
+    (an interrupt, an endpoint that went down), so nothing already computed is lost. A killed process loses
+    at most the buffer, which a rerun computes again. Records are visible to readers only once committed:
+    a stage that reads its own records back calls ``flush()`` first.
+    """
+
+    def __init__(self, store: RunStore, *, max_records: int = 512, max_seconds: float = 1.0):
+        self.store, self.max_records, self.max_seconds = store, max_records, max_seconds
+        self.new = 0  # records that changed the store (a key already stored ok is not new)
+        self._buffer: list[Record] = []
+        self._last = time.monotonic()
+
+    def put(self, record: Record) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self.max_records or time.monotonic() - self._last >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> int:
+        """Commit the buffer; return how many records changed the store."""
+        buffer, self._buffer = self._buffer, []
+        self._last = time.monotonic()
+        written = self.store.put_many(buffer) if buffer else 0
+        self.new += written
+        return written
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
