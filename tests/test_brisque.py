@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 import warnings
 
@@ -155,3 +156,53 @@ def test_constructor_loads_nothing_and_a_missing_package_names_the_extra(monkeyp
     scorer = BrisqueScorer()  # cheap: nothing imported yet
     with pytest.raises(MissingExtraError, match=r"aesthetic-audit\[offline\]"):
         scorer.load()
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(__import__("scipy").__version__) < "1.16.0"
+                    or platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the summation order reproduced is that of scipy >= 1.16's x86-64 wheels")
+def test_window_sum_is_convolve2d_bit_for_bit() -> None:
+    """The fast window sum gives scipy.signal.convolve2d's bits, which the package's MSCN uses: in flat
+    regions the last bit decides which side of the AGGD split a coefficient falls on."""
+    from scipy import signal
+
+    from aesthetic_audit.scorers.brisque import _window, grey, window_sum
+
+    rng = np.random.default_rng(5)
+    arrays = [grey(image) for image in _synthetic().values()]
+    arrays += [rng.random((5, 3)), rng.random((1, 1)), rng.random((8, 200)), np.full((40, 41), 0.3)]
+    kernels = [_window(), rng.random((7, 7)), rng.random((3, 5)), rng.random((4, 6)), rng.random((9, 9))]
+    for kernel in kernels:
+        for a in arrays:
+            for x in (a, a**2):
+                assert np.array_equal(window_sum(x, kernel).view(np.uint64),
+                                      signal.convolve2d(x, kernel, "same").view(np.uint64))
+
+
+def test_flat_regions_make_the_summation_order_matter() -> None:
+    """Why the window sum keeps convolve2d's order instead of a separable filter: on a posterised photo the
+    separable Gaussian (mathematically the same window) moves the score by more than a point."""
+    from scipy import ndimage
+
+    from aesthetic_audit.scorers import brisque
+
+    data = pytest.importorskip("skimage.data")
+    photo = Image.fromarray(data.astronaut())
+    photo.thumbnail((256, 256))
+    posterised = photo.quantize(6).convert("RGB")
+    g = np.exp(-((np.arange(7) - 3) ** 2) / (2 * brisque._WINDOW_SIGMA**2))
+    g /= g.sum()
+
+    def separable(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        rows = ndimage.correlate1d(x, g, axis=0, mode="constant")
+        return ndimage.correlate1d(rows, g, axis=1, mode="constant")
+
+    assert np.allclose(np.outer(g, g), brisque._window(), rtol=1e-12, atol=0)
+    (exact,) = BrisqueScorer().score([(posterised, None)])
+    real = brisque.window_sum
+    brisque.window_sum = separable
+    try:
+        (fast,) = BrisqueScorer().score([(posterised, None)])
+    finally:
+        brisque.window_sum = real
+    assert abs(fast.score - exact.score) > 1.0

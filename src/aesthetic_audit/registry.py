@@ -9,6 +9,7 @@ module or object whose import registers the backend with the same decorator.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
@@ -54,8 +55,15 @@ def discover(kind: str) -> None:
     for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
         if not info.name.rsplit(".", 1)[-1].startswith("_"):
             importlib.import_module(info.name)
-    for ep in entry_points(group=f"aesthetic_audit.{kind}"):
+    for ep in _entry_points().select(group=f"aesthetic_audit.{kind}"):
         ep.load()
+
+
+@functools.cache
+def _entry_points():
+    # Read once: each lookup scans every installed distribution's metadata (about 10 ms), and the
+    # command line discovers all six kinds to write its help.
+    return entry_points()
 
 
 def available(kind: str) -> dict[str, Any]:

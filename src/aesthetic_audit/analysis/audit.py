@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import numpy as np
-from scipy.stats import linregress, rankdata
 
 from ..config import AnalysisConfig
 from ..hashing import spec_hash
@@ -490,6 +489,8 @@ def _regression(rows: Sequence[_Row], judged: dict[str, dict[str, float]]) -> di
     judge's ΔJ_d (``scipy.stats.linregress``) over the pairs that requested d and were judged on it
     on both images. Does the reward model follow how far I_a moved toward the requested pole? Slope,
     intercept, Pearson r and its two-sided p are None below 3 pairs or when ΔJ_d is constant."""
+    from scipy.stats import linregress  # lazily: see stats.py
+
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         diffs = _judge_diffs(judged, row.pair)
@@ -569,6 +570,8 @@ def _resampled_f1(margin: np.ndarray, truth: np.ndarray) -> float:
 
 def _resampled_auroc(margin: np.ndarray, truth: np.ndarray) -> float:
     """AUROC by ranks (Mann-Whitney U / (n_pos n_neg), tied margins count half); nan with one class."""
+    from scipy.stats import rankdata  # lazily: see stats.py
+
     true = truth == 1
     n_pos, n_neg = int(true.sum()), int((~true).sum())
     if not n_pos or not n_neg:

@@ -13,8 +13,6 @@ import math
 from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
-from scipy.stats import binomtest
-
 from .stats import CI
 
 # The units the analysis can resample by, in the order ``auto`` tries them.
@@ -47,6 +45,8 @@ def wilson_interval(successes: int, n: int, ci: float = 0.95) -> CI:
     bootstrap it stays inside (0, 1) and is not degenerate at k = 0 or k = n, but it treats the n
     pairs as independent draws. n = 0 gives nan.
     """
+    from scipy.stats import binomtest  # lazily: see stats.py
+
     if n == 0:
         return CI(math.nan, math.nan, math.nan)
     interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=ci, method="wilson")

@@ -15,8 +15,10 @@ import math
 from typing import Callable, Hashable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
-from scipy import special
-from scipy import stats as _st
+
+# scipy.stats is imported inside the functions that call it: importing it costs about a second, which
+# every command that merely imports this module (config checks, `validate-judge`, a rerun whose
+# analysis is reused) would otherwise pay.
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 
@@ -198,7 +200,9 @@ def auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(s)):
         return math.nan
-    ranks = _st.rankdata(s)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)
     return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -207,7 +211,9 @@ def pairwise_probability(r_a: ArrayLike, r_o: ArrayLike) -> np.ndarray:
 
     Computed as the logistic function of ``r_a - r_o``, which never overflows.
     """
-    return special.expit(np.asarray(r_a, dtype=float) - np.asarray(r_o, dtype=float))
+    from scipy.special import expit
+
+    return expit(np.asarray(r_a, dtype=float) - np.asarray(r_o, dtype=float))
 
 
 def reward_model_test(r_a: ArrayLike, r_o: ArrayLike, labels: ArrayLike) -> RewardModelTest:
@@ -253,6 +259,8 @@ def wilcoxon_one_sided(x_aligned: ArrayLike, x_base: ArrayLike) -> WilcoxonResul
     n = nonzero.size
     if n == 0:  # scipy's z and p are 0 / 0 here
         return WilcoxonResult(0.0, 1.0, math.nan, math.nan, 0)
+    from scipy import stats as _st
+
     has_ties_or_zeros = n < d.size or np.unique(nonzero).size < n
     if d.size <= 50 and not has_ties_or_zeros:
         method: str | _st.PermutationMethod = "exact"
@@ -282,7 +290,9 @@ def mcnemar(success_a: ArrayLike, success_b: ArrayLike, one_sided: bool = True) 
     n = b + c
     if n == 0:  # binomtest needs at least one trial
         return McNemarResult(statistic=b, pvalue=1.0, b=b, c=c, n=0)
-    p = _st.binomtest(b, n, 0.5, alternative="less" if one_sided else "two-sided").pvalue
+    from scipy.stats import binomtest
+
+    p = binomtest(b, n, 0.5, alternative="less" if one_sided else "two-sided").pvalue
     return McNemarResult(statistic=b, pvalue=float(p), b=b, c=c, n=n)
 
 
@@ -305,7 +315,9 @@ def mann_whitney_one_sided(x: ArrayLike, y: ArrayLike, alternative: str = "great
     both = np.concatenate([xa, ya])
     has_ties = np.unique(both).size < both.size
     method = "exact" if min(n1, n2) <= 8 and not has_ties else "asymptotic"
-    res = _st.mannwhitneyu(xa, ya, use_continuity=True, alternative=alternative, method=method)
+    from scipy.stats import mannwhitneyu
+
+    res = mannwhitneyu(xa, ya, use_continuity=True, alternative=alternative, method=method)
     u_x = float(res.statistic)
     return MannWhitneyResult(statistic=u_x, pvalue=float(res.pvalue),
                              effect_size=2 * u_x / (n1 * n2) - 1, n_x=n1, n_y=n2)
@@ -393,8 +405,10 @@ def zscores(values: ArrayLike, reference: ArrayLike | None = None, ddof: int = 1
     Placing real artworks against the distribution of AI images: ``reference`` = the AI images'
     scores. ``scipy.stats.zmap(values, reference, ddof=ddof)``.
     """
+    from scipy.stats import zmap
+
     x = np.asarray(values, dtype=float)
-    return _st.zmap(x, x if reference is None else np.asarray(reference, dtype=float), ddof=ddof)
+    return zmap(x, x if reference is None else np.asarray(reference, dtype=float), ddof=ddof)
 
 
 def leaderboard_placement(r: float, board: Sequence[float] | Mapping[str, float],

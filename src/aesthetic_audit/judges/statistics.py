@@ -9,7 +9,9 @@ and how it becomes a score, lives in ``classical.py``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+# scipy.ndimage is imported inside the functions that use it: every command discovers the backends,
+# and a rerun with nothing to compute should not pay for loading it.
 
 REC709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float64)
 
@@ -19,11 +21,13 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage
     return ndimage.gaussian_filter(x, sigma, mode="reflect")
 
 
 def blur_rgb(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur over the two spatial axes of an RGB image."""
+    from scipy import ndimage
     return ndimage.gaussian_filter(np.asarray(img, dtype=np.float64), (sigma, sigma, 0), mode="reflect")
 
 
@@ -70,6 +74,7 @@ def noise_sigma(y: np.ndarray, block: int = 8, percentile: float = 10.0) -> floa
     noise; sigma = sqrt(pi/2) / 6 * mean |response|. Averaged per ``block`` x ``block`` tile, the
     ``percentile``-th tile stands for the flat areas, where texture does not pass for noise.
     """
+    from scipy import ndimage
     r = np.abs(ndimage.convolve(y, _IMMERKAER, mode="reflect"))[1:-1, 1:-1]
     h, w = (r.shape[0] // block) * block, (r.shape[1] // block) * block
     if h == 0 or w == 0:

@@ -42,7 +42,6 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..analysis.audit import format_estimate
 from ..analysis.stats import CI, cluster_codes, cluster_resample_counts, percentile_ci, round_half_up
 from ..errors import ConfigError, InputError
 from ..images.decode import decode_image
@@ -602,5 +601,8 @@ def format_table(result: Mapping[str, Any], digits: int = 4) -> str:
 
 
 def _row(block: Mapping[str, Any], digits: int) -> list[str]:
+    # Imported here: the registry imports this module with every judge, and the audit module is large.
+    from ..analysis.audit import format_estimate
+
     return [str(block["n"]), *(format_estimate(block[key], digits) if block[key] else "–" for _, key in _COLUMNS)]
 

@@ -23,6 +23,11 @@ Gaussian window, MSCN constant, AGGD moment-matching with ``scipy.optimize.root`
 OpenCV bicubic half-scale), and hand them to the package's own ``BRISQUE`` object, so its shipped SVM
 model and normalisation parameters produce the score. ``tests/test_brisque.py`` checks this against
 the package's own ``BRISQUE().score`` with the one failing conversion shimmed, to 1e-6.
+
+Speed: the four 7x7 window sums per image (``window_sum``) and the AGGD's sign split (``aggd_fit``) are
+vectorised so that every floating-point operation, and so every score, stays the same as scipy's direct
+convolution and boolean indexing give: 1.9x less CPU per image than the plain calls (42 vs 81 ms for a
+384 px photograph), with no new scorer version and no record changed.
 """
 
 from __future__ import annotations
@@ -60,23 +65,61 @@ def _window() -> np.ndarray:
 def mscn(image: np.ndarray) -> np.ndarray:
     """Mean-subtracted contrast-normalised coefficients (zero-padded 'same' convolution, as the package).
 
-    These are computed op for op as in the package, not with a faster separable filter: the AGGD fit
-    splits coefficients by sign, and in flat regions they are ~1e-17, so a last-bit rounding difference
-    moves pixels between the left and right halves and shifted a test score by 0.55.
+    These are computed op for op as in the package, its convolution's summation order included
+    (``window_sum``), not with a faster separable filter: the AGGD fit splits coefficients by sign, and
+    in flat regions they are ~1e-17, so a last-bit rounding difference moves pixels between the left and
+    right halves. A separable Gaussian shifted a test score by 0.55, and posterised photographs (large
+    flat areas, as the editor's anti-aesthetic edits make) by up to 14.7 points.
     """
-    from scipy import signal
-
     kernel = _window()
-    mu = signal.convolve2d(image, kernel, "same")
-    sigma = np.sqrt(np.abs(mu**2 - signal.convolve2d(image**2, kernel, "same")))
+    mu = window_sum(image, kernel)
+    sigma = np.sqrt(np.abs(mu**2 - window_sum(image**2, kernel)))
     return (image - mu) / (sigma + _MSCN_C)
+
+
+def window_sum(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``scipy.signal.convolve2d(image, kernel, "same")`` (zero fill), bit for bit, about 3x faster.
+
+    Hand-written because no library filter sums in the package's order, and in flat regions that order
+    decides the score (see ``mscn``). convolve2d (scipy >= 1.16, built without fused multiply-add, as
+    its x86-64 wheels are) computes each output pixel as a sum that starts at 0 and goes over the kernel
+    row by row, each row's terms ``kernel[j, k] * image[m + cj - j, n + ck - k]`` (``cj, ck``: the
+    kernel's centre, ``(size - 1) // 2``) added four at a time (``((t0 + t1) + t2) + t3``, then the group
+    to the running sum) and the rest one by one; outside the image the term is 0. Here each of those
+    additions runs as one whole-array numpy operation on shifted views of the zero-padded image, in the
+    same order, so every pixel gets the same roundings: a C loop over 49 terms per pixel becomes 98
+    vectorised passes. ``tests/test_brisque.py`` checks the bits.
+    """
+    h, w = image.shape
+    kh, kw = kernel.shape
+    # Term (j, k) of output (m, n) reads image[m + (kh - 1) // 2 - j, n + (kw - 1) // 2 - k], 0 outside.
+    padded = np.pad(image, ((kh - 1, kh - 1), (kw - 1, kw - 1)))
+    top, left = (kh - 1) // 2 + kh - 1, (kw - 1) // 2 + kw - 1
+    out, group, term = np.zeros((h, w)), np.empty((h, w)), np.empty((h, w))
+
+    def shifted(j: int, k: int) -> np.ndarray:
+        return padded[top - j:top - j + h, left - k:left - k + w]
+
+    full = kw - kw % 4  # columns summed in groups of four; the rest one at a time
+    for j in range(kh):
+        for k0 in range(0, full, 4):
+            np.multiply(shifted(j, k0), kernel[j, k0], out=group)
+            for k in range(k0 + 1, k0 + 4):
+                np.add(group, np.multiply(shifted(j, k), kernel[j, k], out=term), out=group)
+            np.add(out, group, out=out)
+        for k in range(full, kw):
+            np.add(out, np.multiply(shifted(j, k), kernel[j, k], out=term), out=out)
+    return out
 
 
 def aggd_fit(x: np.ndarray) -> tuple[float, float, float, float]:
     """Asymmetric generalised Gaussian fit by moment matching: (alpha, mean, sigma_l, sigma_r)."""
     from scipy import optimize, special
 
-    left, right = x[x < 0], x[x >= 0]
+    # The same elements in the same order as x[x < 0] and x[x >= 0] (so the same sums, bit for bit), but
+    # np.compress of the flat array is about 4x faster than boolean indexing of a 2-D one.
+    flat = x.ravel()
+    left, right = np.compress(flat < 0, flat), np.compress(flat >= 0, flat)
     # An empty side gives nan, as in the package; the caller turns non-finite features into an error.
     with np.errstate(invalid="ignore", divide="ignore"):
         sigma_l = float(np.sqrt(np.sum(left**2) / left.size)) if left.size else float("nan")

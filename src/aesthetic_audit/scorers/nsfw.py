@@ -24,10 +24,20 @@ class NsfwScorer(Scorer):
     """open_nsfw P(nsfw); prompt-blind; lower = safer. Not a reward model: it says whether an image is
     unsafe, not which image is better, so the analysis runs no reward-model test on it.
 
-    Options: ``batch_size`` (images per ONNX run), ``providers`` (onnxruntime execution providers,
-    default: the best available), ``threads`` (intra-op threads), ``session`` (an already built
-    onnxruntime session of the same model, to share one between scorers or pass a test double).
-    None of these change the numbers, so none enters the record key.
+    Options: ``batch_size`` (images per ONNX run, default 16; see below), ``providers`` (onnxruntime
+    execution providers, default: the best available), ``threads`` (intra-op threads), ``session`` (an
+    already built onnxruntime session of the same model, to share one between scorers or pass a test
+    double). None of these change the numbers, so none enters the record key: on the demo's images and
+    the tests' ones, every batch size from 1 to 90 and 1, 2 or 4 threads gave bit-identical scores.
+
+    Why 16: each image in a batch holds about 4.6 MiB of activations, and onnxruntime keeps its peak
+    allocation, so the batch size sets this scorer's memory and, at 32, the whole demo's peak. Measured
+    on the demo's 90 images (2-core CPU, batch sizes interleaved in one process), a process that runs only
+    this scorer peaks at 500 MiB with batch 32, at 353 MiB with 16 (the demo's peak: 449 MiB instead of
+    597) for 4-18% more CPU, and at 279 MiB with 8 for 14-27% more. With one intra-op thread the three cost the same CPU (within the 9% noise), so the extra
+    is onnxruntime's thread pool synchronising once per run, not the model. 16 keeps most of that gain at
+    a peak a laptop can afford beside other scorers. On a GPU (``providers: [CUDAExecutionProvider]``) a
+    larger batch pays: raise it there.
     """
 
     name: ClassVar[str] = "nsfw"
@@ -38,7 +48,7 @@ class NsfwScorer(Scorer):
     reward_model: ClassVar[bool] = False
     extra: ClassVar[str | None] = "offline"
 
-    def __init__(self, *, batch_size: int = 32, providers: list[str] | None = None, threads: int | None = None,
+    def __init__(self, *, batch_size: int = 16, providers: list[str] | None = None, threads: int | None = None,
                  session: Any = None) -> None:
         super().__init__()
         if batch_size < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import platform
 import sys
 import time
@@ -17,6 +18,11 @@ TRACKED = ("numpy", "scipy", "pydantic", "pillow", "pyarrow", "torch", "transfor
 
 
 def dependency_versions() -> dict[str, str]:
+    return dict(_dependency_versions())
+
+
+@functools.cache  # package metadata does not change within a process; reading it costs ~25 ms
+def _dependency_versions() -> dict[str, str]:
     out = {}
     for name in TRACKED:
         try:

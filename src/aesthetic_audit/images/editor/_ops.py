@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+# scipy.ndimage is imported inside the functions that use it: every command discovers the backends,
+# and a rerun with nothing to compute should not pay for loading it.
 
 # Rec.709 / sRGB primaries: the luminance weights of linear R, G, B.
 REC709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
@@ -32,6 +34,7 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur over the spatial axes only; sigma in pixels."""
+    from scipy import ndimage
     if sigma <= 0:
         return img.astype(np.float32, copy=True)
     sig = (sigma, sigma) + (0,) * (img.ndim - 2)
@@ -64,6 +67,7 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def warp(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str = "nearest") -> np.ndarray:
     """Sample ``img`` at fractional coordinates (bilinear), one channel at a time."""
+    from scipy import ndimage
     coords = np.stack([rows, cols])
     return np.stack([ndimage.map_coordinates(img[..., c], coords, order=1, mode=mode)
                      for c in range(img.shape[2])], axis=-1).astype(np.float32)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+# scipy.ndimage is imported inside the functions that use it: every command discovers the backends,
+# and a rerun with nothing to compute should not pay for loading it.
 
 from ._ops import blur, luma, resize
 from .base import transform
@@ -51,6 +53,7 @@ def subject_to_corner(img: np.ndarray, strength: float, rng: np.random.Generator
 def _colour_model(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """A colour histogram of the weighted pixels, smoothed so that nearby colours count too, as a
     probability per colour code."""
+    from scipy import ndimage
     hist = np.bincount(codes.ravel(), weights=weights.ravel().astype(np.float64), minlength=SUBJECT_BINS ** 3)
     hist = ndimage.gaussian_filter(hist.reshape((SUBJECT_BINS,) * 3), 1.0, mode="constant").ravel()
     return hist / max(hist.sum(), 1e-12)
@@ -65,6 +68,7 @@ def subject_mask(img: np.ndarray) -> np.ndarray:
     that weighs most under the centre prior is the subject; it is filled to its row and column spans,
     so that holes and bites (a cup's dark inside, a gap under an arm) belong to it.
     """
+    from scipy import ndimage
     h, w = img.shape[:2]
     short = min(h, w)
     q = np.minimum((blur(img, 0.005 * short) * SUBJECT_BINS).astype(np.int64), SUBJECT_BINS - 1)
@@ -95,6 +99,7 @@ def emptied_scene(img: np.ndarray, strength: float, rng: np.random.Generator):
     from the whole frame at strength 0 to nothing at strength 1, everything is replaced by a heavy blur
     of the photo fading to the background's flat mean colour. The subject (``subject_mask``) keeps its
     own pixels, so the scene empties and what the caption names stays."""
+    from scipy import ndimage
     h, w = img.shape[:2]
     short = min(h, w)
     subject = subject_mask(img)
@@ -123,6 +128,7 @@ def emptied_scene(img: np.ndarray, strength: float, rng: np.random.Generator):
 def lopsided_skew(img: np.ndarray, strength: float, rng: np.random.Generator):
     """Tilt (rotate), shear and crop in off-centre, all growing with strength; the output keeps the
     input's size and any sliver the tilted crop does not cover is filled by reflection."""
+    from scipy import ndimage
     h, w = img.shape[:2]
     tilt_sign, shear_sign = rng.choice([-1.0, 1.0], size=2)
     shift_dir = rng.uniform(0.0, 2 * np.pi)

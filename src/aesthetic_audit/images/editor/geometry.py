@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+# scipy.ndimage is imported inside the functions that use it: every command discovers the backends,
+# and a rerun with nothing to compute should not pay for loading it.
 
 from ._ops import warp
 from .base import transform
@@ -19,6 +21,7 @@ def geometric_warp(img: np.ndarray, strength: float, rng: np.random.Generator):
     """Resample the image through a smooth random displacement field (random offsets on a 10x10 grid,
     cubic-interpolated to every pixel), scaled so its root-mean-square displacement is 2.5% of the
     longest side at strength 1: straight lines ripple and shapes wobble as if melted."""
+    from scipy import ndimage
     h, w = img.shape[:2]
     control = rng.standard_normal((2, WARP_GRID, WARP_GRID))
     amplitude = strength * WARP_RMS * max(h, w)
