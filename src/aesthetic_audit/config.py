@@ -174,6 +174,10 @@ class ImagesConfig(_Section):
                                      "no model column")
     allow_outside: bool = Field(False, description="import: read image paths that lead outside the "
                                 "manifest's folder (absolute paths, ../)")
+    png_level: int | None = Field(
+        None, ge=0, le=9, description="zlib level (0-9) of the PNGs a run stores; images are keyed by their "
+        "bytes, so a run keeps one level. null: automatic, recorded in the manifest: a new run gets 1 (fast, "
+        "~10% larger files), a run made before the setting keeps 6")
 
     @field_validator("import_path")
     @classmethod

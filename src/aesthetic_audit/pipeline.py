@@ -32,13 +32,22 @@ class Run:
     def open(cls, run_dir: str | Path, config_file: str | Path | None = None,
              overrides: dict[str, Any] | None = None, *, create: bool = True) -> "Run":
         """Open (or create) a run. Its stored config is the base; a config file and overrides go on top."""
+        stored = None
         if not Path(run_dir).exists():
             # Validate first: a bad config file or flag must not leave an empty run directory behind.
             config = load_config(config_file, overrides)
             store = RunStore(run_dir, create=create)
         else:
             store = RunStore(run_dir, create=create)
-            config = load_config(config_file, overrides, base=store.read_manifest().get("config"))
+            stored = store.read_manifest().get("config")
+            config = load_config(config_file, overrides, base=stored)
+        if config.images.png_level is None:
+            # Automatic: the level the run already uses (6 for a run made before the setting), 1 for a new
+            # run; the manifest records it with the next stage, so the run keeps it.
+            from .images.decode import run_png_level
+
+            empty = stored is None and not store.counts().get(IMAGES)
+            config.images.png_level = run_png_level(None, stored, empty=empty)
         log_to_run(store.root)
         return cls(store, config)
 
@@ -308,31 +317,54 @@ class Run:
                                   config_errors_stop=False)
 
     def analyze(self) -> dict | None:
-        """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs."""
-        from .analysis.audit import analyze, write_tables
-        from .store.run import atomic_write_text
+        """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs.
+
+        Files written from exactly the same records, settings and software are reused as they are
+        (``analysis.reuse`` says what counts): a rerun of a finished run does not redo the bootstrap."""
+        from .analysis import reuse
 
         if not self._has_pairs("analyze"):
             return None
-        result = analyze(self.store, self.config.analysis, seed=self.config.seed)
         path = self.store.root / "analysis.json"
-        atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-        write_tables(result, self.store.root / "tables")
-        # The analysis settings it ran with become the run's (flags persist, as for every stage), so a
-        # later `report` analyses the same way and its methods section shows them.
-        record_stage(self.store, self.config, "analyze")
+        records = reuse.records_digest(self.store)
+        if reuse.reusable(self.store, "analysis", reuse.inputs_digest(self.store, self.config, records)):
+            result = json.loads(path.read_text(encoding="utf-8"))
+            record_stage(self.store, self.config, "analyze")
+        else:
+            from .analysis.audit import analyze, write_tables
+            from .store.run import atomic_write_text
+
+            result = analyze(self.store, self.config.analysis, seed=self.config.seed)
+            atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            tables = write_tables(result, self.store.root / "tables")
+            # The analysis settings it ran with become the run's (flags persist, as for every stage), so
+            # a later `report` analyses the same way and its methods section shows them.
+            record_stage(self.store, self.config, "analyze")
+            # Remembered with the manifest this command leaves (the state in which the next command will
+            # look for them) and the records as they were before the analysis read them.
+            reuse.remember(self.store, "analysis", reuse.inputs_digest(self.store, self.config, records),
+                           [path, *tables])
         log.info("analysis: %s", path)
         return result
 
     def report(self, analysis: dict | None = None) -> Path | None:
-        """Write RUN/report.html; None when the run has no pairs to report on."""
-        from .report.html import write_report
+        """Write RUN/report.html; None when the run has no pairs to report on. A report made from the
+        same analysis, records, manifest and software is kept as it is (``analysis.reuse``)."""
+        from .analysis import reuse
+        from .hashing import spec_hash
 
         if analysis is None:  # always from the records as they are now, never a stale analysis.json
             analysis = self.analyze()
         if analysis is None:
             return None
-        out = write_report(self.store, analysis, self.store.root / "report.html")
+        out = self.store.root / "report.html"
+        digest = reuse.inputs_digest(self.store, self.config, reuse.records_digest(self.store),
+                                     run=self.store.root.name, analysis=spec_hash(analysis))
+        if not reuse.reusable(self.store, "report", digest):
+            from .report.html import write_report
+
+            out = write_report(self.store, analysis, out)
+            reuse.remember(self.store, "report", digest, [out])
         log.info("report: %s", out)
         return out
 

@@ -11,7 +11,8 @@ to the generator's batch size; a batch that does not fit in memory is halved and
 request, whose items then fail as "out of memory". A failed side, a backend error or a blank image
 (a flat frame: an API placeholder or a safety filter's output) makes the pair a failed record with its
 reason; the others go on. The generator loads once, on its first batch; a stage with nothing left to do
-loads nothing.
+loads nothing. Records are committed in chunks (``RunStore.writer``: about once a second for a slow
+generator), so an interrupted stage keeps what it rendered up to the last commit.
 
 Image-to-image (``images.generate.img2img``): I_a = img2img(I_o, p_a, strength), from the generator's own
 I_o ("generated") or from the I_o of the run's edited or imported pairs ("pairs").
@@ -29,10 +30,10 @@ from ..errors import AuditError, InputError
 from ..hashing import spec_hash
 from ..records import IMAGES, PROMPTS, image_pair_key, prompt_origin
 from ..stage import StageSummary
-from ..store import Record, RunStore
+from ..store import Record, RecordWriter, RunStore
 from ..store.manifest import record_stage
 from ..ui import log, progress_counter
-from .decode import decode_image
+from .decode import PNG_LEVEL_BEFORE, decode_image, store_png_level
 from .generators.base import (RUNTIME_OPTIONS, GenerationRequest, GenerationResult, Generator, OutOfMemory,
                               blank_reason)
 from .generators.presets import GeneratorSpec
@@ -133,17 +134,21 @@ def run_generate(store: RunStore, config: AuditConfig, spec: GeneratorSpec, *, g
     summary = StageSummary(f"{IMAGES}:{spec.name}", total=len(jobs))
     pending = summary.pending([j.key for j in jobs], store, retry_failed)
     todo = [j for j in jobs if j.key in pending]
-    _Batches(store, generator, summary).run(todo, spec.name)
+    _Batches(store, generator, summary, store_png_level(store, config.images.png_level)).run(todo, spec.name)
     return summary
 
 
 class _Batches:
-    def __init__(self, store: RunStore, generator: Generator, summary: StageSummary):
-        self.store, self.generator, self.summary = store, generator, summary
+    def __init__(self, store: RunStore, generator: Generator, summary: StageSummary,
+                 png_level: int = PNG_LEVEL_BEFORE):
+        self.store, self.generator, self.summary, self.png_level = store, generator, summary, png_level
         self.batch_size = max(1, generator.batch_size)
+        self.writer: RecordWriter | None = None  # the stage's record writer, while ``run`` runs
 
     def run(self, jobs: list[_Job], name: str) -> None:
-        with progress_counter(f"generate {name}", total=len(jobs), unit="pair") as advance:
+        with (self.store.writer() as writer,
+              progress_counter(f"generate {name}", total=len(jobs), unit="pair") as advance):
+            self.writer = writer
             for start in range(0, len(jobs), self.batch_size):
                 group = jobs[start:start + self.batch_size]
                 self._group(group)
@@ -164,7 +169,7 @@ class _Batches:
                 continue
             a = job.a
             if job.init_from_o or job.image_o is not None:
-                sha = job.image_o or self.store.put_image(image)
+                sha = job.image_o or self.store.put_image(image, png_level=self.png_level)
                 a = GenerationRequest(a.prompt, a.seed, a.negative_prompt, a.params, init_image=image,
                                       init_image_sha=sha, strength=job.data["strength"])
             requests_a.append(a)
@@ -174,14 +179,14 @@ class _Batches:
             (image_o, error_o), (image_a, error_a) = images_o[i], images_a.get(i, (None, None))
             error = error_o or error_a
             if error is not None:
-                self.store.put(Record.failed(job.key, IMAGES, job.item, error, **job.data))
+                self.writer.put(Record.failed(job.key, IMAGES, job.item, error, **job.data))
                 self.summary.failed += 1
                 log.warning("failed: %s: %s", job.item, error)
                 continue
-            sha_o = job.image_o or self.store.put_image(image_o)
-            self.store.put(Record(job.key, IMAGES, job.item, {"image_pair_id": job.key, **job.data,
-                                                              "image_o": sha_o,
-                                                              "image_a": self.store.put_image(image_a)}))
+            sha_o = job.image_o or self.store.put_image(image_o, png_level=self.png_level)
+            sha_a = self.store.put_image(image_a, png_level=self.png_level)
+            self.writer.put(Record(job.key, IMAGES, job.item, {"image_pair_id": job.key, **job.data,
+                                                               "image_o": sha_o, "image_a": sha_a}))
             self.summary.new += 1
 
     def _existing(self, sha: str) -> tuple[Image.Image | None, str | None]:

@@ -40,6 +40,10 @@ shared. A bad row (missing file, corrupt image, missing prompt, bad label) becom
 named ``<file>:row N`` (data rows counted from 1) or ``<file>:index I`` (the dataset's own index) and
 the import goes on. A layout that cannot be read at all (unknown path, a file with missing columns)
 raises ``InputError`` before any row of that file is stored.
+
+Rows stream: records are committed in chunks, and each image file's stored hash is remembered in the
+run's memo table (keyed by the hash of its bytes and the PNG encoder), so importing the same files again
+reads and hashes them but decodes and encodes nothing.
 """
 
 from __future__ import annotations
@@ -52,16 +56,18 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, NoReturn
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, NoReturn
+
+from PIL import Image
 
 from ..dimensions import parse_dims
 from ..errors import InputError
-from ..hashing import spec_hash
+from ..hashing import bytes_hash, spec_hash
 from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key
 from ..store.run import Record, RunStore
 from ..textio import read_text, spreadsheet_safe
 from ..ui import log
-from .decode import decode_image, read_bytes
+from .decode import decode_image, encoder_identity, read_bytes, store_png_level
 
 IMPORT_BACKEND = {"name": "import", "version": "1"}
 
@@ -106,13 +112,14 @@ class _Row:
 
 def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = False, model: str | None = None,
                  progress: Callable[..., Iterable] | None = None,
-                 dimensions: Collection[str] | None = None) -> ImportSummary:
+                 dimensions: Collection[str] | None = None, png_level: int | None = None) -> ImportSummary:
     """Import every pair found at ``path`` into ``store``; rows are processed in file order.
 
     ``allow_outside`` lets image paths lead outside the folder of the file that names them. ``model`` is
     the generator name of rows without a ``model`` column. ``dimensions``: the known dimension keys; a
     row naming another (a typo, or several joined by commas) fails, naming the row, instead of adding
-    a dimension to the tables.
+    a dimension to the tables. ``png_level``: the zlib level images are stored at (default: the run's,
+    see ``decode.store_png_level``).
     ``progress`` wraps the rows and is called as ``progress(rows, total=n)`` with the number of rows
     (``aesthetic_audit.ui.progress`` fits). ``failed`` counts bad rows on every import, also when
     their failed record was already stored. A row that failed before and imports now has its failed
@@ -123,22 +130,23 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
 
     if is_study_table(source):
         return import_study_rows(source, store, dimensions=dimensions, model=model, allow_outside=allow_outside,
-                                 progress=progress)
+                                 progress=progress, png_level=png_level)
     ok = failed = skipped = unnamed = 0
     rows, total = _rows(source)
-    for row in (progress(rows, total=total) if progress is not None else rows):
-        failed_key = failed_item_key(IMAGES, source.name, row.item)
-        record = _record(row, store, failed_key, allow_outside, model, dimensions)
-        stored = store.put(record)
-        if record.status == "failed":
-            failed += 1
-        else:
-            store.discard_failed([failed_key])
-            if stored:
-                ok += 1
-                unnamed += record.data["model"] is None and _text(row.fields.get("pair_id")) is not None
+    with ImportWriter(store, store_png_level(store, png_level)) as out:
+        for row in (progress(rows, total=total) if progress is not None else rows):
+            failed_key = failed_item_key(IMAGES, source.name, row.item)
+            record = _record(row, out, failed_key, allow_outside, model, dimensions)
+            stored = out.put(record)
+            if record.status == "failed":
+                failed += 1
             else:
-                skipped += 1
+                out.discard_failed(failed_key)
+                if stored:
+                    ok += 1
+                    unnamed += record.data["model"] is None and _text(row.fields.get("pair_id")) is not None
+                else:
+                    skipped += 1
     warnings = ()
     if unnamed:
         # Linked pairs are generated images; without the generator's name they cannot be told apart per
@@ -149,6 +157,83 @@ def import_pairs(path: str | Path, store: RunStore, *, allow_outside: bool = Fal
                     "generator), or a 'model' column",)
         log.warning("import: %s", warnings[0])
     return ImportSummary(ok=ok, failed=failed, skipped_existing=skipped, warnings=warnings)
+
+
+class _Source(NamedTuple):
+    """A source image on its way into the run: its stored hash when remembered, else its decoded pixels."""
+
+    sha: str | None
+    image: Image.Image | None
+    memo: str
+
+
+class ImportWriter:
+    """What an import writes through: records committed in chunks (``RunStore.writer``), with whether each
+    adds to the run; and source images stored at the run's PNG level, each file's stored hash remembered in
+    the memo table (keyed by the SHA-256 of its bytes and the encoder), so importing a file again decodes
+    and encodes nothing. Holds at most a chunk of keys and memos, whatever the number of rows.
+
+    Use it as a context manager; leaving the block commits what is buffered."""
+
+    def __init__(self, store: RunStore, png_level: int, *, chunk: int = 512):
+        self.store, self.png_level, self.chunk = store, png_level, chunk
+        self._encoder = encoder_identity(png_level)
+        self._failed = store.keys(IMAGES, "failed")  # where a row's earlier failure may be stored
+        self._writer = store.writer()
+        self._pending: set[str] = set()  # keys buffered since this writer's last flush
+        self._memos: list[tuple[str, str]] = []
+
+    def __enter__(self) -> "ImportWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def put(self, record: Record) -> bool:
+        """Buffer ``record``; True when it adds to the run: no ok record with its key is stored or buffered
+        (a stored failed record with its key is replaced)."""
+        if record.key in self._pending:
+            return False
+        stored = self.store.get(record.key)
+        if stored is not None and stored.status == "ok":
+            return False
+        self._writer.put(record)
+        self._pending.add(record.key)
+        if len(self._pending) >= self.chunk:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Commit the buffered records and remembered hashes."""
+        try:
+            self._writer.flush()
+        finally:
+            self.store.memo_put_many(self._memos)
+            self._memos, self._pending = [], set()
+
+    def discard_failed(self, key: str) -> None:
+        """Remove a failed record of a row that imports now (only looked up where one was stored)."""
+        if key in self._failed:
+            self.store.discard_failed([key])
+
+    def source(self, data: bytes, label: str) -> _Source:
+        """A source image: its stored hash when the run has stored these bytes before (and still holds the
+        file), else decoded (InputError naming ``label`` when it cannot be)."""
+        memo = spec_hash({"import source image": bytes_hash(data), "encoder": self._encoder})
+        sha = self.store.memo_get(memo)
+        if sha is not None and self.store.has_image(sha):
+            return _Source(sha, None, memo)
+        return _Source(None, decode_image(data, name=label), memo)
+
+    def put_image(self, source: _Source) -> str:
+        """The stored hash of ``source``, storing its pixels when they are not stored yet."""
+        if source.sha is not None:
+            return source.sha
+        sha = self.store.put_image(source.image, png_level=self.png_level)
+        self._memos.append((source.memo, sha))
+        if len(self._memos) >= self.chunk:
+            self.flush()
+        return sha
 
 
 def detect_format(path: str | Path) -> str:
@@ -182,24 +267,24 @@ def detect_format(path: str | Path) -> str:
 
 # -- one row -> one record --------------------------------------------------------------------------
 
-def _record(row: _Row, store: RunStore, failed_key: str, allow_outside: bool, model: str | None,
+def _record(row: _Row, out: ImportWriter, failed_key: str, allow_outside: bool, model: str | None,
             dimensions: Collection[str] | None) -> Record:
     try:
         if row.error is not None:
             raise InputError(row.error)
-        return _ok_record(row, store, allow_outside, model, dimensions)
+        return _ok_record(row, out, allow_outside, model, dimensions)
     except InputError as exc:
         # A failed row has no content hashes; its key is where it came from (file name and row), so
         # importing the same bad row again adds nothing.
         return Record.failed(failed_key, IMAGES, row.item, str(exc), source_item=row.item)
 
 
-def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: str | None,
+def _ok_record(row: _Row, out: ImportWriter, allow_outside: bool, default_model: str | None,
                dimensions: Collection[str] | None) -> Record:
     f = row.fields
     linked = _text(f.get("pair_id"))
     if linked is not None:
-        p_o, p_a, dims = _linked_prompts(store, linked, f)
+        p_o, p_a, dims = _linked_prompts(out.store, linked, f)
     else:
         p_o, p_a = _prompt(f.get("p_o"), "p_o"), _prompt(f.get("p_a"), "p_a")
         dims = parse_dims(f.get("dims"))
@@ -207,9 +292,9 @@ def _ok_record(row: _Row, store: RunStore, allow_outside: bool, default_model: s
     label = _label(f)
     model = _text(f.get("model")) or default_model
     # Decode both before storing either, so a bad I_a leaves no orphan I_o in the run.
-    image_o = _decode(f.get("image_o"), "image_o", row, allow_outside)
-    image_a = _decode(f.get("image_a"), "image_a", row, allow_outside)
-    sha_o, sha_a = store.put_image(image_o), store.put_image(image_a)
+    image_o = out.source(*_source(f.get("image_o"), "image_o", row, allow_outside))
+    image_a = out.source(*_source(f.get("image_a"), "image_a", row, allow_outside))
+    sha_o, sha_a = out.put_image(image_o), out.put_image(image_a)
     return pair_record(row.item, image_o=sha_o, image_a=sha_a, p_o=p_o, p_a=p_a, dims=dims, label=label,
                        model=model, linked=linked)
 
@@ -261,21 +346,21 @@ def _linked_prompts(store: RunStore, pair_id: str, fields: dict[str, Any]) -> tu
     return record.data["p_o"], record.data["p_a"], list(record.data.get("dims") or [])
 
 
-def _decode(value: Any, column: str, row: _Row, allow_outside: bool):
+def _source(value: Any, column: str, row: _Row, allow_outside: bool) -> tuple[bytes, str]:
+    """The bytes of a row's image cell (an HF Image struct, bytes or a path) and the label errors name it by."""
     column = row.columns.get(column, column)
     if isinstance(value, dict):  # a Hugging Face Image struct
         if value.get("bytes") is not None:
-            return decode_image(bytes(value["bytes"]), name=f"{column} of {row.item}")
+            return bytes(value["bytes"]), f"{column} of {row.item}"
         value = value.get("path")
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(value), name=f"{column} of {row.item}")
+        return bytes(value), f"{column} of {row.item}"
     if isinstance(value, Path):
         label = _shown(value, row.base)
-        return decode_image(read_bytes(_inside(value, row.base, label, allow_outside), label), name=label)
+        return read_bytes(_inside(value, row.base, label, allow_outside), label), label
     if isinstance(value, str) and value.strip():
         label = value.strip()
-        path = _inside(row.base / label, row.base, label, allow_outside)
-        return decode_image(read_bytes(path, label), name=label)
+        return read_bytes(_inside(row.base / label, row.base, label, allow_outside), label), label
     raise InputError(f"{column} is missing")
 
 
@@ -349,13 +434,13 @@ def _bad_label(value: Any, column: str) -> NoReturn:
 # -- layouts -> rows --------------------------------------------------------------------------------
 
 def _rows(source: Path) -> tuple[Iterator[_Row], int]:
-    """The rows of ``source`` and how many there are. Table rows are small, so a manifest or prompts
-    file is read whole; a dataset is counted from its metadata and read lazily (its rows hold images)."""
+    """The rows of ``source``, read lazily, and how many there are. A manifest, prompts file or folder is
+    read through once first to count its rows, which also refuses a malformed file before any row is
+    stored; a dataset is counted from its metadata (its rows hold images)."""
     kind = detect_format(source)
     if kind in ("manifest", "folder", "generated"):
         reader = {"manifest": _manifest_rows, "folder": _folder_rows, "generated": _generated_rows}[kind]
-        rows = list(reader(source))
-        return iter(rows), len(rows)
+        return reader(source), sum(1 for _ in reader(source))
     if kind == "arrow":
         files = _arrow_sources(source)
         return _arrow_rows(files), sum(_arrow_count(path, label) for path, label, _ in files)

@@ -4,6 +4,8 @@
 download), each with a caption written for this project. Any other source is a folder of images
 with captions from ``captions.csv`` (columns ``file,caption``, optional ``licence``),
 ``captions.jsonl`` (``{"file": ..., "caption": ...}`` per line) or a sidecar ``<stem>.txt``.
+``iter_photo_sources`` finds the photos and names each by what determines its pixels without decoding
+it, so the editor can skip decoding a photo whose edits are all stored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError, require
+from ..hashing import bytes_hash, spec_hash
 from ..textio import read_text
-from .decode import decode_image, to_rgb
+from .decode import decode_image, read_bytes, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -32,6 +37,23 @@ class Photo:
     image: Image.Image = field(compare=False, repr=False)
     origin: str = ""
     licence: str = "unspecified"
+
+
+@dataclass(frozen=True)
+class PhotoSource:
+    """A photo found but not decoded: a rerun whose edits are all stored learns the stored image's hash
+    from ``identity`` (what determines its pixels) and never decodes it."""
+
+    name: str
+    caption: str
+    identity: str  # the SHA-256 of the file's bytes, or of a built-in's name and its package's version
+    origin: str
+    licence: str
+    _load: Callable[[], Image.Image] = field(compare=False, repr=False)
+
+    def load(self, max_side: int | None) -> Photo:
+        """The decoded photo downscaled to ``max_side``; InputError (naming the file) when it cannot be."""
+        return Photo(self.name, self.caption, downscale(self._load(), max_side), self.origin, self.licence)
 
 
 # name -> (how to load it, caption, origin, licence). Loaders take the two optional modules.
@@ -81,21 +103,32 @@ def downscale(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
 
 
-def _builtin(sk, mpl, max_side: int | None) -> Iterator[Photo | InputError]:
+def _builtin(sk, mpl) -> Iterator[PhotoSource]:
+    # A built-in photo is a file inside scikit-image or matplotlib: the package versions say which file.
+    versions = {name: _version(name) for name in ("scikit-image", "matplotlib")}
     for name, (load, caption, origin, licence) in _BUILTIN.items():
-        try:
-            raw = load(sk, mpl)
-            if isinstance(raw, (str, Path)):
-                img = decode_image(raw, name=name)
-            else:
-                img = to_rgb(Image.fromarray(np.asarray(raw)))
-        except InputError as exc:
-            yield InputError(str(exc), item=name)
-            continue
-        except Exception as exc:  # a scikit-image build without this file, or one that wants to download it
-            yield InputError(f"built-in photo {name}: cannot be loaded ({type(exc).__name__}: {exc})", item=name)
-            continue
-        yield Photo(name, caption, downscale(img, max_side), origin, licence)
+        yield PhotoSource(name, caption, spec_hash({"builtin": name, **versions}), origin, licence,
+                          partial(_load_builtin, name, load, sk, mpl))
+
+
+def _load_builtin(name: str, load: Callable, sk, mpl) -> Image.Image:
+    try:
+        raw = load(sk, mpl)
+        if isinstance(raw, (str, Path)):
+            return decode_image(raw, name=name)
+        return to_rgb(Image.fromarray(np.asarray(raw)))
+    except InputError as exc:
+        raise InputError(str(exc), item=name) from None
+    except Exception as exc:  # a scikit-image build without this file, or one that wants to download it
+        raise InputError(f"built-in photo {name}: cannot be loaded ({type(exc).__name__}: {exc})",
+                         item=name) from None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _caption_table(folder: Path) -> tuple[dict[str, tuple[str, str]], list[InputError]]:
@@ -137,8 +170,8 @@ def _caption_table(folder: Path) -> tuple[dict[str, tuple[str, str]], list[Input
     return table, errors
 
 
-def _folder(folder: Path, table: dict[str, tuple[str, str]], errors: list[InputError],
-            max_side: int | None) -> Iterator[Photo | InputError]:
+def _folder(folder: Path, table: dict[str, tuple[str, str]],
+            errors: list[InputError]) -> Iterator[PhotoSource | InputError]:
     yield from errors
     files = _image_files(folder)
     names = {p.name for p in files}
@@ -159,11 +192,20 @@ def _folder(folder: Path, table: dict[str, tuple[str, str]], errors: list[InputE
                              f"or write it to {sidecar.name}", item=path.name)
             continue
         try:
-            img = decode_image(path)
+            data = read_bytes(path)
         except InputError as exc:
             yield InputError(str(exc), item=path.name)
             continue
-        yield Photo(path.name, caption, downscale(img, max_side), str(path), licence or "unspecified")
+        # The decoded photo is a function of the file's bytes: their hash names it.
+        yield PhotoSource(path.name, caption, bytes_hash(data), str(path), licence or "unspecified",
+                          partial(_load_file, data, str(path), path.name))
+
+
+def _load_file(data: bytes, label: str, name: str) -> Image.Image:
+    try:
+        return decode_image(data, name=label)
+    except InputError as exc:
+        raise InputError(str(exc), item=name) from None
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -179,17 +221,35 @@ def photo_names(source: str = "builtin") -> list[str]:
     return [p.name for p in _image_files(folder)] if folder.is_dir() else []
 
 
-def iter_photos(source: str = "builtin", max_side: int | None = 384) -> Iterator[Photo | InputError]:
-    """Yield a Photo, or an InputError naming the file, for each photo of ``source``, so one bad file
-    never stops the rest. A source that is neither "builtin" nor a folder raises at once."""
+def iter_photo_sources(source: str = "builtin") -> Iterator[PhotoSource | InputError]:
+    """Yield a PhotoSource (caption and identity, not yet decoded), or an InputError naming the file, for
+    each photo of ``source``, so one bad file never stops the rest. A source that is neither "builtin" nor
+    a folder raises at once."""
     if source == "builtin":
         return _builtin(require("skimage.data", "offline", "the built-in photos"),
-                        require("matplotlib.cbook", "offline", "the built-in photos"), max_side)
+                        require("matplotlib.cbook", "offline", "the built-in photos"))
     folder = Path(source)
     if not folder.is_dir():
         raise InputError(f"photo source {source!r}: not 'builtin' and not a folder")
     table, errors = _caption_table(folder)  # a captions file without its columns fails the whole source
-    return _folder(folder, table, errors, max_side)
+    return _folder(folder, table, errors)
+
+
+def iter_photos(source: str = "builtin", max_side: int | None = 384) -> Iterator[Photo | InputError]:
+    """Yield a Photo, or an InputError naming the file, for each photo of ``source``, so one bad file
+    never stops the rest. A source that is neither "builtin" nor a folder raises at once."""
+    return _loaded(iter_photo_sources(source), max_side)
+
+
+def _loaded(sources: Iterator[PhotoSource | InputError], max_side: int | None) -> Iterator[Photo | InputError]:
+    for item in sources:
+        if isinstance(item, InputError):
+            yield item
+            continue
+        try:
+            yield item.load(max_side)
+        except InputError as exc:
+            yield exc
 
 
 def load_photos(source: str = "builtin", max_side: int | None = 384) -> list[Photo]:

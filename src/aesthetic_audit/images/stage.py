@@ -8,13 +8,19 @@ once and the stage warns. A pair whose I_o, I_a and p_a are stored already is no
 parameters of a draw are shared by all its strengths, so strength is the only thing that varies
 along a strength series. I_a follows p_a by construction: the pair's label is 1, source
 "construction".
+
+Photos stream one at a time and records are committed in chunks (``RunStore.writer``). Each photo's
+stored hash is remembered in the run's memo table, keyed by the photo (its file's bytes, or a built-in's
+identity) and everything that makes its PNG (``max_side``, the run's PNG level, the encoder), so a rerun
+decodes, resizes and encodes only the photos that still have a pair to make.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,14 +31,14 @@ from ..hashing import bytes_hash, canonical_json, spec_hash
 from ..records import IMAGES, PROMPTS, failed_item_key, image_pair_key, prompt_key
 from ..registry import available
 from ..stage import StageSummary
-from ..store import Record, RunStore
+from ..store import Record, RecordWriter, RunStore
 from ..ui import log, progress
 from ..prompts.rewriters.base import Effect, RewriteRequest, word_count
 from ..prompts.rewriters.template import TemplateRewriter
 from ..prompts.stage import draw_dims, effect_spec
-from .decode import encode_png, from_array, to_array
+from .decode import encode_png, encoder_identity, from_array, store_png_level, to_array
 from .editor.base import Transform
-from .photos import Photo, iter_photos, photo_names
+from .photos import PhotoSource, iter_photo_sources, photo_names
 
 
 def editable_dimensions(catalogue: Catalogue, wanted: Sequence[str] | None = None) -> dict[str, list[Transform]]:
@@ -129,13 +135,21 @@ def run_edit(store: RunStore, config: AuditConfig, catalogue: Catalogue, *, retr
                    f"pairs_per_photo={ec.pairs_per_photo}")
         log.warning("%s", message)
         summary.warnings.append(message)
-    stage = _EditStage(store, config, supported, draws, summary, retry_failed)
     names = photo_names(ec.photos)
     # The stage yields once per image pair (made, cached or failed), so the bar counts pairs.
     total = len(names) * draws * len(ec.strengths)
-    for _ in progress(stage.run(set(names)), total=total, desc="edit", unit="pair"):
-        pass
+    with store.writer() as writer:
+        stage = _EditStage(store, config, supported, draws, summary, retry_failed, writer,
+                           store_png_level(store, config.images.png_level))
+        for _ in progress(stage.run(set(names)), total=total, desc="edit", unit="pair"):
+            pass
     return summary
+
+
+def _mark(image_o: str, image_a: str, p_a: str) -> bytes:
+    """A pair's content (I_o, I_a, p_a) in 16 bytes: the stage remembers every stored pair by it. The
+    two hashes hold no newline, so the joined text is unambiguous."""
+    return hashlib.blake2b(f"{image_o}\n{image_a}\n{p_a}".encode(), digest_size=16).digest()
 
 
 @dataclass
@@ -146,60 +160,101 @@ class _EditStage:
     draws: int
     summary: StageSummary
     retry_failed: bool
+    writer: RecordWriter
+    png_level: int
 
     def __post_init__(self) -> None:
         self.ok, self.failed = self.store.keys(IMAGES, "ok"), self.store.keys(IMAGES, "failed")
-        # A pair is its content: the same I_o, I_a and p_a are stored once, whichever draw made them.
-        self.stored = {(r.data["image_o"], r.data["image_a"], r.data["p_a"]) for r in self.store.records(IMAGES)}
+        self._stored: set[bytes] | None = None
+        self.per_photo = self.draws * len(self.config.images.editor.strengths)  # pairs a photo makes
+
+    @property
+    def stored(self) -> set[bytes]:
+        """The pairs the run holds, by content: the same I_o, I_a and p_a are stored once, whichever draw
+        made them. Read on the first new edit, so a rerun with every pair stored parses no record."""
+        if self._stored is None:
+            self._stored = {_mark(r.data["image_o"], r.data["image_a"], r.data["p_a"])
+                            for r in self.store.records(IMAGES)}
+        return self._stored
 
     def run(self, names: set[str]) -> Iterator[None]:
         """Edit every photo; yields once per image pair, and a photo or draw that fails yields for
         each pair it would have made."""
-        ec, store = self.config.images.editor, self.store
-        for photo in iter_photos(ec.photos, max_side=ec.max_side):
-            if isinstance(photo, InputError):
-                self._fail(photo.item or str(photo), photo.item or "photos", str(photo))
-                if photo.item in names:  # a photo the bar counted
-                    yield from [None] * (self.draws * len(ec.strengths))
+        for source in iter_photo_sources(self.config.images.editor.photos):
+            if isinstance(source, InputError):
+                self._fail(source.item or str(source), source.item or "photos", str(source))
+                if source.item in names:  # a photo the bar counted
+                    yield from [None] * self.per_photo
                 continue
-            store.discard_failed([failed_item_key(IMAGES, "photos", photo.name)])
-            original, image_o = to_array(photo.image), store.put_image(photo.image)
-            for draw, dims, chosen in draw_sets(photo.name, self.supported, ec.k_min, ec.k_max, self.config.seed,
-                                                self.draws):
-                draw_item = f"{photo.name}#{draw}"
-                try:
-                    plan = plan_edit(photo.name, photo.caption, draw, dims, chosen, self.config.seed,
-                                     self.config.prompts.max_words)
-                except InputError as exc:
-                    self._fail(draw_item, draw_item, str(exc))
-                    yield from [None] * len(ec.strengths)
-                    continue
-                store.discard_failed([failed_item_key(IMAGES, "photos", draw_item)])
-                pair_id = self._prompt(photo, plan, draw_item)
-                for strength in ec.strengths:
-                    self._pair(photo, original, image_o, plan, pair_id, f"{draw_item}@{strength:g}", strength)
-                    yield
+            yield from self._photo(source)
+
+    def _photo(self, source: PhotoSource) -> Iterator[None]:
+        ec, store = self.config.images.editor, self.store
+        # The stored I_o is a function of the photo and the settings that make its PNG: remembered, a rerun
+        # decodes, resizes and encodes a photo only when one of its pairs is still to be made.
+        memo_key = spec_hash({"edit photo": source.identity, "max_side": ec.max_side,
+                              "encoder": encoder_identity(self.png_level)})
+        image_o = store.memo_get(memo_key)
+        pixels: list[np.ndarray] = []  # the photo's pixels, once decoded
+        if image_o is None or not store.has_image(image_o):
+            try:
+                photo = source.load(ec.max_side)
+            except InputError as exc:
+                self._fail(exc.item or source.name, exc.item or source.name, str(exc))
+                yield from [None] * self.per_photo
+                return
+            image_o = store.put_image(photo.image, png_level=self.png_level)
+            store.memo_put_many([(memo_key, image_o)])  # after the file: a remembered hash names a stored image
+            pixels.append(to_array(photo.image))
+
+        def original() -> np.ndarray:
+            if not pixels:
+                pixels.append(to_array(source.load(ec.max_side).image))
+            return pixels[0]
+
+        self._discard(failed_item_key(IMAGES, "photos", source.name))
+        for draw, dims, chosen in draw_sets(source.name, self.supported, ec.k_min, ec.k_max, self.config.seed,
+                                            self.draws):
+            draw_item = f"{source.name}#{draw}"
+            try:
+                plan = plan_edit(source.name, source.caption, draw, dims, chosen, self.config.seed,
+                                 self.config.prompts.max_words)
+            except InputError as exc:
+                self._fail(draw_item, draw_item, str(exc))
+                yield from [None] * len(ec.strengths)
+                continue
+            self._discard(failed_item_key(IMAGES, "photos", draw_item))
+            pair_id = self._prompt(source, plan, draw_item)
+            for strength in ec.strengths:
+                self._pair(source, original, image_o, plan, pair_id, f"{draw_item}@{strength:g}", strength)
+                yield
+
+    def _discard(self, key: str) -> None:
+        """Remove the failed record of a photo or draw that works now (checked against the failed keys read
+        at the start, so a run without failures deletes nothing)."""
+        if key in self.failed:
+            self.store.discard_failed([key])
 
     def _fail(self, where: str, item: str, error: str) -> None:
         """A photo or draw that failed before any pair: keyed by ``where`` (a file, a draw, or the
         message when no file is named)."""
         self.summary.total += 1
         self.summary.failed += 1
-        self.store.put(Record.failed(failed_item_key(IMAGES, "photos", where), IMAGES, item, error))
+        self.writer.put(Record.failed(failed_item_key(IMAGES, "photos", where), IMAGES, item, error))
 
-    def _prompt(self, photo: Photo, plan: EditPlan, draw_item: str) -> str:
+    def _prompt(self, photo: PhotoSource, plan: EditPlan, draw_item: str) -> str:
         config = self.config
         rewriter = {**TemplateRewriter().identity(), "transforms": [t.identity() for t in plan.transforms]}
         pair_id = prompt_key(caption=photo.caption, effects=effect_spec(plan.effects), rewriter=rewriter,
                              max_words=config.prompts.max_words, seed=config.seed)
-        self.store.put(Record(pair_id, PROMPTS, draw_item, {
+        self.writer.put(Record(pair_id, PROMPTS, draw_item, {
             "pair_id": pair_id, "index": None, "source": "photos", "caption_id": photo.name,
             "p_o": photo.caption, "p_a": plan.p_a, "dims": list(plan.dims), "rewriter": "template",
             "seed": config.seed, "words": word_count(plan.p_a)}))
         return pair_id
 
-    def _pair(self, photo: Photo, original: np.ndarray, image_o: str, plan: EditPlan, pair_id: str, item: str,
-              strength: float) -> None:
+    def _pair(self, photo: PhotoSource, original: Callable[[], np.ndarray], image_o: str, plan: EditPlan,
+              pair_id: str, item: str, strength: float) -> None:
         summary = self.summary
         summary.total += 1
         backend = {"name": "editor", "transforms": [t.identity() for t in plan.transforms]}
@@ -213,21 +268,27 @@ class _EditStage:
             summary.failed += 1
             return
         try:
-            edited, applied = apply_plan(original, plan, strength)
+            edited, applied = apply_plan(original(), plan, strength)
+        except InputError as exc:  # the photo decoded when its hash was remembered, and no longer does
+            self.writer.put(Record.failed(key, IMAGES, item, str(exc)))
+            summary.failed += 1
+            log.warning("failed: %s: %s", item, exc)
+            return
         except Exception as exc:  # a transform bug must not take the run down
-            self.store.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
+            self.writer.put(Record.failed(key, IMAGES, item, f"edit failed: {exc!r}"))
             summary.failed += 1
             log.warning("failed: %s: %r", item, exc)
             return
-        png = encode_png(from_array(edited))
+        png = encode_png(from_array(edited), self.png_level)
         image_a = bytes_hash(png)
-        if (image_o, image_a, plan.p_a) in self.stored:
+        mark = _mark(image_o, image_a, plan.p_a)
+        if mark in self.stored:
             summary.cached += 1
             log.debug("%s: this pair (same I_o, I_a and p_a) is stored already", item)
             return
         self.store.put_image_bytes(png, ".png")
-        self.stored.add((image_o, image_a, plan.p_a))
-        self.store.put(Record(key, IMAGES, item, {
+        self.stored.add(mark)
+        self.writer.put(Record(key, IMAGES, item, {
             "image_pair_id": key, "pair_id": pair_id, "p_o": photo.caption, "p_a": plan.p_a,
             "dims": list(plan.dims), "image_o": image_o, "image_a": image_a, "backend": "editor",
             "strength": strength, "transforms": applied,

@@ -27,7 +27,8 @@ value that differs on a second import is not replaced (the first stored record i
 (a missing field the table has, a non-numeric reward, a ``rater`` list of the wrong length, an
 ``llm_selected`` outside -1/0/1, an undecodable image) stores nothing but a failed record named
 ``<file>:row N`` (rows counted from 1), and the rest imports. A table that cannot be read, or that
-has only part of a reward family's four fields, is refused before any row is stored.
+has only part of a reward family's four fields, is refused before any row is stored. Rows stream and
+are written as ``import_pairs`` writes them (``importers.ImportWriter``: chunks, remembered image hashes).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from ..hashing import spec_hash
 from ..records import IMAGES, JUDGE, LABELS, NO_IMAGE, SCORE, failed_item_key, judge_key, label_key, score_key
 from ..store.run import Record, RunStore
 from ..textio import read_text
-from .importers import (ImportSummary, _arrow_batches, _arrow_count, _arrow_sources, _column_names, _decode,
-                        _label_value, _parquet_files, _prompt, _Row, _text, check_dims, pair_record)
+from .decode import store_png_level
+from .importers import (ImportSummary, ImportWriter, _arrow_batches, _arrow_count, _arrow_sources, _column_names,
+                        _label_value, _parquet_files, _prompt, _Row, _source, _text, check_dims, pair_record)
 
 COMBOS = ("oiop", "oidp", "diop", "didp")  # the study's order: o/d image, then o/d prompt
 _REWARD = re.compile(r"^(?P<model>.+)_(?P<combo>oiop|oidp|diop|didp)$")
@@ -100,12 +102,14 @@ def is_study_table(path: str | Path) -> bool:
 
 def import_study_rows(path: str | Path, store: RunStore, *, dimensions: Collection[str] | None = None,
                       model: str | None = None, allow_outside: bool = False,
-                      progress: Callable[..., Iterable] | None = None) -> StudyImportSummary:
+                      progress: Callable[..., Iterable] | None = None,
+                      png_level: int | None = None) -> StudyImportSummary:
     """Import every row of the per-row table at ``path`` into ``store`` (see the module docstring).
 
     ``dimensions``: the known dimension keys (a row naming another fails); ``model``: the generator of
     rows without a ``model`` field; ``allow_outside``: image paths may lead outside the table's
-    folder; ``progress`` wraps the rows as ``progress(rows, total=n)``.
+    folder; ``progress`` wraps the rows as ``progress(rows, total=n)``; ``png_level``: the zlib level
+    images are stored at (default: the run's, see ``decode.store_png_level``).
     """
     source = Path(path)
     columns, subfields = _columns(source)
@@ -120,28 +124,29 @@ def import_study_rows(path: str | Path, store: RunStore, *, dimensions: Collecti
     rows, total = _rows(source)
     ok = failed = skipped = 0
     new: dict[str, int] = {IMAGES: 0, SCORE: 0, LABELS: 0, JUDGE: 0}
-    for item, base, raw in (progress(rows, total=total) if progress is not None else rows):
-        failed_key = failed_item_key(IMAGES, source.name, item)
-        try:
-            records = _row_records(item, base, raw, layout, store, source.name, dimensions, model, allow_outside)
-        except InputError as exc:
-            store.put(Record.failed(failed_key, IMAGES, item, str(exc), source_item=item))
-            failed += 1
-            continue
-        store.discard_failed([failed_key])
-        added = 0
-        for record in records:
-            stored = store.put(record)
-            new[record.stage] += stored
-            added += stored
-        ok += added > 0
-        skipped += added == 0
+    with ImportWriter(store, store_png_level(store, png_level)) as out:
+        for item, base, raw in (progress(rows, total=total) if progress is not None else rows):
+            failed_key = failed_item_key(IMAGES, source.name, item)
+            try:
+                records = _row_records(item, base, raw, layout, out, source.name, dimensions, model, allow_outside)
+            except InputError as exc:
+                out.put(Record.failed(failed_key, IMAGES, item, str(exc), source_item=item))
+                failed += 1
+                continue
+            out.discard_failed(failed_key)
+            added = 0
+            for record in records:
+                stored = out.put(record)
+                new[record.stage] += stored
+                added += stored
+            ok += added > 0
+            skipped += added == 0
     return StudyImportSummary(ok=ok, failed=failed, skipped_existing=skipped, records=new)
 
 
 # -- one row -> its records -------------------------------------------------------------------------
 
-def _row_records(item: str, base: Path, raw: Any, layout: _Layout, store: RunStore, file: str,
+def _row_records(item: str, base: Path, raw: Any, layout: _Layout, out: ImportWriter, file: str,
                  dimensions: Collection[str] | None, default_model: str | None, allow_outside: bool) -> list[Record]:
     """Every record of one row, all checked before any is returned (images stored last), so a bad row
     leaves nothing but its failed record."""
@@ -160,8 +165,8 @@ def _row_records(item: str, base: Path, raw: Any, layout: _Layout, store: RunSto
 
     if layout.images:
         row = _Row(item=item, base=base, columns=layout.names)
-        decoded = [_decode(f.get(side), side, row, allow_outside) for side in ("image_o", "image_a")]
-        image_o, image_a = (store.put_image(im) for im in decoded)
+        sources = [out.source(*_source(f.get(side), side, row, allow_outside)) for side in ("image_o", "image_a")]
+        image_o, image_a = (out.put_image(source) for source in sources)
     else:
         identity = {"model": model, "index": index, "p_o": p_o, "p_a": p_a, "dims": dims}
         image_o, image_a = (STAND_IN + spec_hash({"study_row": identity, "side": side}) for side in ("o", "a"))
@@ -350,9 +355,11 @@ _RawRow = tuple[str, Path, Any]
 
 def _rows(source: Path) -> tuple[Iterator[_RawRow], int]:
     kind = _kind(source)
-    if kind in ("json", "jsonl"):
+    if kind == "json":  # one JSON list: parsed whole by nature
         rows = list(_json_rows(source, kind))
         return iter(rows), len(rows)
+    if kind == "jsonl":  # parsed line by line as the import goes; counted by its non-blank lines
+        return _json_rows(source, kind), sum(1 for line in _lines(read_text(source, "import table")) if line.strip())
     if kind == "parquet":
         files = _parquet_files(source)
         batches = ((label, path.parent, parquet.iter_batches(batch_size=16)) for path, label, parquet in files)
@@ -376,7 +383,7 @@ def _json_rows(source: Path, kind: str) -> Iterator[_RawRow]:
             yield f"{source.name}:row {n}", source.parent, raw
         return
     n = 0
-    for line in text.splitlines():
+    for line in _lines(text):
         if not line.strip():
             continue
         n += 1
@@ -385,6 +392,17 @@ def _json_rows(source: Path, kind: str) -> Iterator[_RawRow]:
         except json.JSONDecodeError as exc:
             raw = f"line is not valid JSON ({exc.msg})"
         yield f"{source.name}:row {n}", source.parent, raw
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.splitlines()`` one line at a time: a list of every line would double what a big table holds in
+    memory. A newline always ends a line, so splitting each newline-ended piece gives the same lines."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield from text[start:end].splitlines()
+        start = end
 
 
 def _batch_rows(files: Iterable[tuple[str, Path, Iterator[Any]]]) -> Iterator[_RawRow]:

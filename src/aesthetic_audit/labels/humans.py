@@ -199,40 +199,50 @@ def import_human_labels(store: RunStore, path: str | Path) -> StageSummary:
     pairs = _Pairs(store)
     summary = StageSummary(LABELS, total=len(units), retry_hint=_RETRY_HINT)
     # A new import of a file replaces that file's earlier failures: rows fixed or removed since leave none.
-    store.discard_failed([r.key for r in store.records(LABELS, status="failed")
-                          if r.data.get("source_file") == path.name])
-    for where, parse in units:
-        failed_key = failed_item_key(LABELS, path.name, where)
-        try:
-            answer = parse()
-            pair = pairs.find(answer.ref)
-        except InputError as exc:
-            reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-            store.put(Record.failed(failed_key, LABELS, where, reason, source_item=where, source_file=path.name))
-            summary.failed += 1
-            continue
-        store.discard_failed([failed_key])
-        source = f"human:{answer.rater}"
-        key = label_key(source=source, image_o=pair["image_o"], image_a=pair["image_a"], prompt=pair["p_a"],
-                        seed=None)
-        stored = store.get(key)
-        if stored is not None and stored.status == "ok":
-            summary.cached += 1
-            if stored.data["value"] != answer.value:
-                summary.warnings.append(
-                    f"{where}: rater {answer.rater!r} answered {_said(answer.value)} for image pair "
-                    f"{pair['image_pair_id']}, but the stored label ({stored.item}) says "
-                    f"{_said(stored.data['value'])}; "
-                    f"kept the stored label. A stored label is final: to record a second answer, import it under a "
-                    f"new rater id (e.g. '{answer.rater}-2')")
-            continue
-        data = {"source": source, "labeller": "human", "labeller_id": None,
-                "image_pair_id": pair["image_pair_id"], "pair_id": pair.get("pair_id"), "model": pair.get("model"),
-                "image_o": pair["image_o"], "image_a": pair["image_a"], "p_a": pair["p_a"], "value": answer.value,
-                "answers": [{"first": answer.first, "selection": answer.selection, "value": answer.value}],
-                "disagree": None, "seed": None, "source_item": where}
-        store.put(Record(key, LABELS, where, data))
-        summary.new += 1
+    # (A failed record without its file name goes when its row imports.)
+    failed = list(store.records(LABELS, status="failed"))
+    store.discard_failed([r.key for r in failed if r.data.get("source_file") == path.name])
+    unfiled = {r.key for r in failed if "source_file" not in r.data}
+    pending: dict[str, Record] = {}  # labels written since the last flush, which ``store.get`` cannot see yet
+    with store.writer() as writer:
+        for where, parse in units:
+            failed_key = failed_item_key(LABELS, path.name, where)
+            try:
+                answer = parse()
+                pair = pairs.find(answer.ref)
+            except InputError as exc:
+                reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+                writer.put(Record.failed(failed_key, LABELS, where, reason, source_item=where, source_file=path.name))
+                summary.failed += 1
+                continue
+            if failed_key in unfiled:
+                store.discard_failed([failed_key])
+            source = f"human:{answer.rater}"
+            key = label_key(source=source, image_o=pair["image_o"], image_a=pair["image_a"], prompt=pair["p_a"],
+                            seed=None)
+            stored = pending.get(key) or store.get(key)
+            if stored is not None and stored.status == "ok":
+                summary.cached += 1
+                if stored.data["value"] != answer.value:
+                    summary.warnings.append(
+                        f"{where}: rater {answer.rater!r} answered {_said(answer.value)} for image pair "
+                        f"{pair['image_pair_id']}, but the stored label ({stored.item}) says "
+                        f"{_said(stored.data['value'])}; "
+                        f"kept the stored label. A stored label is final: to record a second answer, import it "
+                        f"under a new rater id (e.g. '{answer.rater}-2')")
+                continue
+            data = {"source": source, "labeller": "human", "labeller_id": None,
+                    "image_pair_id": pair["image_pair_id"], "pair_id": pair.get("pair_id"),
+                    "model": pair.get("model"), "image_o": pair["image_o"], "image_a": pair["image_a"],
+                    "p_a": pair["p_a"], "value": answer.value,
+                    "answers": [{"first": answer.first, "selection": answer.selection, "value": answer.value}],
+                    "disagree": None, "seed": None, "source_item": where}
+            pending[key] = Record(key, LABELS, where, data)
+            writer.put(pending[key])
+            summary.new += 1
+            if len(pending) >= writer.max_records:
+                writer.flush()
+                pending.clear()
     return summary
 
 

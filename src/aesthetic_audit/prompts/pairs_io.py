@@ -13,7 +13,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..dimensions import Catalogue, parse_dims
 from ..errors import InputError
@@ -33,7 +33,9 @@ def study_layout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "origin": prompt_origin(r)} for r in rows if r.get("status") == "ok"]
 
 
-def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _rows(path: Path) -> tuple[Iterator[tuple[str, Any]], int]:
+    """The rows of a pairs file as (where, row), read lazily, and how many there are. A text file is read
+    through once first to count its rows, which also refuses a malformed one before any row is stored."""
     if path.suffix.lower() == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -41,22 +43,41 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if not path.is_file():
             raise InputError(f"prompt pairs file {path} does not exist")
         try:
-            table = pq.read_table(path)
+            parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"prompt pairs file {path} is not a readable Parquet file ({exc})") from None
-        return [(f"{path.name}:row {i}", row) for i, row in enumerate(table.to_pylist())]
+        return _parquet_rows(path, parquet), parquet.metadata.num_rows
     text = read_text(path, "prompt pairs file")
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    out.append((f"{path.name}:line {lineno}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                except RecursionError:
-                    raise InputError(f"{path}:{lineno}: JSON nested too deeply") from None
-        return out
+    reader = _jsonl_rows if path.suffix.lower() in (".jsonl", ".ndjson") else _delimited_rows
+    return reader(path, text), sum(1 for _ in reader(path, text))
+
+
+def _parquet_rows(path: Path, parquet: Any) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+
+    n = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield f"{path.name}:row {n}", row
+                n += 1
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"prompt pairs file {path} is not a readable Parquet file ({exc})") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise InputError(f"{path}:{lineno}: JSON nested too deeply") from None
+            yield f"{path.name}:line {lineno}", row
+
+
+def _delimited_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     # As for captions: TSV has no quoting; CSV is read strictly, so an unclosed quote is an error
     # instead of a cell that swallows the rows after it.
     tsv = path.suffix.lower() == ".tsv"
@@ -66,53 +87,65 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         reader.fieldnames  # reads the header, so that line numbers below count from it
     except csv.Error as exc:
         raise InputError(f"{path}:1: malformed header ({exc})") from None
-    out = []
     while True:
         start = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
-            return out
+            return
         except csv.Error as exc:
             raise InputError(f"{path}:{start}: malformed row ({exc}); an unclosed quote?") from None
         if not tsv:  # undo the export's spreadsheet escaping, so an exported CSV imports exactly
             row = {k: from_spreadsheet_cell(v) if isinstance(v, str) else v for k, v in row.items()}
-        out.append((f"{path.name}:line {start}", row))
+        yield f"{path.name}:line {start}", row
 
 
 def import_prompt_pairs(store: RunStore, path: str | Path, catalogue: Catalogue) -> StageSummary:
-    """Import pairs as prompt records; a row with a missing prompt or unknown dimension fails alone."""
+    """Import pairs as prompt records; a row with a missing prompt or unknown dimension fails alone.
+    Rows stream and records are committed in chunks (``RunStore.writer``)."""
     path = Path(path)
-    rows = _rows(path)
-    summary = StageSummary(PROMPTS, total=len(rows))
-    for index, (where, row) in enumerate(rows):
-        failed_key = failed_item_key(PROMPTS, path.name, where)
-        try:
-            if not isinstance(row, dict):
-                raise InputError(f"{where}: expected a JSON object")
-            cols = STUDY if "original_prompt" in row else OWN
-            p_o, p_a = (_prompt(row, cols[0], where), _prompt(row, cols[1], where))
+    rows, total = _rows(path)
+    summary = StageSummary(PROMPTS, total=total)
+    failed_before = store.keys(PROMPTS, "failed")
+    pending: set[str] = set()  # keys written since the last flush, which ``store.get`` cannot see yet
+    with store.writer() as writer:
+        for index, (where, row) in enumerate(rows):
+            failed_key = failed_item_key(PROMPTS, path.name, where)
             try:
-                dims = parse_dims(row.get(cols[2]))
+                if not isinstance(row, dict):
+                    raise InputError(f"{where}: expected a JSON object")
+                cols = STUDY if "original_prompt" in row else OWN
+                p_o, p_a = (_prompt(row, cols[0], where), _prompt(row, cols[1], where))
+                try:
+                    dims = parse_dims(row.get(cols[2]))
+                except InputError as exc:
+                    raise InputError(f"{where}: {exc}") from None
+                unknown = [d for d in dims if d not in catalogue]
+                if unknown:
+                    raise InputError(f"{where}: unknown dimension {', '.join(map(repr, unknown))}; "
+                                     "add it in a dimensions file")
             except InputError as exc:
-                raise InputError(f"{where}: {exc}") from None
-            unknown = [d for d in dims if d not in catalogue]
-            if unknown:
-                raise InputError(f"{where}: unknown dimension {', '.join(map(repr, unknown))}; "
-                                 "add it in a dimensions file")
-        except InputError as exc:
-            store.put(Record.failed(failed_key, PROMPTS, where, str(exc), index=index, origin="import"))
-            summary.failed += 1
-            continue
-        # An imported pair is its content: the same (p_o, p_a, dims) from another file or row is the same pair.
-        key = prompt_key(caption=p_o, effects=dims, rewriter={"name": "import", "p_a": p_a}, max_words=0, seed=None)
-        store.discard_failed([failed_key])
-        data = {"pair_id": key, "index": index, "origin": "import", "source": path.name, "caption_id": where,
-                "p_o": p_o, "p_a": p_a, "dims": dims, "rewriter": "import", "seed": None, "words": word_count(p_a)}
-        if store.put(Record(key, PROMPTS, where, data)):
+                writer.put(Record.failed(failed_key, PROMPTS, where, str(exc), index=index, origin="import"))
+                summary.failed += 1
+                continue
+            # An imported pair is its content: the same (p_o, p_a, dims) from another file or row is the same pair.
+            key = prompt_key(caption=p_o, effects=dims, rewriter={"name": "import", "p_a": p_a}, max_words=0,
+                             seed=None)
+            if failed_key in failed_before:
+                store.discard_failed([failed_key])
+            stored = store.get(key) if key not in pending else None
+            if key in pending or (stored is not None and stored.status == "ok"):
+                summary.cached += 1
+                continue
+            data = {"pair_id": key, "index": index, "origin": "import", "source": path.name, "caption_id": where,
+                    "p_o": p_o, "p_a": p_a, "dims": dims, "rewriter": "import", "seed": None,
+                    "words": word_count(p_a)}
+            writer.put(Record(key, PROMPTS, where, data))
             summary.new += 1
-        else:
-            summary.cached += 1
+            pending.add(key)
+            if len(pending) >= writer.max_records:
+                writer.flush()
+                pending.clear()
     return summary
 
 

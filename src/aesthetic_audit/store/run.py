@@ -150,8 +150,7 @@ class RunStore:
             return 0
         db = self.db
         before = db.total_changes
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.executemany(
                 "INSERT INTO records (key, stage, item, status, data, error, created, worker) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -160,10 +159,6 @@ class RunStore:
                 "WHERE records.status = 'failed'",
                 rows,
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return db.total_changes - before
 
     def writer(self, *, max_records: int = 512, max_seconds: float = 1.0) -> "RecordWriter":
@@ -180,7 +175,8 @@ class RunStore:
     def memo_put_many(self, items: Iterable[tuple[str, str]]) -> None:
         items = list(items)
         if items and not self.readonly:
-            self.db.executemany("INSERT OR REPLACE INTO memo (key, value) VALUES (?, ?)", items)
+            with self._transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO memo (key, value) VALUES (?, ?)", items)
 
     def discard_failed(self, keys: Iterable[str]) -> int:
         """Delete failed records with these keys: an item that now succeeds under another key (a fixed
@@ -188,8 +184,21 @@ class RunStore:
         keys = list(keys)
         if not keys:
             return 0
-        cur = self.db.executemany("DELETE FROM records WHERE key = ? AND status = 'failed'", [(k,) for k in keys])
+        with self._transaction() as db:
+            cur = db.executemany("DELETE FROM records WHERE key = ? AND status = 'failed'", [(k,) for k in keys])
         return cur.rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the connection runs in autocommit mode, one per statement row otherwise)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def keys(self, stage: str, status: str | None = None) -> set[str]:
         sql, args = "SELECT key FROM records WHERE stage = ?", [stage]
@@ -238,12 +247,17 @@ class RunStore:
             atomic_write(path, data)
         return sha
 
-    def put_image(self, image: Any) -> str:
-        """Store a PIL image as an RGB PNG whose bytes depend on the pixels only (no metadata), so
-        the same pixels always get the same hash."""
-        from ..images.decode import encode_png
+    def put_image(self, image: Any, *, png_level: int | None = None) -> str:
+        """Store a PIL image as an RGB PNG whose bytes depend on the pixels and the zlib ``png_level`` only
+        (no metadata), so the same pixels always get the same hash in a run. Stages pass their run's
+        level (``images.png_level``); None is 6, the level of runs made before the setting existed."""
+        from ..images.decode import PNG_LEVEL_BEFORE, encode_png
 
-        return self.put_image_bytes(encode_png(image), ".png")
+        return self.put_image_bytes(encode_png(image, PNG_LEVEL_BEFORE if png_level is None else png_level), ".png")
+
+    def has_image(self, sha: str, suffix: str = ".png") -> bool:
+        """Whether the image file is stored (one stat; ``image_path`` lists a folder to find any suffix)."""
+        return self._image_path(sha, suffix).is_file()
 
     def _image_path(self, sha: str, suffix: str) -> Path:
         return self.images_dir / sha[:2] / f"{sha}{suffix}"
