@@ -312,9 +312,12 @@ class Run:
             record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
             return run_score(self.store, scorer, chunk_size=self.config.score.chunk_size, retry_failed=retry_failed)
 
-        return self._each_backend("scorer", "score", names or self.config.score.scorers,
-                                  lambda name: make_scorer(name, self.config.score.options.get(name)), run,
-                                  config_errors_stop=False)
+        from .images.shared import sharing
+
+        with sharing():  # each image decoded once for all the scorers
+            return self._each_backend("scorer", "score", names or self.config.score.scorers,
+                                      lambda name: make_scorer(name, self.config.score.options.get(name)), run,
+                                      config_errors_stop=False)
 
     def analyze(self) -> dict | None:
         """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs.
@@ -391,8 +394,11 @@ class Run:
             self.edit()
         if not self._has_pairs("run"):
             return None
-        self.judge()
-        if self.config.labels.labellers:
-            self.labels()
-        self.score()
+        from .images.shared import sharing
+
+        with sharing():  # the judge, the labellers and every scorer decode each image once between them
+            self.judge()
+            if self.config.labels.labellers:
+                self.labels()
+            self.score()
         return self.report(self.analyze())

@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import InputError
 
 
-def read_text(path: str | Path, what: str, *, allow_empty: bool = False) -> str:
-    """A UTF-8 file's text (a BOM is dropped), or an InputError saying what is wrong with it."""
-    path = Path(path)
+def open_input(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading bytes, or an InputError naming it (missing, a folder, no permission)."""
     try:
-        raw = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise InputError(f"{what} {path} is a directory, not a file") from None
     except PermissionError:
         raise InputError(f"{what} {path}: permission denied") from None
+
+
+def read_text(path: str | Path, what: str, *, allow_empty: bool = False) -> str:
+    """A UTF-8 file's text (a BOM is dropped), or an InputError saying what is wrong with it."""
+    path = Path(path)
+    with open_input(path, what) as fh:
+        raw = fh.read()
     if not allow_empty and not raw.strip():
         raise InputError(f"{what} {path} is empty")
     try:
@@ -36,10 +41,12 @@ def read_text(path: str | Path, what: str, *, allow_empty: bool = False) -> str:
 def control_char(text: str) -> str | None:
     """The first control character in ``text`` other than tab, newline and carriage return, written
     as U+XXXX (e.g. a NUL byte, a terminal escape), or None. Such characters never belong in a prompt."""
-    for ch in text:
-        if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc":
-            return f"U+{ord(ch):04X}"
-    return None
+    found = _CONTROL.search(text)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; tab, newline and carriage return are allowed.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 # OWASP "CSV injection": a cell starting with one of these is run as a formula by spreadsheets.

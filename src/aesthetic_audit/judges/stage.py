@@ -1,29 +1,25 @@
-"""The judge stage: every distinct image of the run's pairs, per judge, judged on every dimension."""
+"""The judge stage: every distinct image of the run's pairs, per judge, judged on every dimension.
+
+Images are read from the pairs a page at a time and keyed as they come (``stage.Pending``); the judged
+ones are written in chunks (``RunStore.writer``), so a killed run keeps all but the chunk in flight.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..clients.openai_compat import EndpointUnreachable
 from ..dimensions import Catalogue
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
-from ..images.decode import decode_image
-from ..records import IMAGES, JUDGE, has_pixels, judge_key
+from ..images.shared import decode_stored
+from ..records import IMAGES, JUDGE, has_pixels, judge_key_template, json_text
 from ..registry import get
-from ..stage import StageSummary
-from ..store import Record, RunStore
-from ..ui import log, progress_chunks
+from ..stage import SLOW_BATCH_S, Pending, StageSummary, stored_fields
+from ..store import Record, RecordWriter, RunStore
+from ..ui import log, progress_counter
 from .base import Judge
-
-
-def run_images(store: RunStore) -> list[str]:
-    """Distinct image hashes of the run's ok image pairs (those with pixels), in first-seen order."""
-    seen: dict[str, None] = {}
-    for r in store.records(IMAGES):
-        seen.setdefault(r.data["image_o"])
-        seen.setdefault(r.data["image_a"])
-    return [sha for sha in seen if has_pixels(sha)]  # pairs imported without images have nothing to judge
 
 
 def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size: int = 16,
@@ -33,49 +29,63 @@ def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size
     name = name or judge.name
     dims = catalogue.keys()
     identity = judge.identity()
-    images = run_images(store)
     # A judge's records depend on the dimensions it judges, not on every dimension in the catalogue.
     judged = [d for d in dims if d in judge.covers] if judge.covers else dims
-    keys = {sha: judge_key(judge=identity, image=sha, dims=judged) for sha in images}
+    keys = judge_key_template(identity, judged)
     judge_id = spec_hash(identity)  # tells apart judgements of one judge name under other options
-    summary = StageSummary(f"{JUDGE}:{name}", total=len(images))
-    pending = summary.pending(keys.values(), store, retry_failed)
-    todo = [sha for sha in images if keys[sha] in pending]
-    if todo:
-        judge.load()
-    for chunk in progress_chunks(len(todo), batch_size, desc=f"judge {name}", unit="image"):
-        _judge_batch(store, judge, name, dims, todo[chunk.start:chunk.stop], keys, judge_id, summary)
+    summary = StageSummary(f"{JUDGE}:{name}")
+    with Pending(summary, store, retry_failed=retry_failed) as pending:
+        # Distinct images of the run's ok pairs in first-seen order; pairs imported without their
+        # images have nothing to judge.
+        for _, images in stored_fields(store, IMAGES, ("image_o", "image_a")):
+            for sha in images:
+                if isinstance(sha, str) and has_pixels(sha):
+                    pending.add(keys.digest_json(json_text(sha)), sha)
+        todo = pending.finish()
+        summary.total = pending.total
+        if todo:
+            judge.load()
+        failed_before = summary.failed
+        with store.writer() as writer, progress_counter(f"judge {name}", total=todo, unit="image") as advance:
+            for batch in pending.batches(batch_size):
+                started = time.monotonic()
+                _judge_batch(store, writer, judge, name, dims, batch, judge_id, summary)
+                if time.monotonic() - started >= SLOW_BATCH_S:
+                    writer.flush()
+                advance(len(batch))
+    # Every failed record written changed the store (its key was pending); the rest are the new ones.
+    summary.new = writer.new - (summary.failed - failed_before)
     return summary
 
 
-def _judge_batch(store: RunStore, judge: Judge, name: str, dims: list[str], batch: list[str],
-                 keys: dict[str, str], judge_id: str, summary: StageSummary) -> None:
+def _judge_batch(store: RunStore, writer: RecordWriter, judge: Judge, name: str, dims: list[str],
+                 batch: list[tuple[str, str]], judge_id: str, summary: StageSummary) -> None:
     decoded, ok = [], []
 
-    def fail(sha: str, reason: str) -> None:
+    def fail(key: str, sha: str, reason: str) -> None:
         log.warning("failed: judge %s on %s: %s", name, sha[:12], reason)
-        store.put(Record.failed(keys[sha], JUDGE, f"{name}:{sha[:12]}", reason, judge=name, image=sha))
+        writer.put(Record.failed(key, JUDGE, f"{name}:{sha[:12]}", reason, judge=name, image=sha))
         summary.failed += 1
 
-    for sha in batch:
+    for key, sha in batch:
         try:
-            decoded.append(decode_image(store.image_path(sha), name=sha[:12]))
-            ok.append(sha)
+            decoded.append(decode_stored(store, sha))
+            ok.append((key, sha))
         except InputError as exc:
-            fail(sha, str(exc))
+            fail(key, sha, str(exc))
     try:
         results = judge.judge(decoded, dims) if decoded else []
     except EndpointUnreachable:
         raise  # the endpoint is down: stop the stage; what was judged stays stored
     except Exception as exc:  # a model error fails this batch's items, not the run
-        for sha in ok:
-            fail(sha, f"judge error: {exc!r}")
+        for key, sha in ok:
+            fail(key, sha, f"judge error: {exc!r}")
         return
-    for sha, result in zip(ok, results):
+    for (key, sha), result in zip(ok, results):
         if result.error:
-            fail(sha, result.error)
+            fail(key, sha, result.error)
             continue
-        summary.new += store.put(Record(keys[sha], JUDGE, sha[:12], {
+        writer.put(Record(key, JUDGE, sha[:12], {
             "judge": name, "judge_id": judge_id, "image": sha, "scores": result.scores,
             "covered": [d for d, v in result.scores.items() if v is not None], **result.extra}))
 

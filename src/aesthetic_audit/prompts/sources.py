@@ -7,20 +7,26 @@ as a NUL byte) are counted warnings that name the file and line; problems with t
 CSV follows RFC 4180 quoting, read strictly: a quoted cell may not run over several lines, since
 such a cell is almost always an unclosed quote that swallowed the rows after it. TSV is plain
 tab-separated text as in PartiPrompts: quotes are ordinary characters.
+
+A source is streamed (``open_captions``): read once to count, check and de-duplicate its captions, then
+once more as the prompt stage goes through them, a line at a time, so a large caption file never sits in
+memory (a COCO JSON file is one document and is parsed whole on each read).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
-from ..textio import control_char, from_spreadsheet_cell, read_text
+from ..textio import control_char, from_spreadsheet_cell, open_input
 
 MAX_CAPTION_CHARS = 10_000
 DEFAULT_COLUMNS = ("caption", "Prompt", "prompt", "text", "original_prompt")
@@ -42,23 +48,71 @@ class CaptionSet:
 
 def read_captions(source: str, *, format: str = "auto", column: str | None = None,
                   filter: dict[str, str] | None = None) -> CaptionSet:
-    """Read, clean and de-duplicate the captions of a source."""
+    """Read, clean and de-duplicate the captions of a source, all at once."""
+    stream = open_captions(source, format=format, column=column, filter=filter)
+    return CaptionSet(source=stream.source, captions=list(stream), warnings=stream.warnings)
+
+
+def open_captions(source: str, *, format: str = "auto", column: str | None = None,
+                  filter: dict[str, str] | None = None) -> "CaptionStream":
+    """A source's cleaned, de-duplicated captions as a stream: this reads it once to count them and
+    collect the warnings (and raises for an unusable source); iterating reads it again."""
     if source == BUILTIN:
         text = resources.files("aesthetic_audit.prompts").joinpath("data/captions.txt").read_text("utf-8")
-        rows = _text_rows(text, "builtin")
         name = "builtin"
+
+        def rows() -> Iterator[tuple[str, str]]:
+            return _text_rows(text.splitlines(keepends=True), name)
     else:
         path = Path(source)
-        text = read_text(path, "caption source")
-        fmt = _detect(path, text) if format == "auto" else format
+        _check_text_file(path, "caption source")
+        fmt = _detect(path) if format == "auto" else format
         name = path.name
         if filter and fmt in ("coco", "txt"):
             raise InputError(f"{path}: a filter needs a CSV, TSV or JSONL source, not {fmt}")
-        rows = _READERS[fmt](text, name, column=column, filter=filter or {})
-    return _clean(name, rows)
+        reader = _READERS[fmt]
+
+        def rows() -> Iterator[tuple[str, str]]:
+            return reader(_lines(path), name, column=column, filter=filter or {})
+    return CaptionStream(name, rows)
 
 
-def _detect(path: Path, text: str) -> str:
+def _check_text_file(path: Path, what: str) -> None:
+    """The checks ``textio.read_text`` makes (exists, a file, readable, not blank, UTF-8), with the same
+    messages, reading a megabyte at a time."""
+    fh = open_input(path, what)
+    offset, lines, blank, tail = 0, 0, True, b""  # tail: a character cut by the chunk's end
+    with fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            data = tail + chunk
+            try:
+                used = codecs.utf_8_decode(data, "strict", not chunk)[1]
+            except UnicodeDecodeError as exc:
+                line = lines + data[:exc.start].count(b"\n") + 1
+                raise InputError(f"{path}:{line}: bytes that are not UTF-8 ({exc.reason} at byte "
+                                 f"{offset + exc.start}); re-save the file as UTF-8") from None
+            blank = blank and not chunk.strip()
+            lines += data[:used].count(b"\n")
+            offset += used
+            tail = data[used:]
+            if not chunk:
+                break
+    if blank:
+        raise InputError(f"{what} {path} is empty")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """A checked UTF-8 file's lines, each ending in its \\n (a BOM dropped): what iterating over the
+    decoded text in a StringIO gives, without holding the text."""
+    with open(path, "rb") as fh:
+        first = True
+        for line in fh:
+            yield line.decode("utf-8-sig" if first else "utf-8")
+            first = False
+
+
+def _detect(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".json":
         return "coco"
@@ -73,14 +127,24 @@ def _detect(path: Path, text: str) -> str:
     raise InputError(f"{path}: cannot tell the format from the suffix {suffix!r}; pass --format")
 
 
-def _text_rows(text: str, name: str, **_: object) -> Iterator[tuple[str, str]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        yield f"{name}:line {lineno}", line
+def _split_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The lines ``str.splitlines`` finds in the text the chunks ``lines`` make up (each chunk ends at a
+    \\n, so no line break spans two chunks)."""
+    for chunk in lines:
+        yield from chunk.splitlines()
 
 
-def _coco_rows(text: str, name: str, **_: object) -> Iterator[tuple[str, str]]:
+def _text_rows(lines: Iterable[str], name: str, **_: object) -> Iterator[tuple[str, str]]:
+    lineno = 0
+    for chunk in lines:
+        for line in chunk.splitlines():
+            lineno += 1
+            yield f"{name}:line {lineno}", line
+
+
+def _coco_rows(lines: Iterable[str], name: str, **_: object) -> Iterator[tuple[str, str]]:
     try:
-        doc = json.loads(text)
+        doc = json.loads("".join(lines))
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:
@@ -106,10 +170,10 @@ def _pick_column(columns: list[str] | None, column: str | None, name: str) -> st
     raise InputError(f"{name}: no caption column found among {', '.join(columns)}; pass --column")
 
 
-def _delimited_rows(text: str, name: str, delimiter: str, column: str | None,
+def _delimited_rows(lines: Iterable[str], name: str, delimiter: str, column: str | None,
                     filter: dict[str, str]) -> Iterator[tuple[str, str]]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, quoting=quoting, strict=True)
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting, strict=True)
     try:
         fieldnames = reader.fieldnames
     except csv.Error as exc:
@@ -135,18 +199,18 @@ def _delimited_rows(text: str, name: str, delimiter: str, column: str | None,
             yield f"{name}:line {start}", caption
 
 
-def _csv_rows(text, name, *, column=None, filter=None):
-    return _delimited_rows(text, name, ",", column, filter or {})
+def _csv_rows(lines, name, *, column=None, filter=None):
+    return _delimited_rows(lines, name, ",", column, filter or {})
 
 
-def _tsv_rows(text, name, *, column=None, filter=None):
-    return _delimited_rows(text, name, "\t", column, filter or {})
+def _tsv_rows(lines, name, *, column=None, filter=None):
+    return _delimited_rows(lines, name, "\t", column, filter or {})
 
 
-def _jsonl_rows(text: str, name: str, *, column: str | None = None,
+def _jsonl_rows(lines: Iterable[str], name: str, *, column: str | None = None,
                 filter: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
     col = None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_split_lines(lines), start=1):
         if not line.strip():
             continue
         try:
@@ -172,25 +236,92 @@ def _scalar_text(value: object) -> str | None:
 _READERS = {"coco": _coco_rows, "csv": _csv_rows, "tsv": _tsv_rows, "jsonl": _jsonl_rows, "txt": _text_rows}
 
 
-def _clean(name: str, rows) -> CaptionSet:
-    out = CaptionSet(source=name, captions=[])
-    seen: dict[str, str] = {}
-    for where, raw in rows:
-        text = " ".join(raw.split())
-        bad = control_char(text)
-        if not text:
-            out.warnings.append(f"{where}: empty caption skipped")
-        elif bad:
-            out.warnings.append(f"{where}: caption with the control character {bad} skipped")
-        elif len(text) > MAX_CAPTION_CHARS:
-            out.warnings.append(f"{where}: caption of {len(text)} characters skipped "
-                                f"(over {MAX_CAPTION_CHARS})")
-        elif text.lower() in seen:
-            out.warnings.append(f"{where}: duplicate of {seen[text.lower()]} skipped")
+# The control characters (Unicode category Cc: U+0000-001F, U+007F-009F) that control_char reports: a
+# regular expression finds out at C speed whether a caption has one, and control_char then names it.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _problem(text: str) -> str | None:
+    """Why a cleaned caption is skipped (the warning's text after its location), or None."""
+    if not text:
+        return "empty caption skipped"
+    bad = control_char(text) if _CONTROL.search(text) else None
+    if bad:
+        return f"caption with the control character {bad} skipped"
+    if len(text) > MAX_CAPTION_CHARS:
+        return f"caption of {len(text)} characters skipped (over {MAX_CAPTION_CHARS})"
+    return None
+
+
+def text_digest(text: str) -> bytes:
+    """The 16-byte digest ``CaptionStream.digests`` holds for a caption's text."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _folded_digest(text: str) -> bytes:
+    """A 16-byte digest of a caption's case-folded text: duplicates are found by it, so only the digest
+    of each caption is held, not its text (a collision is as unlikely as one between the run's keys)."""
+    return hashlib.blake2b(text.lower().encode("utf-8"), digest_size=16).digest()
+
+
+class CaptionStream:
+    """The usable captions of a source: ``count`` of them, ``warnings`` for those skipped, iterated in
+    source order as ``Caption``s. Built from ``rows``, which reads the source anew on every call.
+    ``digests`` holds each usable caption's ``text_digest``, in order, so that a stage can tell which
+    captions it has done without reading the source a second time."""
+
+    def __init__(self, source: str, rows: Callable[[], Iterator[tuple[str, str]]]):
+        self.source, self._rows = source, rows
+        self.warnings: list[str] = []
+        self.digests = bytearray()
+        self._kept = bytearray()  # one flag per row: a usable caption, first of its text
+        seen: set[bytes] = set()
+        duplicates: list[tuple[int, bytes, str]] = []  # (warning index, digest, where): see _name_firsts
+        blake2b = hashlib.blake2b  # the loop runs once per row of the source: keep lookups out of it
+        for where, raw in rows():
+            text = " ".join(raw.split())
+            problem = _problem(text)
+            if problem is None:
+                folded = blake2b(text.lower().encode("utf-8"), digest_size=16).digest()  # _folded_digest
+                if folded in seen:
+                    duplicates.append((len(self.warnings), folded, where))
+                    problem = "duplicate"
+                else:
+                    seen.add(folded)
+                    self.digests += blake2b(text.encode("utf-8"), digest_size=16).digest()  # text_digest
+            if problem:
+                self.warnings.append(f"{where}: {problem}")
+            self._kept.append(problem is None)
+        del seen
+        self.count = sum(self._kept)
+        if duplicates:
+            self._name_firsts(duplicates)
+        if not self.count:
+            raise InputError(f"{source}: no usable captions" + (
+                f" ({len(self.warnings)} skipped: {self.warnings[0]} ...)" if self.warnings else ""))
+
+    def _name_firsts(self, duplicates: list[tuple[int, bytes, str]]) -> None:
+        """Write each duplicate's warning, naming where its text first appeared: found by reading the
+        source again, since only the digests of the texts were kept."""
+        wanted: dict[bytes, list[tuple[int, str]]] = {}
+        for i, digest, where in duplicates:
+            wanted.setdefault(digest, []).append((i, where))
+        for (first, raw), kept in zip(self._rows(), self._kept):
+            if not wanted:
+                return
+            if kept:
+                for i, where in wanted.pop(_folded_digest(" ".join(raw.split())), ()):
+                    self.warnings[i] = f"{where}: duplicate of {first} skipped"
+
+    def __iter__(self) -> Iterator[Caption]:
+        kept = iter(self._kept)
+        for where, raw in self._rows():
+            flag = next(kept, None)
+            if flag is None:
+                break
+            if flag:
+                yield Caption(id=where, text=" ".join(raw.split()))
         else:
-            seen[text.lower()] = where
-            out.captions.append(Caption(id=where, text=text))
-    if not out.captions:
-        raise InputError(f"{name}: no usable captions"
-                         + (f" ({len(out.warnings)} skipped: {out.warnings[0]} ...)" if out.warnings else ""))
-    return out
+            if next(kept, None) is None:
+                return
+        raise InputError(f"{self.source}: changed while it was being read; run the stage again")

@@ -2,81 +2,96 @@
 
 Each (scorer, image, prompt) is one record, so work is shared wherever it repeats: a prompt-blind
 scorer scores each image once (prompt None) and that score serves all four combinations; pairs that
-share an image and a prompt share the record.
+share an image and a prompt share the record. Items are read from the pairs a page at a time and keyed
+as they come (``stage.Pending``); scores are written in chunks (``RunStore.writer``). A scorer with a
+``stored_results(store, images)`` method (the composite scorer) gets the chance to answer from records
+the run already holds before any image is decoded.
 """
 
 from __future__ import annotations
 
+import time
+
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
-from ..images.decode import decode_image
-from ..records import IMAGES, SCORE, has_pixels, score_key
+from ..images.shared import decode_stored
+from ..records import IMAGES, SCORE, has_pixels, json_text, score_key_template
 from ..registry import get
-from ..stage import StageSummary
+from ..stage import SLOW_BATCH_S, Pending, StageSummary, stored_fields
 from ..store import Record, RunStore
-from ..ui import log, progress_chunks
-from .base import Scorer
-
-
-def score_items(store: RunStore, scorer: Scorer) -> list[tuple[str, str | None]]:
-    """Distinct (image, prompt) items the run's pairs need from this scorer, in first-seen order."""
-    items: dict[tuple[str, str | None], None] = {}
-    for r in store.records(IMAGES):
-        d = r.data
-        for image in (d["image_o"], d["image_a"]):
-            if not has_pixels(image):  # a pair imported with its scores but not its images
-                continue
-            for prompt in ((d["p_o"], d["p_a"]) if scorer.prompt_aware else (None,)):
-                items.setdefault((image, prompt))
-    return list(items)
+from ..ui import log, progress_counter
+from .base import Scorer, ScoreResult
 
 
 def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
     identity = scorer.identity()
-    items = score_items(store, scorer)
-    keys = {it: score_key(scorer=identity, image=it[0], prompt=it[1]) for it in items}
-    summary = StageSummary(f"{SCORE}:{scorer.name}", total=len(items))
-    pending = summary.pending(keys.values(), store, retry_failed)
-    todo = [it for it in items if keys[it] in pending]
-    if todo:
-        scorer.load()
-    # scorer_id tells apart scores of one scorer name under different weights/options in one run
-    base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": scorer.higher_is_better}
+    keys = score_key_template(identity)
+    summary = StageSummary(f"{SCORE}:{scorer.name}")
+    with Pending(summary, store, retry_failed=retry_failed) as pending:
+        # Distinct (image, prompt) items the run's pairs need from this scorer, in first-seen order.
+        for _, (image_o, image_a, p_o, p_a) in stored_fields(store, IMAGES, ("image_o", "image_a", "p_o", "p_a")):
+            prompts = [(p_o, json_text(p_o)), (p_a, json_text(p_a))] if scorer.prompt_aware else [(None, "null")]
+            for image in (image_o, image_a):
+                if not (isinstance(image, str) and has_pixels(image)):  # imported without its images
+                    continue
+                image_json = json_text(image)
+                for prompt, prompt_json in prompts:
+                    pending.add(keys.digest_json(image_json, prompt_json), [image, prompt])
+        todo = pending.finish()
+        summary.total = pending.total
+        if todo:
+            scorer.load()
+        # scorer_id tells apart scores of one scorer name under different weights/options in one run
+        base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": scorer.higher_is_better}
+        stored_results = getattr(scorer, "stored_results", None)
+        failed_before = summary.failed
+        with store.writer() as writer, progress_counter(f"score {scorer.name}", total=todo) as advance:
 
-    def fail(key: str, item: str, image: str, prompt: str | None, reason: str) -> None:
-        log.warning("failed: %s on %s: %s", scorer.name, item, reason)
-        store.put(Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base))
-        summary.failed += 1
+            def fail(key: str, item: str, image: str, prompt: str | None, reason: str) -> None:
+                log.warning("failed: %s on %s: %s", scorer.name, item, reason)
+                writer.put(Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base))
+                summary.failed += 1
 
-    for chunk in progress_chunks(len(todo), chunk_size, desc=f"score {scorer.name}"):
-        batch = todo[chunk.start:chunk.stop]
-        cache: dict[str, object] = {}
-        ready = []
-        for image, prompt in batch:
-            item = f"{image[:12]}|{(prompt or '')[:40]}"
-            if image not in cache:
+            def done(key: str, item: str, image: str, prompt: str | None, res: ScoreResult) -> None:
+                if not res.ok:
+                    fail(key, item, image, prompt, res.error or "no score")
+                    return
+                writer.put(Record(key, SCORE, item, {
+                    **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
+                    "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})}))
+
+            for batch in pending.batches(chunk_size):
+                started = time.monotonic()
+                items = [(key, f"{image[:12]}|{(prompt or '')[:40]}", image, prompt) for key, (image, prompt) in batch]
+                known = stored_results(store, list({it[2]: None for it in items})) if stored_results else {}
+                cache: dict[str, object] = {}  # each image decoded once per chunk
+                ready = []
+                for key, item, image, prompt in items:
+                    if image in known:
+                        done(key, item, image, prompt, known[image])
+                        continue
+                    if image not in cache:
+                        try:
+                            cache[image] = decode_stored(store, image)
+                        except InputError as exc:
+                            cache[image] = exc
+                    if isinstance(cache[image], InputError):
+                        fail(key, item, image, prompt, str(cache[image]))
+                    else:
+                        ready.append((key, item, image, prompt))
                 try:
-                    cache[image] = decode_image(store.image_path(image), name=image[:12])
-                except InputError as exc:
-                    cache[image] = exc
-            if isinstance(cache[image], InputError):
-                fail(keys[(image, prompt)], item, image, prompt, str(cache[image]))
-            else:
-                ready.append((image, prompt, item))
-        try:
-            results = scorer.score([(cache[i], p) for i, p, _ in ready]) if ready else []
-        except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
-            for image, prompt, item in ready:
-                fail(keys[(image, prompt)], item, image, prompt, f"scorer error: {exc!r}")
-            continue
-        for (image, prompt, item), res in zip(ready, results):
-            key = keys[(image, prompt)]
-            if not res.ok:
-                fail(key, item, image, prompt, res.error or "no score")
-                continue
-            summary.new += store.put(Record(key, SCORE, item, {
-                **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
-                "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})}))
+                    results = scorer.score([(cache[image], prompt) for _, _, image, prompt in ready]) if ready else []
+                except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
+                    for key, item, image, prompt in ready:
+                        fail(key, item, image, prompt, f"scorer error: {exc!r}")
+                    results = []
+                for (key, item, image, prompt), res in zip(ready, results):
+                    done(key, item, image, prompt, res)
+                if time.monotonic() - started >= SLOW_BATCH_S:
+                    writer.flush()
+                advance(len(batch))
+    # Every failed record written changed the store (its key was pending); the rest are the new ones.
+    summary.new = writer.new - (summary.failed - failed_before)
     return summary
 
 
