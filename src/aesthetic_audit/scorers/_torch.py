@@ -7,7 +7,13 @@ are rows of data in ``variants`` and each row is registered as its own scorer na
 Four-combination reuse: a dual encoder (CLIP-like) embeds each distinct image and each distinct
 prompt of a call once, then scores every requested (image, prompt) from the embeddings: for a pair's
 four combinations that is 2 image + 2 text encodings instead of 4 + 4. A cross-encoder encodes each
-distinct image once and runs all its (image, prompt) combinations through the joint model in batches.
+distinct image once and runs all its (image, prompt) combinations through the joint model in batches,
+shortest prompts together, each batch padded to its own longest prompt. Images count as equal by content
+(``Scorer.score`` merges equal images before they get here).
+
+Speed options that change numbers enter ``identity()`` only when set, so the default fp32 key stays as it
+was: ``dtype`` (bf16/fp16 weights; fast on GPUs and on CPUs with bf16 instructions) and ``quantize="int8"``
+(dynamic int8 ``nn.Linear`` layers on the CPU; the benchmark prints its speed and deviation from fp32).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -32,6 +39,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+QUANTIZE = ("int8",)
 
 
 def torch():
@@ -207,7 +215,9 @@ class TorchScorer(Scorer):
 
     Options: ``variant`` (a row of ``variants``), ``weights`` (a local file/folder overriding the hub),
     ``revision``, ``device`` (auto/cpu/cuda/mps), ``dtype`` (fp32/bf16/fp16; default ``default_dtype``),
-    ``batch_size``, ``allow_pickle``, ``offline``; ``model`` / ``processor`` / ``tokenizer`` inject ready
+    ``batch_size``, ``allow_pickle``, ``offline``, ``quantize`` (None, or "int8": the model's ``nn.Linear``
+    layers, ``fp32_modules`` aside, become dynamically quantised int8 layers; CPU and float32 only; an
+    injected model is copied first, never changed); ``model`` / ``processor`` / ``tokenizer`` inject ready
     objects (tests, or two scorers sharing one backbone).
 
     An injected model is used as it is: it is put in eval mode but never cast or moved, since another
@@ -226,10 +236,15 @@ class TorchScorer(Scorer):
     def __init__(self, variant: str | None = None, *, weights: str | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                  allow_pickle: bool = False, offline: bool | None = None, model: Any = None,
-                 processor: Any = None, tokenizer: Any = None):
+                 processor: Any = None, tokenizer: Any = None, quantize: str | None = None):
         variant = variant or self.default_variant
         if self.variants and variant not in self.variants:
             raise ConfigError(f"unknown variant {variant!r}; variants: {', '.join(self.variants)}")
+        if quantize is not None and quantize not in QUANTIZE:
+            raise ConfigError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE)} (or unset)")
+        if quantize and (dtype_name(dtype) or self.default_dtype) != "fp32":
+            raise ConfigError(f"quantize={quantize} quantises float32 weights: set dtype: fp32")
+        self.quantize = quantize
         super().__init__(variant=variant, weights=weights, revision=revision, dtype=dtype)
         self.variant = variant
         self.spec: dict[str, Any] = dict(self.variants.get(variant, {})) if variant else {}
@@ -269,6 +284,8 @@ class TorchScorer(Scorer):
         record key, as they differ only by float rounding (like scores from different batch sizes)."""
         ident = {"name": self.name, "version": self.version, "variant": self.variant, "dtype": self.dtype_label(),
                  "weights": self.files_identity(self.weight_files())}
+        if self.quantize:  # only when set: the default key stays the one records were made with
+            ident["quantize"] = self.quantize
         if self.injected or self.tokenizer_injected or self.processor_injected:
             if self._injected_identity is None:  # once: hashing a model is slow, and loading must not change the key
                 self._injected_identity = {
@@ -314,6 +331,8 @@ class TorchScorer(Scorer):
                 raise WeightsError(f"cannot build the model from {files}: {type(exc).__name__}: "
                                    f"{first_line(exc)}") from exc
             self._place()
+            if self.quantize:
+                self._quantize()
             self._loaded = True
         return self
 
@@ -337,6 +356,30 @@ class TorchScorer(Scorer):
         for module, state in zip(keep, saved):
             module.to(device=self.device, dtype=t.float32).eval()
             module.load_state_dict(state)
+
+    def _quantize(self) -> None:
+        """Swap the model's float32 ``nn.Linear`` layers (``fp32_modules`` aside) for dynamically quantised int8
+        ones: weights int8 per output channel, activations quantised per batch. torch's eager dynamic
+        quantisation (x86/fbgemm kernels) is used as it is; it runs on the CPU only. torch has announced its
+        removal (in favour of the torchao package); a torch without it gets a ConfigError here."""
+        t = torch()
+        if str(self.device) != "cpu" or self.dtype != t.float32:
+            raise ConfigError(f"quantize={self.quantize} runs on the CPU in float32; this scorer is on {self.device} "
+                              f"in {torch_dtype_name(self.dtype)}: set device: cpu and dtype: fp32")
+        quantization = getattr(getattr(t, "ao", None), "quantization", None)
+        if quantization is None or not hasattr(quantization, "quantize_dynamic"):
+            raise ConfigError(f"quantize={self.quantize} needs torch.ao.quantization.quantize_dynamic, which torch "
+                              f"{t.__version__} lacks")
+        if self.injected:
+            self.identity()  # the injected model's hash is taken from the float weights before they are swapped
+        heads = [m for m in map(self._module, self.fp32_modules) if m is not None]
+        keep = {id(sub) for head in heads for sub in head.modules()}
+        spec: dict[Any, Any] = {t.nn.Linear: quantization.per_channel_dynamic_qconfig}
+        spec.update({name: None for name, sub in self.model.named_modules() if id(sub) in keep})
+        with warnings.catch_warnings():  # its deprecation notices (see the docstring) are not the user's to act on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            self.model = quantization.quantize_dynamic(self.model, spec, dtype=t.qint8, inplace=not self.injected)
 
     def _model_dtype(self):
         """The dtype most of an injected model's parameters are in (``fp32_modules`` aside)."""
@@ -515,24 +558,27 @@ def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
 
 
 class CrossEncoderScorer(TorchScorer):
-    """Scores from a joint image-text model (BLIP-like): the image tower runs once per distinct image,
-    the tokenizer once per distinct prompt, and every distinct (image, prompt) combination of a call
-    goes through the joint part in batches of ``batch_size``, attending to its image's cached states.
+    """Scores from a joint image-text model (BLIP-like).
 
-    Subclasses implement ``encode_images`` and ``joint``; set ``self.max_length`` (tokens kept per
-    prompt, special tokens included) and, to pad every batch to a fixed length the way the official
-    code does, ``pad_to``.
+    Distinct images go through the image tower ``batch_size`` at a time; the distinct (image, prompt)
+    combinations of each such group then go through the joint part in batches of ``batch_size``, shortest
+    prompts together and each batch padded to its own longest prompt (padding is masked, so it changes no
+    score), reading their images' states. Only one group's states are held at a time.
+
+    Subclasses implement ``encode_images`` and ``joint`` and set ``self.max_length`` (tokens kept per
+    prompt, special tokens included). What ``encode_images`` returns is whatever the joint part needs per
+    image: its hidden states, or work derived from them alone (ImageReward keeps every cross-attention
+    layer's keys and values, which would otherwise be recomputed for each prompt).
     """
 
     max_length: int = 512
-    pad_to: int | None = None  # None: pad each batch to its longest prompt
 
     def encode_images(self, images: list[Image.Image]):
-        """Distinct images -> the states the joint part attends to, [N, ...] on the model's device."""
+        """Distinct images -> their states for the joint part, [N, ...] on the model's device."""
         raise NotImplementedError
 
-    def joint(self, image_states, input_ids, attention_mask):
-        """Per-row score [N] of matched image states and token ids."""
+    def joint(self, states, rows, input_ids, attention_mask):
+        """Per-row score [B] of token rows [B, L] against the image states ``states[rows]``."""
         raise NotImplementedError
 
     def tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
@@ -542,21 +588,22 @@ class CrossEncoderScorer(TorchScorer):
         return [list(c) for c in cut], [len(f) for f in full], [len(f) > self.max_length for f in full]
 
     def collate(self, rows: list[list[int]]):
-        length = self.pad_to or max(len(r) for r in rows)
-        return pad_rows(rows, self.tokenizer.pad_token_id or 0, length, self.device)
+        return pad_rows(rows, self.tokenizer.pad_token_id or 0, max(len(r) for r in rows), self.device)
 
     def score_batch(self, images, prompts):
         t = torch()
         imgs, img_idx = unique(images)
-        states = t.cat([self.encode_images(list(b)) for b in batched(imgs, self.batch_size)])
         texts, txt_idx = unique(prompts, key=lambda p: p)
         ids, tokens, truncated = self.tokenize(texts)
         combos, combo_idx = unique(list(zip(img_idx, txt_idx)), key=lambda c: c)
-        scores = []
-        for chunk in batched(combos, self.batch_size):
-            input_ids, mask = self.collate([ids[j] for _, j in chunk])
-            rows = t.tensor([i for i, _ in chunk], dtype=t.long, device=states.device)
-            scores.append(self.joint(states[rows], input_ids, mask).float().cpu())
-        flat = t.cat(scores)
-        return [ScoreResult(float(flat[c]), tokens=tokens[j], truncated=truncated[j])
-                for c, j in zip(combo_idx, txt_idx)]
+        scores = [0.0] * len(combos)
+        for first in range(0, len(imgs), self.batch_size):
+            states = self.encode_images(imgs[first:first + self.batch_size])
+            group = sorted((c for c, (i, _) in enumerate(combos) if first <= i < first + self.batch_size),
+                           key=lambda c: len(ids[combos[c][1]]))
+            for part in batched(group, self.batch_size):
+                input_ids, mask = self.collate([ids[combos[c][1]] for c in part])
+                rows = t.tensor([combos[c][0] - first for c in part], dtype=t.long, device=self.device)
+                for c, value in zip(part, self.joint(states, rows, input_ids, mask).float().cpu().tolist()):
+                    scores[c] = value
+        return [ScoreResult(scores[c], tokens=tokens[j], truncated=truncated[j]) for c, j in zip(combo_idx, txt_idx)]

@@ -22,7 +22,8 @@ Preprocessing (``BlipImageProcessor`` from preprocessor_config.json): RGB, resiz
 ``ImagePreprocess(384, "square", crop=False)`` with the config's size/mean/std. No torchvision.
 
 Reuse: the vision tower runs once per distinct image of a call; each (image, prompt) combination then
-runs only the text encoder + ITM head, in batches, against that image's cached tokens.
+runs only the text encoder + ITM head, in batches padded to their longest prompt, against that image's
+cached tokens.
 
 Parity: how a user checks our scores against the official implementation on the same weights (not
 run here: no hub access). On a machine with the checkpoint in the Hugging Face cache::
@@ -122,8 +123,9 @@ class BlipItmScorer(CrossEncoderScorer):
     def encode_images(self, images):
         return self.model.vision_model(pixel_values=self.pixels(images)).last_hidden_state
 
-    def joint(self, image_states, input_ids, attention_mask):
+    def joint(self, states, rows, input_ids, attention_mask):
         t = torch()
+        image_states = states[rows]
         image_mask = t.ones(image_states.shape[:-1], dtype=t.long, device=image_states.device)
         text = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
                                        encoder_hidden_states=image_states, encoder_attention_mask=image_mask)

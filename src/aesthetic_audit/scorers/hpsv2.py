@@ -221,7 +221,9 @@ class HPSv2Scorer(DualEncoderScorer):
     def encode_texts(self, prompts: list[str]):
         t = torch()
         ids, counts, truncated = self.tokenizer(prompts)
-        ids = ids.to(self.device)
+        # The mask is causal and the state is read at the end token, so the padding after the longest prompt
+        # changes nothing: leave it out (open_clip always runs all 77 positions).
+        ids = ids[:, :min(max(counts), ids.shape[1])].to(self.device)
         hidden = self.model.text_model(input_ids=ids).last_hidden_state  # after ln_final
         # open_clip pools at the highest token id: the end token.
         pooled = hidden[t.arange(hidden.shape[0], device=hidden.device), ids.argmax(dim=-1)]
