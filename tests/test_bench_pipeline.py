@@ -24,8 +24,9 @@ def test_the_pipeline_benchmark_measures_what_it_says(tmp_path):
     store = figures["store"]
     assert store["records"] == 200 and store["stage_path"] == "store.writer()"
     assert set(store["sides"]) == {"store.writer()", "store.put_many", "sqlite3, a transaction per row",
-                                   "sqlite3, one transaction"}
+                                   "sqlite3, one transaction", "sqlite3, one transaction, JSON made per record"}
     assert store["sides"]["sqlite3, one transaction"]["ratio"] == 1.0
+    assert store["sides"]["sqlite3, one transaction, JSON made per record"]["ratio_same_job"] == 1.0
 
     resume = figures["resume"]
     for stage in ("prompts", "score", "judge", "labels"):
