@@ -1,6 +1,6 @@
 """Records made by today's code equal those made before the performance work, key for key and byte for byte.
 
-``tests/data/records_before.json`` was written by this file's ``--write`` mode at the commit before the store,
+``tests/data/records_before.json`` was written by this file's ``--write`` mode at aeb266c, the commit before the store,
 stage and encoding changes (see the README's performance section). A small run goes through every offline
 stage that writes records (prompts, edit, import, judge, score, human labels) with the PNG level old runs
 keep (``images.png_level: 6``), and each record's key, stage, item, status, error and a hash of its
