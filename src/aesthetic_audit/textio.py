@@ -70,6 +70,16 @@ def from_spreadsheet_cell(text: str) -> str:
     return text
 
 
+def json_line(line: str, where: str) -> Any:
+    """One line of a JSONL file parsed, or an InputError naming ``where`` (file and line)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply") from None
+
+
 def jsonl_objects(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
     """The objects of a JSONL text as (``"<name>:line N"``, object); blank lines skipped. A line that is
     not JSON, or not a JSON object, is an InputError naming it."""
@@ -77,10 +87,7 @@ def jsonl_objects(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:line {n}: not valid JSON ({exc.msg})") from None
+        obj = json_line(line, f"{name}:line {n}")
         if not isinstance(obj, dict):
             raise InputError(f"{name}:line {n}: not a JSON object")
         rows.append((f"{name}:line {n}", obj))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +19,7 @@ from ..errors import InputError
 from ..records import PROMPTS, failed_item_key, prompt_key, prompt_origin
 from ..stage import StageSummary
 from ..store import Record, RunStore
-from ..textio import control_char, from_spreadsheet_cell, read_text
+from ..textio import control_char, from_spreadsheet_cell, json_line, read_text
 from .rewriters.base import word_count
 
 STUDY = ("original_prompt", "disorted_long_prompt", "selected")
@@ -68,13 +67,7 @@ def _parquet_rows(path: Path, parquet: Any) -> Iterator[tuple[str, Any]]:
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise InputError(f"{path}:{lineno}: JSON nested too deeply") from None
-            yield f"{path.name}:line {lineno}", row
+            yield f"{path.name}:line {lineno}", json_line(line, f"{path}:{lineno}")
 
 
 def _delimited_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError
-from ..textio import control_char, from_spreadsheet_cell, open_input
+from ..textio import control_char, from_spreadsheet_cell, json_line, open_input
 
 MAX_CAPTION_CHARS = 10_000
 DEFAULT_COLUMNS = ("caption", "Prompt", "prompt", "text", "original_prompt")
@@ -213,12 +213,7 @@ def _jsonl_rows(lines: Iterable[str], name: str, *, column: str | None = None,
     for lineno, line in enumerate(_split_lines(lines), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise InputError(f"{name}:{lineno}: JSON nested too deeply") from None
+        obj = json_line(line, f"{name}:{lineno}")
         if not isinstance(obj, dict):
             raise InputError(f"{name}:{lineno}: expected a JSON object per line")
         if col is None:
