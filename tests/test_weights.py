@@ -248,3 +248,21 @@ def test_hub_cache_and_local_folder_give_one_identity(tmp_path, monkeypatch, nam
     assert from_hub == local
     if name == "clip":  # a local processor folder names no repo at all
         assert get("scorers", name)(**opts, processor_weights=opts["weights"]).identity() == local
+
+
+def test_converted_files_get_the_umask_mode_not_owner_only(tmp_path):
+    """safetensors writes 0600; a converted model in a shared folder must stay readable by the group."""
+    import os
+
+    import torch
+
+    from aesthetic_audit.scorers._weights import convert_to_safetensors
+
+    src = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, src)
+    old = os.umask(0o022)
+    try:
+        out = convert_to_safetensors(src, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -47,7 +47,7 @@ from typing import Any
 
 from ..errors import require
 from ..ui import log
-from ._weights import WeightsError, file_sha256, load_state_dict, read_json
+from ._weights import WeightsError, load_state_dict, read_json, write_safetensors
 
 # open_clip model configs: vision width -> head width where it is not the default 64.
 VISION_HEAD_WIDTHS = {1280: 80, 1408: 88, 1664: 104, 1792: 112}
@@ -227,17 +227,14 @@ def convert_checkpoint(src: str | Path, dst_dir: str | Path, allow_pickle: bool 
     based scorers (HPSv2), which then need no ``allow_pickle``. A pickle source needs
     ``allow_pickle=True`` and is read with ``torch.load(weights_only=True)``.
     """
-    st = require("safetensors.torch", "models", "writing safetensors")
+    require("safetensors.torch", "models", "writing safetensors")  # a missing extra is said before any reading
     src, dst = Path(src).expanduser(), Path(dst_dir).expanduser()
     if not src.is_file():
         raise WeightsError(f"no checkpoint file at {src}")
     config, state = openclip_to_transformers(read_openclip_checkpoint(src, allow_pickle=allow_pickle),
                                              vision_head_width=vision_head_width, text_head_width=text_head_width)
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / "model.safetensors.partial"
-    st.save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp),
-                 metadata={"format": "pt", "converted_from": src.name, "source_sha256": file_sha256(src)})
-    tmp.replace(dst / "model.safetensors")
+    write_safetensors(state, dst / "model.safetensors", src)
     config.to_json_file(str(dst / "config.json"))
     return dst
 

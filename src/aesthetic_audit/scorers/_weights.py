@@ -295,7 +295,7 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None 
     med_config.json, tokenizer files, ...) are copied next to the output, so the output folder is
     one a scorer's ``weights`` option accepts as it is.
     """
-    st = require("safetensors.torch", "models", "writing safetensors")
+    require("safetensors.torch", "models", "writing safetensors")  # a missing extra is said before any reading
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_file():
         raise WeightsError(f"no checkpoint file at {src}")
@@ -304,14 +304,25 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None 
         dst = dst / (src.stem + ".safetensors")
     copies = companions(src.parent, dst.parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    st.save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp),
-                 metadata={"format": "pt", "converted_from": src.name, "source_sha256": file_sha256(src)})
-    tmp.replace(dst)
+    write_safetensors(state, dst, src)
     for companion, target in copies:
         shutil.copyfile(companion, target)
         log.info("copied %s beside it", companion.name)
     return dst
+
+
+def write_safetensors(state: dict[str, Any], dst: Path, src: Path) -> None:
+    """``state`` as a safetensors file at ``dst`` (written beside it, then renamed), with its source's name
+    and SHA-256 as metadata. safetensors creates files owner-only (0600); a converted model usually lives in
+    a shared folder, so the file gets the mode the user's umask gives any new file."""
+    st = require("safetensors.torch", "models", "writing safetensors")
+    tmp = dst.with_name(dst.name + ".partial")
+    st.save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp),
+                 metadata={"format": "pt", "converted_from": src.name, "source_sha256": file_sha256(src)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    tmp.replace(dst)
 
 
 def companions(src_dir: Path, dst_dir: Path) -> list[tuple[Path, Path]]:
