@@ -372,3 +372,17 @@ def test_modules_import_without_torch():
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_imagereward_takes_a_tokenizer_folder(ir, ir_opts, tmp_path):
+    """``tokenizer: FOLDER`` reads vocab.txt from that folder (it used to fail every item later)."""
+    weights, tok = tmp_path / "weights", tmp_path / "tok"
+    shutil.copytree(ir_opts["weights"], weights)
+    tok.mkdir()
+    shutil.move(str(weights / "vocab.txt"), tok / "vocab.txt")
+    scorer = get("scorers", "imagereward")(weights=str(weights), tokenizer=str(tok), allow_pickle=True, device="cpu")
+    assert "tokenizer/vocab.txt" in scorer.identity()["weights"]
+    item = [(images()[3], PROMPTS[1])]
+    assert scorer.score(item)[0].score == pytest.approx(ir.score(item)[0].score, abs=1e-6)
+    with pytest.raises(WeightsError, match="vocab.txt"):
+        get("scorers", "imagereward")(weights=str(weights), tokenizer=str(tmp_path), allow_pickle=True).load()

@@ -340,6 +340,7 @@ class ImageRewardScorer(CrossEncoderScorer):
     Options (besides the TorchScorer ones): ``weights`` may be a folder holding ``ImageReward.pt`` or
     ``ImageReward.safetensors`` + ``med_config.json`` (+ optionally bert-base-uncased's ``vocab.txt``;
     otherwise the tokenizer comes from the hub cache), or the checkpoint file itself with those beside it.
+    ``tokenizer`` may name another folder holding ``vocab.txt``.
     """
 
     name: ClassVar[str] = "imagereward"
@@ -368,6 +369,12 @@ class ImageRewardScorer(CrossEncoderScorer):
 
     fp32_modules: ClassVar[tuple[str, ...]] = ("model.mlp",)
 
+    def __init__(self, variant: str | None = None, *, tokenizer: Any = None, **options: Any):
+        # ``tokenizer`` is a folder holding bert-base-uncased's vocab.txt, or an injected tokenizer object.
+        folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
+        super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
+        self.tokenizer_dir = str(folder) if folder else None
+
     # -- files ----------------------------------------------------------------------------------
     def _folder(self, role: str) -> WeightsSource:
         if self.weights and Path(self.weights).expanduser().is_file():
@@ -385,6 +392,8 @@ class ImageRewardScorer(CrossEncoderScorer):
         return self._folder("model"), self.spec["checkpoint"]
 
     def _vocab(self) -> tuple[WeightsSource, str]:
+        if self.tokenizer_dir:
+            return WeightsSource(local=self.tokenizer_dir, role="tokenizer"), self.spec["vocab"]
         folder = self._folder("tokenizer")
         if folder.local and (Path(folder.local).expanduser() / self.spec["vocab"]).is_file():
             return folder, self.spec["vocab"]
