@@ -479,3 +479,16 @@ def test_module_imports_without_torch():
     code = ("import sys, aesthetic_audit.scorers.hpsv2, aesthetic_audit.scorers._openclip; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_tokenizer_files_are_found_before_the_model_is_read(tmp_path, monkeypatch):
+    import aesthetic_audit.scorers._openclip as openclip
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the tokenizer files were checked")
+
+    monkeypatch.setattr(openclip, "read_openclip_checkpoint", never)
+    options = BUILDERS["hpsv2"](tmp_path)
+    (tmp_path / "no-tokenizer").mkdir()
+    with pytest.raises(WeightsError, match="vocab.json"):
+        get("scorers", "hpsv2")(**options, tokenizer=str(tmp_path / "no-tokenizer")).load()
