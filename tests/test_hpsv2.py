@@ -492,3 +492,14 @@ def test_missing_tokenizer_files_are_found_before_the_model_is_read(tmp_path, mo
     (tmp_path / "no-tokenizer").mkdir()
     with pytest.raises(WeightsError, match="vocab.json"):
         get("scorers", "hpsv2")(**options, tokenizer=str(tmp_path / "no-tokenizer")).load()
+
+
+def test_loading_prints_no_progress_bar(tmp_path, capfd):
+    """The weights are already in memory when transformers builds the model: no "Loading weights" bar."""
+    from transformers.utils import logging as hf_logging
+
+    options = BUILDERS["hpsv2"](tmp_path)
+    get("scorers", "hpsv2")(**options).load()
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err
+    assert hf_logging.is_progress_bar_enabled()  # restored for the caller's own transformers use

@@ -216,7 +216,17 @@ def build_clip_model(config, state_dict: dict[str, Any]):
     if missing or unexpected:
         raise WeightsError(f"CLIP weights do not fit their config: missing {missing[:5] or 'none'}, "
                            f"unexpected {unexpected[:5] or 'none'}")
-    return CLIPModel.from_pretrained(None, config=config, state_dict=state_dict)
+    from transformers.utils import logging as hf_logging
+
+    # The tensors are already in memory: transformers' "Loading weights" bar would only be noise (and it
+    # ignored -q), so it is off for this call and restored after.
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return CLIPModel.from_pretrained(None, config=config, state_dict=state_dict)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def convert_checkpoint(src: str | Path, dst_dir: str | Path, allow_pickle: bool = False, *,
