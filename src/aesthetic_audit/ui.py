@@ -85,6 +85,27 @@ def progress_counter(desc: str = "", *, total: int | None = None, unit: str = "i
         yield bar.update
 
 
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Under ``-q``, no progress bars from transformers ("Loading weights", "Loading checkpoint shards") or
+    diffusers ("Loading pipeline components") for the block; each library's setting is restored after.
+    Only libraries already imported are touched, so this imports nothing."""
+    if not quiet():
+        yield
+        return
+    restore = []
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        module = sys.modules.get(name)
+        if module is not None and module.is_progress_bar_enabled():
+            module.disable_progress_bar()
+            restore.append(module)
+    try:
+        yield
+    finally:
+        for module in restore:
+            module.enable_progress_bar()
+
+
 def progress_chunks(n: int, size: int, *, desc: str = "", unit: str = "item") -> Iterator[range]:
     """``range(start, stop)`` of each chunk of ``n`` items; the bar counts items, advanced as each chunk
     finishes (when the next one is asked for)."""

@@ -80,7 +80,7 @@ from PIL import Image
 from ..errors import ConfigError, require
 from ..scorers._torch import batched, dtype_name, resolve_device, torch, unique
 from ..scorers._weights import WeightsError, file_sha256, first_line, hub_offline_env, hub_problem, read_json
-from ..ui import quiet
+from ..ui import quiet_libraries
 from .base import AnswerProbs, Prompt, Reply
 from .qwen import QwenVLPreprocess, mrope_positions
 
@@ -247,10 +247,9 @@ class LocalVLM:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self._folder("processor")),
                                                                         local_files_only=True)
             cls = getattr(transformers, FAMILIES[model_type])
-            if quiet():  # -q: no "Loading weights" bar from transformers either
-                transformers.utils.logging.disable_progress_bar()
-            model = cls.from_pretrained(str(self._folder("model")), dtype=self.dtype, attn_implementation="sdpa",
-                                        local_files_only=True)
+            with quiet_libraries():
+                model = cls.from_pretrained(str(self._folder("model")), dtype=self.dtype,
+                                            attn_implementation="sdpa", local_files_only=True)
         except Exception as exc:  # damaged or mismatched files: this backend fails with their names, not the run
             raise WeightsError(f"cannot load {model_type} from {self._folder('model')}: {type(exc).__name__}: "
                                f"{first_line(exc)}") from None

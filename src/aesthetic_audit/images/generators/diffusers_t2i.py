@@ -38,6 +38,7 @@ from ...scorers._torch import dtype_name, resolve_device, resolve_dtype
 from ...scorers._weights import (COMMIT, PICKLE_SUFFIXES, MissingFile, MissingWeightsError, Resolver, WeightsError,
                                  WeightsSource, file_sha256, first_line, hub_offline_env, hub_problem,
                                  load_state_dict)
+from ...ui import quiet_libraries
 from .base import GenerationRequest, GenerationResult, Generator, OutOfMemory, RUNTIME_OPTIONS, blank_reason
 
 PIPELINES = {"auto": "AutoPipelineForText2Image", "flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline",
@@ -507,7 +508,8 @@ class DiffusersGenerator(Generator):
             component, model = self._swapped_transformer(folder)
             kwargs[component] = model
         try:
-            pipe = cls.from_pretrained(str(folder), **kwargs)
+            with quiet_libraries():
+                pipe = cls.from_pretrained(str(folder), **kwargs)
         except AuditError:
             raise
         except Exception as exc:  # a damaged file, a config this diffusers cannot read: name the folder
@@ -550,8 +552,9 @@ class DiffusersGenerator(Generator):
         path = self.transformer_path()
         try:
             if path.is_dir():
-                model = cls.from_pretrained(str(path), **{dtype_kwarg(): self.dtype},
-                                            use_safetensors=None if self.allow_pickle else True)
+                with quiet_libraries():
+                    model = cls.from_pretrained(str(path), **{dtype_kwarg(): self.dtype},
+                                                use_safetensors=None if self.allow_pickle else True)
                 return component, model
             state = load_state_dict(path, allow_pickle=self.allow_pickle)
             with require("accelerate", "models", "the diffusers generator").init_empty_weights():
