@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from aesthetic_audit.registry import available, get  # noqa: E402
 from aesthetic_audit.scorers._weights import WeightsError  # noqa: E402
+from openclip_reference import image_features, load_official, text_features  # noqa: E402
 from tiny.hpsv2 import BUILDERS, FILES, TEXT, VISION, vocabulary, write_checkpoint, write_tokenizer  # noqa: E402
 
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
@@ -55,11 +56,6 @@ IMAGES = [image(42, 42, 0), image(80, 50, 1), image(30, 61, 2), image(120, 90, 3
 
 
 # -- independent reference ----------------------------------------------------------------------------
-def load_official(path) -> dict:
-    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return {k: v.double() for k, v in sd.items()}
-
-
 def ref_pixels(img: Image.Image, size: int = VISION["image"], antialias: bool = True):
     """open_clip ToTensor + ResizeMaxSize(size) + Normalize, written out: paste the resized image on black."""
     x = torch.tensor(np.array(img.convert("RGB")), dtype=torch.float32).permute(2, 0, 1)[None] / 255
@@ -74,50 +70,9 @@ def ref_pixels(img: Image.Image, size: int = VISION["image"], antialias: bool = 
     return (canvas - MEAN) / STD
 
 
-def ref_tower(sd: dict, x, prefix: str, layers: int, heads: int, mask=None):
-    def ln(t, name):
-        return F.layer_norm(t, t.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps=1e-5)
-
-    n, length, d = x.shape
-    for i in range(layers):
-        p = f"{prefix}{i}."
-        q, k, v = (ln(x, p + "ln_1") @ sd[p + "attn.in_proj_weight"].T + sd[p + "attn.in_proj_bias"]).split(d, -1)
-        q, k, v = (t.reshape(n, length, heads, d // heads).transpose(1, 2) for t in (q, k, v))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
-        if mask is not None:
-            logits = logits + mask
-        att = (logits.softmax(-1) @ v).transpose(1, 2).reshape(n, length, d)
-        x = x + att @ sd[p + "attn.out_proj.weight"].T + sd[p + "attn.out_proj.bias"]
-        h = F.gelu(ln(x, p + "ln_2") @ sd[p + "mlp.c_fc.weight"].T + sd[p + "mlp.c_fc.bias"])
-        x = x + h @ sd[p + "mlp.c_proj.weight"].T + sd[p + "mlp.c_proj.bias"]
-    return x
-
-
-def ref_image_features(sd: dict, pixels):
-    x = F.conv2d(pixels, sd["visual.conv1.weight"], stride=VISION["patch"]).flatten(2).transpose(1, 2)
-    cls = sd["visual.class_embedding"].expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + sd["visual.positional_embedding"]
-    x = F.layer_norm(x, x.shape[-1:], sd["visual.ln_pre.weight"], sd["visual.ln_pre.bias"], eps=1e-5)
-    x = ref_tower(sd, x, "visual.transformer.resblocks.", VISION["layers"], VISION["width"] // VISION["head_width"])
-    x = F.layer_norm(x[:, 0], x.shape[-1:], sd["visual.ln_post.weight"], sd["visual.ln_post.bias"], eps=1e-5)
-    return F.normalize(x @ sd["visual.proj"], dim=-1)
-
-
-def ref_text_features(sd: dict, token_lists: list[list[int]]):
-    ids = torch.zeros(len(token_lists), TEXT["context"], dtype=torch.long)
-    for i, toks in enumerate(token_lists):
-        ids[i, :len(toks)] = torch.tensor(toks)
-    x = sd["token_embedding.weight"][ids] + sd["positional_embedding"]
-    causal = torch.full((TEXT["context"], TEXT["context"]), float("-inf"), dtype=torch.float64).triu(1)
-    x = ref_tower(sd, x, "transformer.resblocks.", TEXT["layers"], TEXT["width"] // TEXT["head_width"], causal)
-    x = F.layer_norm(x, x.shape[-1:], sd["ln_final.weight"], sd["ln_final.bias"], eps=1e-5)
-    x = x[torch.arange(len(token_lists)), ids.argmax(dim=-1)] @ sd["text_projection"]
-    return F.normalize(x, dim=-1)
-
-
 def ref_scores(sd: dict, pairs: list[tuple[Image.Image, str]], antialias: bool = True) -> list[float]:
-    img = ref_image_features(sd, torch.cat([ref_pixels(i, antialias=antialias) for i, _ in pairs]))
-    txt = ref_text_features(sd, [PROMPTS[p] for _, p in pairs])
+    img = image_features(sd, torch.cat([ref_pixels(i, antialias=antialias) for i, _ in pairs]), VISION, F.gelu)
+    txt = text_features(sd, [PROMPTS[p] for _, p in pairs], TEXT, F.gelu)
     return (img * txt).sum(-1).tolist()
 
 

@@ -39,6 +39,63 @@ LAION_VIT_H_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 LAION_VIT_H_REVISION = "94a64189c3535c1cb44acfcccd7b0908c1c8eb23"
 
 
+CONVERTED_FILES = ("config.json", "model.safetensors")
+
+
+class CheckpointFolder:
+    """File lookup of the scorers whose official checkpoint is one pickle that ``convert`` turns into a
+    transformers-style folder (HPS v1, HPSv2/2.1, MPS), mixed in before their TorchScorer base.
+
+    ``weights`` = the official pickle (a file, or a folder holding the variant's ``checkpoint``; needs
+    ``allow_pickle``), a converted folder (config.json + model.safetensors; preferred when a folder holds
+    both) or its model.safetensors file; without it, ``default_checkpoint()``. ``tokenizer`` = a folder
+    with vocab.json + merges.txt (or an injected tokenizer object); without it the files beside the
+    weights, else the variant's ``tokenizer_repo`` at ``tokenizer_revision``.
+    """
+
+    def __init__(self, variant: str | None = None, *, tokenizer: Any = None, **options: Any):
+        folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
+        super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
+        self.tokenizer_dir = str(folder) if folder else None
+
+    # -- files ----------------------------------------------------------------------------------
+    def _local(self) -> Path | None:
+        return Path(self.weights).expanduser() if self.weights else None
+
+    def default_checkpoint(self) -> WeightsSource:
+        """Where the official checkpoint comes from when ``weights`` is not given: the variant's repo."""
+        return self.source("model")
+
+    def _checkpoint(self) -> tuple[WeightsSource, list[str], bool]:
+        """(source, files, converted): a converted safetensors folder/file, or the official pickle."""
+        p = self._local()
+        if p is not None and p.is_file():
+            if p.suffix == ".safetensors":
+                return WeightsSource(local=str(p.parent), role="model"), ["config.json", p.name], True
+            return WeightsSource(local=str(p.parent), role="model"), [p.name], False
+        if p is not None and all((p / f).is_file() for f in CONVERTED_FILES):
+            return WeightsSource(local=str(p), role="model"), list(CONVERTED_FILES), True
+        source = WeightsSource(local=str(p), role="model") if p is not None else self.default_checkpoint()
+        return source, [self.spec["checkpoint"]], False
+
+    def _tokenizer_source(self) -> WeightsSource:
+        if self.tokenizer_dir:
+            return WeightsSource(local=self.tokenizer_dir, role="tokenizer")
+        p = self._local()
+        folder = p.parent if p is not None and p.is_file() else p
+        if folder is not None and all((folder / f).is_file() for f in TOKENIZER_FILES):
+            return WeightsSource(local=str(folder), role="tokenizer")
+        return WeightsSource(repo=self.spec["tokenizer_repo"], revision=self.spec.get("tokenizer_revision"),
+                             role="tokenizer")
+
+    def files(self) -> list[tuple[WeightsSource, str]]:
+        tokenizer = [(self._tokenizer_source(), f) for f in TOKENIZER_FILES]
+        if self.injected:  # an injected model needs no checkpoint, so none has to be found
+            return tokenizer
+        source, names, _ = self._checkpoint()
+        return [(source, f) for f in names] + tokenizer
+
+
 def transformers():
     return require("transformers", "models", "the CLIP scorers")
 

@@ -19,9 +19,12 @@ open_clip layout (checked against open_clip's ``model.py``/``transformer.py``, a
 - ``logit_scale``; a DistributedDataParallel ``module.`` prefix is accepted.
 
 Blocks are pre-norm: x + attn(ln_1(x)), then x + mlp(ln_2(x)); open_clip's non-OpenAI ViTs use exact
-GELU (``nn.GELU``, not QuickGELU) and ``nn.LayerNorm`` with eps 1e-5. nn.MultiheadAttention packs
-q, k, v row-wise into ``in_proj_weight``; transformers keeps them as three Linear layers, so the packed
-tensor is split in three. ``x @ proj`` becomes a bias-free Linear whose weight is ``proj.T``.
+GELU (``nn.GELU``) and ``nn.LayerNorm`` with eps 1e-5. OpenAI's CLIP (its ``clip`` package, and open_clip
+models built from OpenAI weights) has the same layout but QuickGELU, x * sigmoid(1.702 x): the tensors
+cannot tell the two apart, so callers say which (``activation``; exact GELU by default).
+nn.MultiheadAttention packs q, k, v row-wise into ``in_proj_weight``; transformers keeps them as three
+Linear layers, so the packed tensor is split in three. ``x @ proj`` becomes a bias-free Linear whose
+weight is ``proj.T``.
 
 What the shapes cannot tell: the number of attention heads. open_clip's model configs give the vision
 tower a ``head_width`` (80 for ViT-H, 88 for ViT-g, 104 for ViT-bigG, 112 for ViT-e, 64 otherwise)
@@ -53,6 +56,7 @@ from ._weights import WeightsError, load_state_dict, read_json, write_safetensor
 VISION_HEAD_WIDTHS = {1280: 80, 1408: 88, 1664: 104, 1792: 112}
 TEXT_HEAD_WIDTH = 64
 LAYER_NORM_EPS = 1e-5
+ACTIVATIONS = ("gelu", "quick_gelu")  # transformers' names: exact GELU, OpenAI CLIP's x * sigmoid(1.702 x)
 
 _BLOCK_PARTS = {
     "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
@@ -102,18 +106,21 @@ def _heads(width: int, head_width: int, tower: str) -> int:
 
 
 def openclip_to_transformers(state_dict: dict[str, Any], *, vision_head_width: int | None = None,
-                             text_head_width: int | None = None):
+                             text_head_width: int | None = None, activation: str = "gelu"):
     """An open_clip ViT CLIP state dict -> (``CLIPConfig``, state dict of ``CLIPModel``).
 
     Widths, depths, MLP sizes, patch size, image size (patch × grid, from the positional embedding),
     vocabulary, context length and projection size come from the tensors; head counts from the head
-    widths (defaults: ``VISION_HEAD_WIDTHS`` by vision width, 64 for text). Keys the transformers
+    widths (defaults: ``VISION_HEAD_WIDTHS`` by vision width, 64 for text); the MLP activation of both
+    towers from ``activation`` ("gelu", or "quick_gelu" for OpenAI CLIP weights). Keys the transformers
     layout cannot hold (layer scale, attentional pooling, patch-norm, ...) raise an error naming them.
     """
     torch = require("torch", "models", "converting open_clip checkpoints")
     require("transformers", "models", "converting open_clip checkpoints")
     from transformers import CLIPConfig
 
+    if activation not in ACTIVATIONS:
+        raise WeightsError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
     sd = _strip_prefix(state_dict)
     required = [*_VISION_PARTS, *_TEXT_PARTS, "visual.proj"]
     missing = [k for k in required if k not in sd]
@@ -143,13 +150,13 @@ def openclip_to_transformers(state_dict: dict[str, Any], *, vision_head_width: i
         vocab_size=vocab, hidden_size=t_width, num_hidden_layers=t_layers,
         num_attention_heads=_heads(t_width, t_head, "text"),
         intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        max_position_embeddings=context, hidden_act="gelu", layer_norm_eps=LAYER_NORM_EPS,
+        max_position_embeddings=context, hidden_act=activation, layer_norm_eps=LAYER_NORM_EPS,
         # open_clip: the two special tokens are the last ids; padding is 0.
         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0, projection_dim=embed_dim)
     vision_config = dict(
         hidden_size=v_width, num_hidden_layers=v_layers, num_attention_heads=_heads(v_width, v_head, "vision"),
         intermediate_size=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        patch_size=patch, image_size=patch * grid, num_channels=3, hidden_act="gelu",
+        patch_size=patch, image_size=patch * grid, num_channels=3, hidden_act=activation,
         layer_norm_eps=LAYER_NORM_EPS, projection_dim=embed_dim)
     logit_scale = sd.get("logit_scale")
     config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=embed_dim,
@@ -230,19 +237,21 @@ def build_clip_model(config, state_dict: dict[str, Any]):
 
 
 def convert_checkpoint(src: str | Path, dst_dir: str | Path, allow_pickle: bool = False, *,
-                       vision_head_width: int | None = None, text_head_width: int | None = None) -> Path:
+                       vision_head_width: int | None = None, text_head_width: int | None = None,
+                       activation: str = "gelu") -> Path:
     """Write an open_clip checkpoint as a transformers CLIP folder: config.json + model.safetensors.
 
     The folder loads with ``CLIPModel.from_pretrained`` and as the ``weights`` option of the open_clip
-    based scorers (HPSv2), which then need no ``allow_pickle``. A pickle source needs
-    ``allow_pickle=True`` and is read with ``torch.load(weights_only=True)``.
+    based scorers (HPSv2; HPS v1 with ``activation="quick_gelu"``), which then need no ``allow_pickle``.
+    A pickle source needs ``allow_pickle=True`` and is read with ``torch.load(weights_only=True)``.
     """
     require("safetensors.torch", "models", "writing safetensors")  # a missing extra is said before any reading
     src, dst = Path(src).expanduser(), Path(dst_dir).expanduser()
     if not src.is_file():
         raise WeightsError(f"no checkpoint file at {src}")
     config, state = openclip_to_transformers(read_openclip_checkpoint(src, allow_pickle=allow_pickle),
-                                             vision_head_width=vision_head_width, text_head_width=text_head_width)
+                                             vision_head_width=vision_head_width, text_head_width=text_head_width,
+                                             activation=activation)
     dst.mkdir(parents=True, exist_ok=True)
     write_safetensors(state, dst / "model.safetensors", src)
     config.to_json_file(str(dst / "config.json"))

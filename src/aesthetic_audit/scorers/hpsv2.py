@@ -59,17 +59,15 @@ Run both on CPU (``CUDA_VISIBLE_DEVICES=``) for an fp32-to-fp32 comparison (expe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from ._clip_common import LAION_VIT_H_REPO, LAION_VIT_H_REVISION, TOKENIZER_FILES
-from ._torch import OPENAI_MEAN, OPENAI_STD, DualEncoderScorer, register_variants, torch, unit
-from ._weights import WeightsSource
-
-CONVERTED_FILES = ("config.json", "model.safetensors")
+from ._clip_common import LAION_VIT_H_REPO, LAION_VIT_H_REVISION
+from ._openclip import OpenClipTokenizer
+from ._openclip_dual import OpenClipDualEncoder
+from ._torch import OPENAI_MEAN, OPENAI_STD, register_variants, torch
 
 
 @dataclass(frozen=True)
@@ -115,18 +113,20 @@ class LetterboxPreprocess:
 
 
 @register_variants
-class HPSv2Scorer(DualEncoderScorer):
+class HPSv2Scorer(OpenClipDualEncoder):
     """HPSv2 / HPSv2.1: cosine of open_clip ViT-H-14 image and prompt embeddings.
 
-    Options (besides TorchScorer's): ``weights`` = the official .pt (file or folder holding it; needs
-    ``allow_pickle``) or a converted folder (config.json + model.safetensors; preferred when a folder
-    holds both) or its model.safetensors file; ``tokenizer`` = a folder
-    with vocab.json + merges.txt (or an injected tokenizer object); ``processor`` = an injected
-    LetterboxPreprocess; ``antialias`` (default true, as torchvision >= 0.17 resizes tensors).
+    Options: those of ``OpenClipDualEncoder`` (``weights``, ``tokenizer``, ``processor``: an injected
+    LetterboxPreprocess) and ``antialias`` (default true, as torchvision >= 0.17 resizes tensors).
     """
 
     name: ClassVar[str] = "hpsv2"
     description: ClassVar[str] = "HPSv2 human preference score: cosine of open_clip ViT-H-14 image/prompt features"
+    official: ClassVar[str] = ("xswu/HPSv2 HPS_v2_compressed.pt (open_clip ViT-H-14), as hpsv2.score(..., "
+                               "hps_version='v2.0') computes it")
+    score_scale: ClassVar[str] = "cosine, no logit scale: about 0.2-0.35 for matching pairs (the HPD benchmark prints x 100)"
+    parity: ClassVar[str] = ("the official hpsv2 package on identical random weights, CPU fp32: max abs difference "
+                             "3.9e-8 (HPSv2.1, run outside the project); tests: an independent open_clip forward")
     score_range: ClassVar[tuple[float | None, float | None]] = (-1.0, 1.0)
     max_prompt_tokens: ClassVar[int | None] = 77
     version: ClassVar[str] = "1"
@@ -139,95 +139,21 @@ class HPSv2Scorer(DualEncoderScorer):
         "hpsv2.1": {"repo": "xswu/HPSv2", "checkpoint": "HPS_v2.1_compressed.pt",
                     "tokenizer_repo": LAION_VIT_H_REPO, "tokenizer_revision": LAION_VIT_H_REVISION,
                     "vision_head_width": 80, "text_head_width": 64,
-                    "description": "HPSv2.1 human preference score (retrained HPSv2 weights), cosine of features"},
+                    "description": "HPSv2.1 human preference score (retrained HPSv2 weights), cosine of features",
+                    "official": ("xswu/HPSv2 HPS_v2.1_compressed.pt (open_clip ViT-H-14), as hpsv2.score(..., "
+                                 "hps_version='v2.1') computes it")},
     }
 
-    def __init__(self, variant: str | None = None, *, antialias: bool = True, tokenizer: Any = None, **options: Any):
-        folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
-        super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
-        self.tokenizer_dir = str(folder) if folder else None
+    tokenizer_class: ClassVar[type] = OpenClipTokenizer
+
+    def __init__(self, variant: str | None = None, *, antialias: bool = True, **options: Any):
+        super().__init__(variant, **options)
         self.antialias = bool(antialias)
 
-    # -- files ----------------------------------------------------------------------------------
-    def _local(self) -> Path | None:
-        return Path(self.weights).expanduser() if self.weights else None
-
-    def _checkpoint(self) -> tuple[WeightsSource, list[str], bool]:
-        """(source, files, converted): a converted safetensors folder/file, or the official .pt."""
-        p = self._local()
-        if p is not None and p.is_file():
-            if p.suffix == ".safetensors":
-                return WeightsSource(local=str(p.parent), role="model"), ["config.json", p.name], True
-            return WeightsSource(local=str(p.parent), role="model"), [p.name], False
-        if p is not None and all((p / f).is_file() for f in CONVERTED_FILES):
-            return WeightsSource(local=str(p), role="model"), list(CONVERTED_FILES), True
-        return self.source("model"), [self.spec["checkpoint"]], False
-
-    def _tokenizer_source(self) -> WeightsSource:
-        if self.tokenizer_dir:
-            return WeightsSource(local=self.tokenizer_dir, role="tokenizer")
-        p = self._local()
-        folder = p.parent if p is not None and p.is_file() else p
-        if folder is not None and all((folder / f).is_file() for f in TOKENIZER_FILES):
-            return WeightsSource(local=str(folder), role="tokenizer")
-        return WeightsSource(repo=self.spec["tokenizer_repo"], revision=self.spec.get("tokenizer_revision"),
-                             role="tokenizer")
-
-    def files(self) -> list[tuple[WeightsSource, str]]:
-        source, names, _ = self._checkpoint()
-        return [(source, f) for f in names] + [(self._tokenizer_source(), f) for f in TOKENIZER_FILES]
-
     def identity(self) -> dict[str, Any]:
-        from ._openclip import text_fixer
-
         ident = super().identity()
-        ident["text_fix"] = text_fixer()[1]
         ident["preprocess"] = {"resize": "longest side bicubic, zero pad", "antialias": self.antialias}
         return ident
 
-    # -- loading --------------------------------------------------------------------------------
-    def _load(self) -> None:
-        from ._openclip import (OpenClipTokenizer, build_clip_model, openclip_to_transformers,
-                                read_openclip_checkpoint)
-        from ._weights import load_state_dict
-
-        if self.model is None:
-            source, files, converted = self._checkpoint()
-            paths = [self.resolver.file(source, f) for f in files]
-            if converted:
-                from transformers import CLIPConfig
-
-                config = CLIPConfig.from_json_file(str(paths[0]))
-                state = load_state_dict(paths[1])
-            else:
-                config, state = openclip_to_transformers(
-                    read_openclip_checkpoint(paths[0], allow_pickle=self.allow_pickle),
-                    vision_head_width=self.spec.get("vision_head_width"),
-                    text_head_width=self.spec.get("text_head_width"))
-            self.model = build_clip_model(config, state)
-        if self.tokenizer is None:
-            source = self._tokenizer_source()
-            vocab, merges = (self.resolver.file(source, f) for f in TOKENIZER_FILES)
-            self.tokenizer = OpenClipTokenizer.from_files(
-                vocab, merges, context_length=self.model.config.text_config.max_position_embeddings)
-        self.preprocess = self.processor or LetterboxPreprocess(size=self.model.config.vision_config.image_size,
-                                                                antialias=self.antialias)
-
-    # -- encoders -------------------------------------------------------------------------------
-    def encode_pixels(self, pixel_values):
-        out = self.model.vision_model(pixel_values=pixel_values)
-        return unit(self.model.visual_projection(out.pooler_output))
-
-    def encode_texts(self, prompts: list[str]):
-        t = torch()
-        ids, counts, truncated = self.tokenizer(prompts)
-        # The mask is causal and the state is read at the end token, so the padding after the longest prompt
-        # changes nothing: leave it out (open_clip always runs all 77 positions).
-        ids = ids[:, :min(max(counts), ids.shape[1])].to(self.device)
-        hidden = self.model.text_model(input_ids=ids).last_hidden_state  # after ln_final
-        # open_clip pools at the highest token id: the end token.
-        pooled = hidden[t.arange(hidden.shape[0], device=hidden.device), ids.argmax(dim=-1)]
-        return unit(self.model.text_projection(pooled)), counts, truncated
-
-    def combine(self, image_emb, text_emb):
-        return (image_emb * text_emb).sum(dim=-1)
+    def make_preprocess(self) -> LetterboxPreprocess:
+        return LetterboxPreprocess(size=self.model.config.vision_config.image_size, antialias=self.antialias)
