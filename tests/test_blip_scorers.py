@@ -386,3 +386,27 @@ def test_imagereward_takes_a_tokenizer_folder(ir, ir_opts, tmp_path):
     assert scorer.score(item)[0].score == pytest.approx(ir.score(item)[0].score, abs=1e-6)
     with pytest.raises(WeightsError, match="vocab.txt"):
         get("scorers", "imagereward")(weights=str(weights), tokenizer=str(tmp_path), allow_pickle=True).load()
+
+
+def test_imagereward_says_when_vocab_comes_from_the_hub_cache(ir, ir_opts, tmp_path, monkeypatch, caplog):
+    """A weights folder without vocab.txt takes bert-base-uncased's from the hub cache, and says so."""
+    from aesthetic_audit.scorers._weights import Resolver
+
+    weights = tmp_path / "weights"
+    shutil.copytree(ir_opts["weights"], weights)
+    cached = tmp_path / "hub-cache"
+    cached.mkdir()
+    shutil.move(str(weights / "vocab.txt"), cached / "vocab.txt")
+    real = Resolver.file
+
+    def from_cache(self, source, filename):  # stands in for the hub cache, which these tests never reach
+        return cached / filename if source.repo and not source.local else real(self, source, filename)
+
+    monkeypatch.setattr(Resolver, "file", from_cache)
+    scorer = get("scorers", "imagereward")(weights=str(weights), allow_pickle=True, device="cpu")
+    with caplog.at_level("INFO", logger="aesthetic_audit"):
+        scorer.load()
+    assert any("no vocab.txt in the weights folder" in r.getMessage() and "bert-base-uncased" in r.getMessage()
+               for r in caplog.records)
+    item = [(images()[3], PROMPTS[1])]
+    assert scorer.score(item)[0].score == pytest.approx(ir.score(item)[0].score, abs=1e-6)

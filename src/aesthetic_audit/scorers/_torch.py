@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import AuditError, ConfigError, require
+from ..errors import AuditError, ConfigError, InputError, require
 from ..registry import register
 from ._weights import Resolver, WeightsError, WeightsSource, first_line
 from .base import Scorer, ScoreResult
@@ -180,8 +180,9 @@ class ImagePreprocess:
     def tensor(self, images):
         """Differentiable path for a float tensor [B, 3, H, W] in [0, 1] (training loops).
 
-        Uses bicubic interpolation with antialiasing, so values are close to, not bit-equal with,
-        the PIL path.
+        A tensor already at the target size gives exactly the PIL path's pixels (interpolating to the same
+        size returns the input). Other sizes are resized with antialiased bicubic interpolation: close to,
+        not bit-equal with, PIL's resampling.
         """
         t = torch()
         F = t.nn.functional
@@ -344,7 +345,10 @@ class TorchScorer(Scorer):
         return obj
 
     def _place(self) -> None:
-        """Cast and move a loaded model (an injected one is left as it is); ``fp32_modules`` stay float32."""
+        """Cast, move and freeze a loaded model (an injected one is left as it is, flags included);
+        ``fp32_modules`` stay float32. Frozen: every parameter has ``requires_grad=False``, so a reward
+        back-propagated through a training-loop call (``__call__``) reaches the input pixels and leaves no
+        gradient in the reward model; to fine-tune it, ``scorer.model.requires_grad_(True)`` (or a part)."""
         t = torch()
         inside = set(map(id, self.model.modules())) if self.injected else set()
         keep = [m for m in map(self._module, self.fp32_modules) if m is not None and id(m) not in inside]
@@ -352,6 +356,7 @@ class TorchScorer(Scorer):
         saved = [m.state_dict() for m in keep]
         if not self.injected:
             self.model.to(device=self.device, dtype=self.dtype)
+            self.model.requires_grad_(False)
         self.model.eval()
         for module, state in zip(keep, saved):
             module.to(device=self.device, dtype=t.float32).eval()
@@ -550,11 +555,46 @@ def register_variants(cls: type[TorchScorer]) -> type[TorchScorer]:
     register("scorers", cls.name)(cls)
     for key in cls.variants:
         if key != cls.default_variant and key != cls.name:
+            row = cls.variants[key]
+            described = {k: row.get(k, getattr(cls, k)) for k in ("description", "official", "score_scale", "parity")}
             sub = type(cls.__name__ + "_" + "".join(c if c.isalnum() else "_" for c in key), (cls,),
-                       {"name": key, "default_variant": key, "__module__": cls.__module__,
-                        "description": cls.variants[key].get("description", cls.description)})
+                       {"name": key, "default_variant": key, "__module__": cls.__module__, **described})
             register("scorers", key)(sub)
     return cls
+
+
+def training_batch(scorer: TorchScorer, images: Any, prompts: Any) -> tuple[Any, list[str]]:
+    """Checks the inputs of a prompt-aware scorer's training-loop call (``__call__``): a float tensor
+    [B, 3, H, W] or a sequence of PIL images, and exactly one non-empty prompt per image. Returns the
+    images (a tensor as given, else a list) and the prompts as a list; any mismatch is an InputError
+    naming the item. Int8-quantised scorers refuse a tensor: their layers have no gradient."""
+    t = torch()
+    if isinstance(images, t.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise InputError(f"{scorer.name}: images must be a float tensor [B, 3, H, W] in [0, 1]; got "
+                             f"{str(images.dtype).removeprefix('torch.')} of shape {tuple(images.shape)}")
+        if scorer.quantize:
+            raise ConfigError(f"{scorer.name}: quantize={scorer.quantize} layers have no gradient, so the tensor "
+                              "path cannot give a differentiable reward: build the scorer without quantize")
+        count = int(images.shape[0])
+    else:
+        images = list(images)
+        for k, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise InputError(f"{scorer.name}: image {k} is a {type(image).__name__}, not a PIL image",
+                                 item=str(k))
+        count = len(images)
+    if count == 0:
+        raise InputError(f"{scorer.name}: no images to score")
+    if prompts is None or isinstance(prompts, str):
+        raise InputError(f"{scorer.name} is prompt-aware: pass a list of {count} prompts, one per image")
+    prompts = list(prompts)
+    if len(prompts) != count:
+        raise InputError(f"{scorer.name}: {len(prompts)} prompts for {count} images; pass one prompt per image")
+    for k, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{scorer.name}: prompt {k} is empty or not text ({prompt!r})", item=str(k))
+    return images, prompts
 
 
 class CrossEncoderScorer(TorchScorer):
@@ -565,17 +605,27 @@ class CrossEncoderScorer(TorchScorer):
     prompts together and each batch padded to its own longest prompt (padding is masked, so it changes no
     score), reading their images' states. Only one group's states are held at a time.
 
-    Subclasses implement ``encode_images`` and ``joint`` and set ``self.max_length`` (tokens kept per
-    prompt, special tokens included). What ``encode_images`` returns is whatever the joint part needs per
-    image: its hidden states, or work derived from them alone (ImageReward keeps every cross-attention
-    layer's keys and values, which would otherwise be recomputed for each prompt).
+    Subclasses set ``self.preprocess`` in ``_load``, implement ``encode_pixels`` and ``joint`` and set
+    ``self.max_length`` (tokens kept per prompt, special tokens included). What ``encode_pixels`` returns
+    is whatever the joint part needs per image: its hidden states, or work derived from them alone
+    (ImageReward keeps every cross-attention layer's keys and values, which would otherwise be recomputed
+    for each prompt).
+
+    A model this class loads is frozen (``TorchScorer._place``), so a reward back-propagated through
+    ``__call__`` reaches the input pixels and leaves no gradient in the model; to fine-tune the reward
+    model itself, set ``scorer.model.requires_grad_(True)``. An injected model keeps its owner's flags.
     """
 
     max_length: int = 512
 
+    def encode_pixels(self, pixel_values):
+        """Preprocessed pixels [N, 3, S, S], on the model's device and in its dtype -> their states for the
+        joint part, [N, ...]."""
+        raise NotImplementedError
+
     def encode_images(self, images: list[Image.Image]):
         """Distinct images -> their states for the joint part, [N, ...] on the model's device."""
-        raise NotImplementedError
+        return self.encode_pixels(self.pixels(images))
 
     def joint(self, states, rows, input_ids, attention_mask):
         """Per-row score [B] of token rows [B, L] against the image states ``states[rows]``."""
@@ -607,3 +657,31 @@ class CrossEncoderScorer(TorchScorer):
                 for c, value in zip(part, self.joint(states, rows, input_ids, mask).float().cpu().tolist()):
                     scores[c] = value
         return [ScoreResult(scores[c], tokens=tokens[j], truncated=truncated[j]) for c, j in zip(combo_idx, txt_idx)]
+
+    def __call__(self, images, prompts: Sequence[str]):
+        """Training-loop API, as ``DualEncoderScorer.__call__``: PIL images or a float tensor [B, 3, H, W] in
+        [0, 1], and one prompt per image -> a score tensor [B] (the values ``score()`` gives, to float rounding).
+
+        With a tensor input the image tower and the joint part run with autograd, so the score is a
+        differentiable reward; preprocessing uses ``self.preprocess.tensor`` in float32 (identical to the
+        PIL path for a tensor already at the model's input size, otherwise torch's antialiased bicubic
+        interpolation, close to but not bit-equal with PIL's resampling) and the pixels are cast to the
+        model's dtype after it. PIL images are encoded without a graph. Prompts are tokenised and cut at
+        ``max_length`` as ``score()`` cuts them; the whole batch runs at once, padded to its longest prompt.
+        """
+        self.load()
+        t = torch()
+        images, prompts = training_batch(self, images, prompts)
+        if isinstance(images, t.Tensor):
+            if not hasattr(self.preprocess, "tensor"):
+                raise ConfigError(f"{self.name}: the injected processor has no tensor() path; inject an "
+                                  "ImagePreprocess to score tensors")
+            pixels = self.preprocess.tensor(images.to(device=self.device, dtype=t.float32))
+            states = self.encode_pixels(pixels.to(self.dtype))
+        else:
+            with t.no_grad():
+                states = self.encode_images(images)
+        ids = self.tokenize(prompts)[0]
+        input_ids, mask = self.collate(ids)
+        rows = t.arange(len(ids), dtype=t.long, device=self.device)
+        return self.joint(states, rows, input_ids, mask)

@@ -25,6 +25,14 @@ Reuse: the vision tower runs once per distinct image of a call; each (image, pro
 runs only the text encoder + ITM head, in batches padded to their longest prompt, against that image's
 cached tokens.
 
+Training loop: ``scorer(images, prompts)`` (``CrossEncoderScorer.__call__``) takes PIL images or a float
+tensor [B, 3, H, W] in [0, 1] with one prompt per image and returns match probabilities [B]. A tensor runs
+through ``ImagePreprocess.tensor``, the vision tower, the text encoder and the ITM head with autograd. A
+tensor already at the processor's size (384 x 384) is preprocessed exactly as the PIL path: its score
+equals ``score()``'s to float rounding. Any other size is resized to the square by torch's antialiased
+bicubic interpolation, close to but not bit-equal with PIL's bicubic resampling. The loaded model is
+frozen (``requires_grad=False``) unless the user turns it on (``scorer.model.requires_grad_(True)``).
+
 Parity: how a user checks our scores against the official implementation on the same weights (not
 run here: no hub access). On a machine with the checkpoint in the Hugging Face cache::
 
@@ -50,6 +58,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
+from ..ui import quiet_libraries
 from ._torch import CrossEncoderScorer, ImagePreprocess, register_variants, torch
 from ._weights import read_json
 
@@ -82,6 +91,11 @@ class BlipItmScorer(CrossEncoderScorer):
 
     name: ClassVar[str] = "blip-itm"
     description: ClassVar[str] = "BLIP-L ITM match probability (Salesforce/blip-itm-large-coco), unaligned baseline"
+    official: ClassVar[str] = ("Salesforce/blip-itm-large-coco (revision not pinned) as transformers' "
+                               "BlipForImageTextRetrieval with BlipProcessor computes it (use_itm_head=True)")
+    score_scale: ClassVar[str] = "softmax probability 0-1 that image and prompt match (the ITM head's second class)"
+    parity: ClassVar[str] = ("tests: the transformers model's own ITM forward on a tiny random BLIP, by hand-tokenised "
+                             "ids; real weights: the transformers recipe in docs/parity.md (~1e-4)")
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float | None, float | None]] = (0, 1)
     prompt_aware: ClassVar[bool] = True
@@ -103,7 +117,8 @@ class BlipItmScorer(CrossEncoderScorer):
             from transformers import BlipForImageTextRetrieval
 
             folder = paths["model.safetensors"].parent
-            self.model = BlipForImageTextRetrieval.from_pretrained(str(folder), local_files_only=True)
+            with quiet_libraries():
+                self.model = BlipForImageTextRetrieval.from_pretrained(str(folder), local_files_only=True)
         if self.tokenizer is None:
             from transformers import BertTokenizer
 
@@ -120,8 +135,8 @@ class BlipItmScorer(CrossEncoderScorer):
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(self.model.config.text_config.max_position_embeddings))
 
-    def encode_images(self, images):
-        return self.model.vision_model(pixel_values=self.pixels(images)).last_hidden_state
+    def encode_pixels(self, pixel_values):
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
     def joint(self, states, rows, input_ids, attention_mask):
         t = torch()

@@ -78,6 +78,17 @@ Reuse and batching
     (image, prompt) combination then runs through the decoder, sorted by length, ``batch_size`` rows at a
     time, with that image's cached features scattered in.
 
+Training loop
+    ``scorer(images, prompts)`` takes PIL images or a float tensor [B, 3, H, W] in [0, 1] with one prompt
+    per image and returns mu [B]. A tensor runs through ``tensor_patches`` (the preprocessing above in
+    torch), the vision tower, the decoder and the head with autograd, so mu back-propagates to the pixels.
+    A tensor already at its ``smart_resize`` size (e.g. 448 x 448) is patchified exactly as the PIL path
+    and scores as ``score()`` does to float rounding; any other size is resized by torch's antialiased
+    bicubic interpolation, close to but not bit-equal with PIL's resampling. The loaded model is frozen
+    (``requires_grad=False``) unless the user turns it on (``scorer.model.requires_grad_(True)``); an
+    injected model keeps its owner's flags. Mind the memory: the graph runs through a 7B backbone over
+    the whole instruction and 256 image tokens per row, so keep training batches small.
+
 Requires transformers >= 4.52 (``Qwen2VLModel`` with ``.visual`` and ``.language_model``).
 
 Parity: how a user checks our scores against the official implementation on the same weights (not run
@@ -114,9 +125,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..vlm import qwen
-from ._torch import TorchScorer, batched, pad_rows, register_variants, skip_init, torch, unique
+from ._torch import TorchScorer, batched, pad_rows, register_variants, skip_init, torch, training_batch, unique
 from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
 from .base import ScoreResult
 
@@ -199,6 +210,37 @@ class QwenVLPreprocess(qwen.QwenVLPreprocess):
     alpha: str = "drop"
 
 
+def tensor_patches(preprocess: qwen.QwenVLPreprocess, images) -> tuple[Any, tuple[int, int, int]]:
+    """The differentiable twin of ``preprocess.pil`` for a float tensor [B, 3, H, W] in [0, 1] (training
+    loops): every image resized to ``smart_resize``'s size by torch's antialiased bicubic interpolation
+    (skipped when the tensor already has that size), clamped to [0, 1], rescaled as a /255 image would be,
+    normalised and patchified as ``patchify`` does -> (patches [B * grid_h * grid_w, C * T * p * p], the
+    grid (1, grid_h, grid_w) every image shares). For a tensor already at the target size holding k / 255
+    values (and the usual rescale factor 1/255) the patches equal the PIL path's exactly; any other size
+    differs from PIL's bicubic resampling (close, not bit-equal). The alpha rule does not apply: a tensor
+    has three channels."""
+    t = torch()
+    b, c, h, w = images.shape
+    new_h, new_w = preprocess.target_size(w, h)
+    x = images
+    if (new_h, new_w) != (h, w):
+        x = t.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True,
+                                        align_corners=False)
+    x = x.clamp(0, 1)  # as PIL's 8-bit result (bicubic overshoots)
+    if abs(preprocess.rescale_factor - 1 / 255) > 1e-12:  # the tensor holds k / 255; the model wants k * factor
+        x = x * (preprocess.rescale_factor * 255)
+    mean = t.tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = t.tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    p, m, tp = preprocess.patch_size, preprocess.merge_size, preprocess.temporal_patch_size
+    gh, gw = new_h // p, new_w // p
+    # as ``patchify``, per image: (B, C, gh/m, m, p, gw/m, m, p) -> (B, gh/m, gw/m, m, m, C, p, p), the still
+    # frame repeated over the temporal patch
+    x = x.reshape(b, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+    x = x.unsqueeze(6).expand(*x.shape[:6], tp, p, p)
+    return x.reshape(b * gh * gw, c * tp * p * p), (1, gh, gw)
+
+
 def backbone_key(key: str) -> str | None:
     """Checkpoint key -> Qwen2VLModel key (both transformers layouts); None for keys scoring skips."""
     if key == "lm_head.weight":
@@ -269,6 +311,12 @@ class HPSv3Scorer(TorchScorer):
 
     name: ClassVar[str] = "hpsv3"
     description: ClassVar[str] = "HPSv3 (MizzenAI/HPSv3): Qwen2-VL-7B reward model, mu of (mu, sigma) at <|Reward|>"
+    official: ClassVar[str] = ("MizzenAI/HPSv3 HPSv3.safetensors on Qwen/Qwen2-VL-7B-Instruct, as "
+                               "HPSv3RewardInferencer.reward computes it")
+    score_scale: ClassVar[str] = "mu of the head's (mu, sigma) at the <|Reward|> token; unbounded, higher is better"
+    parity: ClassVar[str] = ("tests: an independent forward of a tiny Qwen2-VL with the official prompt, token layout "
+                             "and transformers' own image processor; real weights: recipe in docs/parity.md "
+                             "(bf16 rounding), not run here")
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float | None, float | None]] = (None, None)
     prompt_aware: ClassVar[bool] = True
@@ -389,9 +437,14 @@ class HPSv3Scorer(TorchScorer):
     # -- scoring --------------------------------------------------------------------------------
     def encode_images(self, pixels: list[np.ndarray], grids: list[tuple[int, int, int]]):
         """Preprocessed images -> merged vision features, one [tokens, hidden] tensor per image."""
+        return self.encode_pixels(torch().from_numpy(np.concatenate(pixels)), grids)
+
+    def encode_pixels(self, patches, grids: list[tuple[int, int, int]]):
+        """Patches of several images, concatenated ([sum of grid_h * grid_w, patch values]) -> merged vision
+        features, one [tokens, hidden] tensor per image; differentiable (the tensor path runs through it)."""
         t = torch()
         visual = self.model.backbone.visual
-        x = t.from_numpy(np.concatenate(pixels)).to(device=self.device, dtype=self.dtype)
+        x = patches.to(device=self.device, dtype=self.dtype)
         grid = t.tensor(grids, dtype=t.long, device=self.device)
         out = visual(hidden_states=x, grid_thw=grid)
         merged = out.pooler_output if hasattr(out, "pooler_output") else out
@@ -412,6 +465,43 @@ class HPSv3Scorer(TorchScorer):
         picked = hidden[t.arange(len(rows), device=self.device), at]
         head = self.model.rm_head  # float32 (official), unless an injected model holds it lower
         return head(input=picked.to(next(iter(head.parameters())).dtype))
+
+    def __call__(self, images, prompts):
+        """Training-loop API (as the other scorers'): PIL images or a float tensor [B, 3, H, W] in [0, 1], and
+        one prompt per image -> mu [B] in float32, the values ``score()`` gives (to float rounding).
+
+        A tensor goes through ``tensor_patches`` (float32; the resize to the ``smart_resize`` size by torch's
+        antialiased bicubic interpolation, skipped when the tensor is already at that size, where the
+        patches equal the PIL path's exactly), then the vision tower, the decoder and the head with
+        autograd, so mu is a differentiable reward. PIL images are encoded without a graph. The batch runs
+        at once, padded to its longest chat text.
+        """
+        self.load()
+        t = torch()
+        images, prompts = training_batch(self, images, prompts)
+        if isinstance(images, t.Tensor):
+            try:
+                patches, grid = tensor_patches(self.preprocess, images.to(device=self.device, dtype=t.float32))
+            except ValueError as exc:  # smart_resize refuses the size (e.g. an aspect ratio over 200)
+                raise InputError(f"{self.name}: images of {images.shape[3]}x{images.shape[2]}: {exc}") from None
+            features = self.encode_pixels(patches, [grid] * len(prompts))
+        else:
+            prepared = []
+            for k, image in enumerate(images):
+                try:
+                    prepared.append(self.preprocess.pil(image))
+                except (ValueError, OSError) as exc:
+                    raise InputError(f"{self.name}: image {k}: preprocessing failed: {exc}", item=str(k)) from None
+            with t.no_grad():
+                features = self.encode_images([p for p, _ in prepared], [g for _, g in prepared])
+        rows = []
+        for k, (prompt, feature) in enumerate(zip(prompts, features)):
+            ids = self.tokenizer(chat_text(prompt, feature.shape[0]), add_special_tokens=False)["input_ids"]
+            if ids.count(self.reward_id) != 1 or ids.count(self.image_id) != feature.shape[0]:
+                raise InputError(f"{self.name}: prompt {k} contains {REWARD_TOKEN} or {IMAGE_TOKEN}, which the "
+                                 "HPSv3 template reserves", item=str(k))
+            rows.append(ids)
+        return self.reward(rows, features)[:, 0]
 
     def score_batch(self, images, prompts):
         results: list[ScoreResult | None] = [None] * len(images)

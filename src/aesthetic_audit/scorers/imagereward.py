@@ -50,6 +50,16 @@ then run through the text encoder in batches that read them. Batches are padded 
 instead of the official 35 tokens: padded keys are masked, so the [CLS] state does not change (to float
 rounding).
 
+Training loop: ``scorer(images, prompts)`` (``CrossEncoderScorer.__call__``) takes PIL images or a float
+tensor [B, 3, H, W] in [0, 1] with one prompt per image and returns the normalised rewards [B]. A tensor
+runs through ``ImagePreprocess.tensor``, the ViT, the cross-attention key/value cache and the text encoder
+with autograd, so the reward back-propagates to the pixels. A tensor already at the checkpoint's input
+size (224 x 224) is preprocessed exactly as the PIL path (no resize, the same normalisation): its reward
+equals ``score()``'s to float rounding. Any other size is resized by torch's antialiased bicubic
+interpolation (short side to 224, then the same centre crop), close to but not bit-equal with PIL's
+bicubic resampling. The loaded model is frozen (``requires_grad=False``): no gradient lands in it unless
+the user turns it on (``scorer.model.requires_grad_(True)``).
+
 Parity: how a user checks our scores against the official implementation on the same weights (we
 cannot run it here: the ``image-reward`` package needs torchvision and timm, and no hub is reachable).
 On a machine with ``pip install image-reward`` and the two files downloaded::
@@ -76,6 +86,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..ui import log
 from ._torch import (AESTHETIC_MLP_LINEARS, CrossEncoderScorer, ImagePreprocess, aesthetic_mlp, register_variants,
                      torch)
 from ._weights import WeightsError, WeightsSource, load_state_dict, read_json
@@ -346,6 +357,11 @@ class ImageRewardScorer(CrossEncoderScorer):
     name: ClassVar[str] = "imagereward"
     description: ClassVar[str] = ("ImageReward v1.0 (THUDM): BLIP cross-encoder preference reward, "
                                   "prompt cut at 35 tokens")
+    official: ClassVar[str] = ("THUDM/ImageReward ImageReward.pt + med_config.json with the bert-base-uncased "
+                               "vocabulary, as ImageReward.load('ImageReward-v1.0').score(prompt, image) computes it")
+    score_scale: ClassVar[str] = "(mlp - 0.16717362) / 1.0333394: standardised on its training set, about -2 to 2"
+    parity: ClassVar[str] = ("the official image-reward package on identical random weights, CPU fp32: max abs "
+                             "difference 1.3e-6 (run outside the project); tests: an independent BLIP forward")
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float | None, float | None]] = (None, None)
     prompt_aware: ClassVar[bool] = True
@@ -412,7 +428,12 @@ class ImageRewardScorer(CrossEncoderScorer):
         if self.tokenizer is None:
             from transformers import BertTokenizer
 
-            vocab = self.resolver.file(*self._vocab())
+            source, name = self._vocab()
+            if source.local is None and self.weights:  # say so: a folder without vocab.txt is easy to miss
+                log.info("imagereward: no %s in the weights folder or a tokenizer option; using %s's from the "
+                         "Hugging Face cache (copy it next to the checkpoint to keep the run on local files)",
+                         name, source.repo)
+            vocab = self.resolver.file(source, name)
             self.tokenizer = BertTokenizer.from_pretrained(str(vocab.parent), do_lower_case=True)
             # BLIP's init_tokenizer: these never occur in ordinary text, but "[ENC]" typed in a prompt
             # must stay one token, as in the official code.
@@ -423,8 +444,10 @@ class ImageRewardScorer(CrossEncoderScorer):
                                                             crop_offset="round")
 
     # -- scoring --------------------------------------------------------------------------------
-    def encode_images(self, images):
-        return self.model.image_keys_values(self.model.encode_image(self.pixels(images)))
+    def encode_pixels(self, pixel_values):
+        """Pixels -> every text layer's cross-attention keys and values of the image (the per-image cache
+        the joint part reads); differentiable, so the tensor path of ``__call__`` runs through it too."""
+        return self.model.image_keys_values(self.model.encode_image(pixel_values))
 
     def joint(self, states, rows, input_ids, attention_mask):
         raw = self.model.reward_cached(states, rows, input_ids, attention_mask).float()
