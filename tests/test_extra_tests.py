@@ -281,3 +281,10 @@ def test_an_image_the_scorer_fails_is_listed_and_left_out(emotion_manifest):
     assert block["sad"]["n"] == 0 and block["sad"]["prefers_emotion"] is not None  # nan, written as null in JSON
     assert block["angry"]["n"] == 4 and block["all"]["n"] == 4
     assert json.loads(x.to_json(result))["scorers"]["dim-fails"]["emotions"]["sad"]["prefers_emotion"] is None
+
+
+def test_a_pairwise_scorer_is_refused_in_one_line(emotion_manifest, cli):
+    code, _, err = cli("extra-tests", "emotion", emotion_manifest, "--scorers", "vlm-pair",
+                       "--set", "score.options={vlm-pair: {url: 'http://127.0.0.1:9/v1', model: m}}")
+    assert code == 2 and "vlm-pair compares two images" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

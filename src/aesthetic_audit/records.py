@@ -14,6 +14,9 @@ images   one per image pair   data: image_pair_id (= key), pair_id, p_o, p_a, di
 judge    one per (judge, image)          data: judge, image, scores {dim: J in [0, 2] or null}, covered
 score    one per (scorer, image, prompt) data: scorer, image, prompt (null when prompt-blind), score,
                                                tokens, truncated, higher_is_better
+         pairwise scorers (vlm-pair): one per (scorer, I_o, I_a, p_a), key as above with image = [I_o, I_a];
+                              data: scorer, pairwise true, image_o, image_a, prompt (p_a), prefers (1 I_a /
+                              0 I_o / -1 tie), prob_a or null, answers, disagree, discrete
 labels   one per (label source, image pair)  data: source ("vlm:<labeller>" or "human:<rater>"), labeller,
                               labeller_id, image_pair_id, pair_id, model, image_o, image_a, p_a, value
                               (-1 tie / 0 original / 1 anti-aesthetic), answers ([{first: "o"|"a",

@@ -14,13 +14,20 @@ Tie policy, the same in every table:
   counted in ``ties`` and belong to neither share (the two shares and ties/n add up to 1).
 - Reward-model test: pairs labelled as a tie (-1) are removed (``n_ties``), pairs without a label are
   left out (``n_unlabelled``), and a score tie s(I_a, p_a) = s(I_o, p_a) counts as not predicting
-  I_a (``n_score_ties`` says how many there were).
+  I_a (``n_score_ties`` says how many there were). A pairwise reward model (``vlm-pair``) predicts
+  I_a when it prefers I_a; its tie answers count as not predicting I_a (``n_score_ties`` counts them).
 - Success rate: the share of labelled pairs where I_a is preferred; a tie label is a failure.
 
 Labels: only a labeller's or a human's judgement counts (the ``labels`` stage, or an imported
 study's label column). The editor's label, which holds by construction (source ``construction``), is
 never used by a statistic. The reward-model test runs only on scorers whose class says they are
 reward models (not the safety classifier).
+
+Pairwise reward models (scorers whose records say ``pairwise``) give a verdict per (I_o, I_a, p_a)
+instead of scores: their row in ``scorers`` has ``pairwise: true``, the strict shares of pairs where
+they prefer I_o or I_a (tie answers apart), per dimension and strength too, and the reward-model
+test, with AUROC on their P(I_a better) where they give one (else None, ``auroc_note`` says why);
+Δr, AA, truncation and the regression on the judge need scores and are None / empty.
 
 Dependence: every bootstrap resamples clusters of pairs (``analysis.cluster``; see
 ``intervals.choose_cluster_unit``), and exact duplicate pairs (same I_o, I_a, p_o, p_a) count once.
@@ -114,6 +121,9 @@ class RunData:
     disagree: dict[str, dict[LabelKey, bool]] = field(default_factory=dict)  # both-orders labellers
     label_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a VLM label source
     label_failed: dict[str, int] = field(default_factory=dict)  # failed label records per source
+    # pairwise reward model -> (image_o, image_a, p_a) -> (prefers 1 / 0 / -1 tie, P(I_a better) or None)
+    pairwise: dict[str, dict[LabelKey, tuple[int, float | None]]] = field(default_factory=dict)
+    scorer_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a pairwise scorer
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
@@ -146,6 +156,9 @@ class RunData:
         for rec in store.records(SCORE, status=None):
             name = rec.data.get("scorer")
             if name is None or not _is_current(current, f"scorer:{name}", rec.data.get("scorer_id")):
+                continue
+            if rec.data.get("pairwise"):
+                _read_pairwise(data, name, rec)
                 continue
             if name not in data.higher_is_better:
                 data.scorers.append(name)
@@ -231,6 +244,19 @@ class RunData:
         return sorted({d for p in self.pairs for d in p.dims})
 
 
+def _read_pairwise(data: RunData, name: str, rec: Any) -> None:
+    """A pairwise scorer's record: its verdict on (I_o, I_a, p_a), when it has one."""
+    d = rec.data
+    answers = data.pairwise.setdefault(name, {})  # one that only ever failed still gets a row
+    if d.get("scorer_desc"):
+        data.scorer_desc[name] = d["scorer_desc"]
+    prefers, prob = d.get("prefers"), d.get("prob_a")
+    if rec.status != "ok" or prefers not in (-1, 0, 1) or isinstance(prefers, bool):
+        return
+    ok_prob = isinstance(prob, (int, float)) and not isinstance(prob, bool) and math.isfinite(prob)
+    answers[(d["image_o"], d["image_a"], d.get("prompt") or "")] = (int(prefers), float(prob) if ok_prob else None)
+
+
 def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str, Any]:
     """All the audit's numbers for a run, as a JSON-serialisable dict (undefined values are None).
 
@@ -256,7 +282,7 @@ def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str,
         "dimensions": data.dimensions,
         "labels": _labels(data, boot),
         "label_sources": _label_sources(data, boot),
-        "scorers": {name: _scorer(data, name, boot) for name in data.scorers},
+        "scorers": _scorer_blocks(data, boot),
         "judges": {name: {**_judge(data, name, boot), "backend": data.judge_desc.get(name, name)}
                    for name in sorted(data.judges)},
         "safety": _safety(data, boot) if NSFW_SCORER in data.higher_is_better else None,
@@ -306,7 +332,7 @@ def _adapter_scale(data: RunData, boot: "_Bootstrap") -> dict[str, Any] | None:
             pairs = by_scale[scale]
             sub, sboot = data.subset(pairs), boot.restricted(pairs)
             scales[format(scale, "g")] = {"n_pairs": len(pairs), "models": sorted({p.model or "?" for p in pairs}),
-                                          "scorers": {name: _scorer(sub, name, sboot) for name in sub.scorers}}
+                                          "scorers": _scorer_blocks(sub, sboot)}
         out[adapter[:12]] = {"models": models, "scales": scales}
     return out or None
 
@@ -450,6 +476,12 @@ class _Row(NamedTuple):
     aa: float
 
 
+def _scorer_blocks(data: RunData, boot: _Bootstrap) -> dict[str, dict[str, Any]]:
+    """The ``scorers`` block: each scalar scorer's row, then each pairwise reward model's."""
+    return {**{name: _scorer(data, name, boot) for name in data.scorers},
+            **{name: _pairwise(data, name, boot) for name in sorted(data.pairwise) if name not in data.scorers}}
+
+
 def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     sign = 1.0 if data.higher_is_better[name] else -1.0
     rows: list[_Row] = []
@@ -461,12 +493,7 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
             continue
         rows.append(_Row(pair, sign * r["oidp"], sign * r["didp"], r["diop"] - r["oiop"], r["diop"]))
 
-    by_dim: dict[str, list[_Row]] = defaultdict(list)
-    by_strength: dict[str, list[_Row]] = defaultdict(list)
-    for row in rows:
-        for dim in dict.fromkeys(row.pair.dims):
-            by_dim[dim].append(row)
-        by_strength[_strength_key(row.pair.strength)].append(row)
+    by_dim, by_strength = _groups(rows)
     flags = data.truncated.get(name, [])
     return {
         "higher_is_better": data.higher_is_better[name],
@@ -481,6 +508,53 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         "truncated": {"n": len(flags), "share": float(np.mean(flags)) if flags else None},
         "regression_on_judge": ({judge: _regression(rows, data.judges[judge]) for judge in sorted(data.judges)}
                                 if data.reward_model[name] else {}),
+    }
+
+
+def _groups(rows: Sequence[_Row]) -> tuple[dict[str, list[_Row]], dict[str, list[_Row]]]:
+    """The rows per requested dimension (a pair counts for each of its dimensions) and per strength."""
+    by_dim: dict[str, list[_Row]] = defaultdict(list)
+    by_strength: dict[str, list[_Row]] = defaultdict(list)
+    for row in rows:
+        for dim in dict.fromkeys(row.pair.dims):
+            by_dim[dim].append(row)
+        by_strength[_strength_key(row.pair.strength)].append(row)
+    return by_dim, by_strength
+
+
+def _pairwise(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
+    """A pairwise reward model's row, shaped as a scorer's (``_scorer``). Each answered pair becomes a
+    row whose margin s_a − s_o is P(I_a better) − 0.5 where the model gave probabilities, else +1 / −1
+    / 0 for I_a / I_o / a tie: the strict shares, the prediction (margin > 0, i.e. it prefers I_a; a tie
+    answer is not I_a) and the AUROC ranks (on P(I_a better)) are then the scalar path's, unchanged."""
+    answered = [(pair, a) for pair in data.pairs if (a := data.pairwise[name].get(pair.label_key)) is not None]
+    # AUROC needs a probability on every pair; answers of one identity either all carry one or none do
+    has_probs = bool(answered) and all(prob is not None for _, (_, prob) in answered)
+    sign = {1: 1.0, 0: -1.0, -1: 0.0}
+    rows = [_Row(pair, 0.0, prob - 0.5 if has_probs else sign[prefers], math.nan, math.nan)
+            for pair, (prefers, prob) in answered]
+    missing = len(data.pairs) - len(rows)
+    by_dim, by_strength = _groups(rows)
+    rm = _reward_model_test(rows, boot)
+    if rm is not None and not has_probs:
+        rm["auroc"] = {"estimate": None, "low": None, "high": None, "n": rm["n"]}
+        rm["auroc_note"] = "not available: the model gave answers without probabilities"
+    return {
+        "pairwise": True,
+        "backend": data.scorer_desc.get(name, name),
+        "higher_is_better": True,
+        "prompt_aware": True,
+        "reward_model": True,
+        "probabilities": has_probs,
+        **_shares(rows, boot, delta_r=False),
+        "missing": missing,
+        "aa": None,
+        "by_dimension": {d: _shares(by_dim[d], boot, delta_r=False) for d in sorted(by_dim)},
+        "by_strength": {k: _shares(by_strength[k], boot, delta_r=False)
+                        for k in sorted(by_strength, key=_strength_order)},
+        "reward_model_test": rm,
+        "truncated": {"n": 0, "share": None},
+        "regression_on_judge": {},
     }
 
 
@@ -508,8 +582,9 @@ def _regression(rows: Sequence[_Row], judged: dict[str, dict[str, float]]) -> di
     return out
 
 
-def _shares(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]:
-    """n, score ties, the strict shares preferring I_o and I_a under p_a (bootstrap and Wilson), and Δr."""
+def _shares(rows: Sequence[_Row], boot: _Bootstrap, delta_r: bool = True) -> dict[str, Any]:
+    """n, score ties, the strict shares preferring I_o and I_a under p_a (bootstrap and Wilson), and Δr
+    (None for a pairwise model, which has no r(I, p_o))."""
     pairs = [row.pair for row in rows]
     original = [float(row.s_o > row.s_a) for row in rows]
     anti = [float(row.s_a > row.s_o) for row in rows]
@@ -520,7 +595,7 @@ def _shares(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]:
             "prefer_original_wilson": boot.wilson(k_o, len(rows)),
             "prefer_anti_share": boot.mean(anti, pairs),
             "prefer_anti_wilson": boot.wilson(k_a, len(rows)),
-            "delta_r": boot.mean([row.delta_r for row in rows], pairs)}
+            "delta_r": boot.mean([row.delta_r for row in rows], pairs) if delta_r else None}
 
 
 def _reward_model_test(rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any] | None:
@@ -660,7 +735,7 @@ def _model_block(data: RunData, pairs: list[Pair], boot: _Bootstrap) -> dict[str
     """The per-scorer, judge and label blocks of ``analyze`` on one generator's pairs."""
     sub, b = data.subset(pairs), boot.restricted(pairs)
     return {"n_pairs": len(pairs), "n_clusters": b.n_clusters, "labels": _labels(sub, b),
-            "scorers": {name: _scorer(sub, name, b) for name in sub.scorers},
+            "scorers": _scorer_blocks(sub, b),
             "judges": {name: _judge(sub, name, b) for name in sorted(sub.judges)}}
 
 
@@ -689,7 +764,8 @@ def _generation(data: RunData, by_model: dict[str, dict[str, Any]], boot: _Boots
         rows[model] = {
             "n_pairs": block["n_pairs"],
             "reward_models": {name: {"delta_r": s["delta_r"], "aa": s["aa"]}
-                              for name, s in block["scorers"].items() if s["reward_model"]},
+                              for name, s in block["scorers"].items()
+                              if s["reward_model"] and not s.get("pairwise")},
             "judges": {name: {"delta_j": j["delta_j"], "j_aa": j["j_aa"]} for name, j in block["judges"].items()},
             "prompt_validity": (boot.mean([v for _, v in valid], [p for p, _ in valid])
                                 if scorer is not None else None),
@@ -839,11 +915,14 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
         "summary", f"Reward models: share of pairs where the scorer prefers the original image under the "
                    f"anti-aesthetic prompt (prefer_original) or the anti-aesthetic one (prefer_anti), and "
                    f"Δr = r(I_a, p_o) − r(I_o, p_o); {strict}. Reward-model test on labeller or human labels "
-                   f"(label ties removed, score ties predict I_o). [{ci}].",
+                   f"(label ties removed, score ties predict I_o). Direction 'pairwise': a model that compares the "
+                   f"two images under p_a instead of scoring each; its shares count its answers, a tie answer "
+                   f"predicts I_o, it has no Δr or AA, and an AUROC only where it gives probabilities. [{ci}].",
         ["scorer", "direction", "prompt", "n", "missing", "ties", "prefer_original_share", "prefer_original_wilson",
          "prefer_anti_share", "prefer_anti_wilson", "delta_r", "aa", "rm_accuracy", "rm_f1", "rm_auroc", "rm_n",
          "rm_labels"],
-        [[name, "higher" if s["higher_is_better"] else "lower", "aware" if s["prompt_aware"] else "blind",
+        [[name, "pairwise" if s.get("pairwise") else "higher" if s["higher_is_better"] else "lower",
+          "aware" if s["prompt_aware"] else "blind",
           s["n"], s["missing"], s["ties"], s["prefer_original_share"], s["prefer_original_wilson"],
           s["prefer_anti_share"], s["prefer_anti_wilson"], s["delta_r"], s["aa"],
           rm(s, "accuracy"), rm(s, "f1"), rm(s, "auroc"), rm(s, "n"), rm_test_note(s)]

@@ -19,7 +19,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -77,6 +77,25 @@ def first_shown(order_key: str) -> str:
     return "a" if random.Random(order_key).random() < 0.5 else "o"
 
 
+def pair_prompts(items: Sequence[PairItem], *, both_orders: bool, image: Callable[[Image.Image], Image.Image],
+                 instruction: str = INSTRUCTION, system: str | None = SYSTEM
+                 ) -> tuple[list[Prompt], list[tuple[int, str]]]:
+    """The questions about each pair: ``instruction`` (with the pair's p_a as ``{prompt}``), then the two
+    images (each passed through ``image``) in the order drawn from its order key, or once in each order
+    with ``both_orders``. Returns the prompts and, per prompt, (item number, image shown first: "o"/"a").
+    The pairwise reward model (``scorers/vlm_pairwise.py``) asks its questions through this too."""
+    asks: list[tuple[int, str]] = []
+    prompts: list[Prompt] = []
+    for i, item in enumerate(items):
+        shown = {"o": image(item.image_o), "a": image(item.image_a)}
+        orders = ("o", "a") if both_orders else (first_shown(item.order_key),)
+        for first in orders:
+            second = "a" if first == "o" else "o"
+            prompts.append(Prompt((instruction.format(prompt=item.p_a), shown[first], shown[second]), system=system))
+            asks.append((i, first))
+    return prompts, asks
+
+
 @register("labellers")
 class VLMLabeller:
     name = "vlm"
@@ -124,16 +143,7 @@ class VLMLabeller:
 
     def label(self, items: Sequence[PairItem]) -> list[LabelResult]:
         """Label a batch; one item's failure is its own result's ``error``."""
-        asks: list[tuple[int, str]] = []  # (item number, first shown)
-        prompts: list[Prompt] = []
-        for i, item in enumerate(items):
-            shown = {"o": self._image(item.image_o), "a": self._image(item.image_a)}
-            orders = ("o", "a") if self.both_orders else (first_shown(item.order_key),)
-            for first in orders:
-                second = "a" if first == "o" else "o"
-                prompts.append(Prompt((INSTRUCTION.format(prompt=item.p_a), shown[first], shown[second]),
-                                      system=SYSTEM))
-                asks.append((i, first))
+        prompts, asks = pair_prompts(items, both_orders=self.both_orders, image=self._image)
         selections: dict[int, int | str] = {}  # ask number -> selection or the last error
         pending = list(range(len(prompts)))
         for _ in range(self.max_reasks + 1):

@@ -387,7 +387,11 @@ def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
              "preference under p_a is its preference under any prompt.</p>",
              '<p class="note"><b>Reward-model test</b>: both images scored with p_a against labeller or human '
              "labels only (never the editor's construction labels); label ties are removed and a score tie "
-             "counts as not predicting I_a. Accuracy, F1 (I_a positive) and AUROC with their intervals.</p>"]
+             "counts as not predicting I_a. Accuracy, F1 (I_a positive) and AUROC with their intervals.</p>",
+             '<p class="note"><b>pairwise</b>: a model shown I_o, I_a and p_a together that says which matches '
+             "better (a VLM as reward model) instead of scoring each image; its shares count its answers (ties: "
+             "its tie answers), a tie answer counts as not predicting I_a, it has no Δr or AA, and its AUROC "
+             "needs its probability that I_a matches better (not available from answers alone).</p>"]
     if not scorers:
         parts.append('<p class="muted">No scores in this run.</p>')
         return "\n".join(parts)
@@ -395,13 +399,16 @@ def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
     for name, s in scorers.items():
         trunc = s.get("truncated") or {}
         tags = [] if s.get("prompt_aware", True) else ["prompt-blind"]
+        if s.get("pairwise"):
+            tags.append(f"pairwise: {s.get('backend') or name}")
         if not s.get("reward_model", True):
             tags.append("not a reward model")
         if derived_from_judge(manifest, name):
             tags.append("from the judge's statistics: not independent evidence")
         rows.append([
             f'<td class="text">{_e(name)}' + "".join(f' <span class="tag">{_e(t)}</span>' for t in tags) + "</td>",
-            "↑ higher is better" if s["higher_is_better"] else "↓ lower is better",
+            ("pairwise" if s.get("pairwise") else
+             "↑ higher is better" if s["higher_is_better"] else "↓ lower is better"),
             _e(s["n"]), _e(s["missing"]), _e(s["ties"]),
             _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
             _share(s["prefer_anti_share"], s.get("prefer_anti_wilson")),
@@ -525,7 +532,9 @@ def _rm_cell(scorer: dict[str, Any]) -> str:
     if rm.get("n_ties"):
         notes.append(f"{rm['n_ties']} label ties removed")
     if rm.get("n_score_ties"):
-        notes.append(f"{rm['n_score_ties']} score ties")
+        notes.append(f"{rm['n_score_ties']} {'tie answers' if scorer.get('pairwise') else 'score ties'}")
+    if rm.get("auroc_note"):
+        notes.append(f"AUROC {rm['auroc_note']}")
     if rm.get("n_unlabelled"):
         notes.append(f"{rm['n_unlabelled']} pairs without a label")
     metrics = "<br>".join(f"{label} {_est(rm[key])}" for key, label in
@@ -734,6 +743,13 @@ def _card(store: RunStore, data: RunData, pair: Pair, thumbs: dict[str, str | No
         parts.append(_table(["scorer", *(headers[k] for k, _, _ in COMBOS)],
                             [[f'<td class="text">{_e(name)}</td>',
                               *(_num(v) for v in data.combos(name, pair).values())] for name in data.scorers]))
+    verdicts = [(name, answer) for name, answers in sorted(data.pairwise.items())
+                if (answer := answers.get(pair.label_key)) is not None]
+    if verdicts:  # pairwise reward models: their answer under p_a, and P(I_a better) where they gave one
+        words = {1: "prefers I_a", 0: "prefers I_o", -1: "tie"}
+        parts.append('<div class="muted">' + " · ".join(
+            f"{_e(name)}: {words[prefers]}" + ("" if prob is None else f" (P(I_a) {_num(prob, 2)})")
+            for name, (prefers, prob) in verdicts) + "</div>")
     for judge, per_image in sorted(data.judges.items()):
         jo, ja = per_image.get(pair.image_o, {}), per_image.get(pair.image_a, {})
         dims = sorted(set(jo) | set(ja))

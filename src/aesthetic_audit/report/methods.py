@@ -69,6 +69,8 @@ def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
                 notes.append("prompt-blind")
             if s and not s.get("reward_model", True):
                 notes.append("not a reward model")
+            if s.get("pairwise"):
+                notes.append("pairwise: compares I_o and I_a under p_a, no score r(I, p)")
             judge = derived_from_judge(manifest, name)
             if judge:
                 notes.append(f"computed from the {judge} judge: not independent evidence")

@@ -6,12 +6,22 @@ share an image and a prompt share the record. Items are read from the pairs a pa
 as they come (``stage.Pending``); scores are written in chunks (``RunStore.writer``). A scorer with a
 ``stored_results(store, images)`` method (the composite scorer) gets the chance to answer from records
 the run already holds before any image is decoded.
+
+A pairwise scorer (class attribute ``pairwise``, the VLM of ``vlm_pairwise.py``) has no r(I, p): it
+gets one record per distinct (I_o, I_a, p_a) of the run's pairs instead (``run_pairwise``), keyed
+like a score with the ordered pair of images as its image (``score_key`` with ``image = [I_o, I_a]``
+and ``prompt = p_a``), with ``pairwise: true``, ``image_o``, ``image_a``, ``prefers`` (1 I_a, 0 I_o,
+-1 tie), ``prob_a`` (P(I_a better), or null), ``answers`` (per order shown: ``first`` and the raw
+answer), ``disagree``, ``discrete`` and ``scorer_desc``.
 """
 
 from __future__ import annotations
 
 import time
 
+from typing import Any
+
+from ..clients.openai_compat import EndpointUnreachable
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
 from ..images.shared import decode_stored
@@ -24,6 +34,8 @@ from .base import Scorer, ScoreResult
 
 
 def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
+    if getattr(scorer, "pairwise", False):
+        return run_pairwise(store, scorer, chunk_size=chunk_size, retry_failed=retry_failed)
     identity = scorer.identity()
     keys = score_key_template(identity)
     summary = StageSummary(f"{SCORE}:{scorer.name}")
@@ -91,6 +103,72 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
                     writer.flush()
                 advance(len(batch))
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
+    summary.new = writer.new - (summary.failed - failed_before)
+    return summary
+
+
+def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
+    """A pairwise scorer's verdict on every distinct (I_o, I_a, p_a) of the run's pairs (as the labels
+    stage reads them: a pair without p_a is asked about "", pairs imported without images are skipped)."""
+    from ..labels.vlm import PairItem  # the pairwise question's input; imports nothing heavy
+
+    identity = scorer.identity()
+    keys = score_key_template(identity)
+    summary = StageSummary(f"{SCORE}:{scorer.name}")
+    with Pending(summary, store, retry_failed=retry_failed) as pending:
+        for _, (image_o, image_a, p_a) in stored_fields(store, IMAGES, ("image_o", "image_a", "p_a"),
+                                                        defaults={"p_a": ""}):
+            if isinstance(image_o, str) and isinstance(image_a, str) and has_pixels(image_o) and has_pixels(image_a):
+                pending.add(keys.digest_json(json_text([image_o, image_a]), json_text(p_a)), [image_o, image_a, p_a])
+        todo = pending.finish()
+        summary.total = pending.total
+        if todo:
+            scorer.load()
+        base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": True, "pairwise": True,
+                "scorer_desc": scorer.describe()}
+        failed_before = summary.failed
+        with store.writer() as writer, progress_counter(f"score {scorer.name}", total=todo, unit="pair") as advance:
+
+            def fail(key: str, item: str, fields: dict[str, Any], reason: str) -> None:
+                log.warning("failed: %s on %s: %s", scorer.name, item, reason)
+                writer.put(Record.failed(key, SCORE, item, reason, **base, **fields))
+                summary.failed += 1
+
+            for batch in pending.batches(chunk_size):
+                started = time.monotonic()
+                cache: dict[str, Any] = {}  # pairs that share an image decode it once per chunk
+                ready, items = [], []
+                for key, (image_o, image_a, p_a) in batch:
+                    item = f"{image_o[:12]}|{image_a[:12]}|{p_a[:40]}"
+                    fields = {"image_o": image_o, "image_a": image_a, "prompt": p_a}
+                    try:
+                        for sha in (image_o, image_a):
+                            if sha not in cache:
+                                cache[sha] = decode_stored(store, sha)
+                    except InputError as exc:
+                        fail(key, item, fields, str(exc))
+                        continue
+                    ready.append((key, item, fields))
+                    items.append(PairItem(cache[image_o], cache[image_a], p_a,
+                                          order_key=scorer.order_key(image_o, image_a, p_a)))
+                try:
+                    answers = scorer.compare(items) if items else []
+                except EndpointUnreachable:
+                    raise  # the endpoint is down: stop; what was answered stays stored
+                except Exception as exc:  # a model error fails this chunk's pairs, not the run
+                    for key, item, fields in ready:
+                        fail(key, item, fields, f"scorer error: {exc!r}")
+                    answers = []
+                for (key, item, fields), ans in zip(ready, answers):
+                    if not ans.ok:
+                        fail(key, item, fields, ans.error or "no answer")
+                        continue
+                    writer.put(Record(key, SCORE, item, {
+                        **base, **fields, "prefers": ans.prefers, "prob_a": ans.prob_a, "answers": ans.answers,
+                        "disagree": ans.disagree, "discrete": ans.discrete}))
+                if time.monotonic() - started >= SLOW_BATCH_S:
+                    writer.flush()
+                advance(len(batch))
     summary.new = writer.new - (summary.failed - failed_before)
     return summary
 
