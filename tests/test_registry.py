@@ -56,7 +56,7 @@ def _images():
     return [Image.fromarray(base.astype(np.uint8)), Image.fromarray(noisy.astype(np.uint8))]
 
 
-SCORERS = sorted(n for n in available("scorers") if n != "dup-test")
+SCORERS = sorted(n for n, c in available("scorers").items() if n != "dup-test" and not getattr(c, "pairwise", False))
 
 
 @pytest.mark.parametrize("name", SCORERS)
@@ -144,3 +144,21 @@ def test_judge_contract(name):
         judged = {d for d, v in r.scores.items() if v is not None}
         assert judged == set(judge.covers)
         assert all(0.0 <= r.scores[d] <= 2.0 for d in judged)
+
+
+def test_the_readme_reward_model_table_is_what_ls_scorers_prints(cli):
+    """Every scorer shows its official source, score scale and parity method, and the README says the same."""
+    from pathlib import Path
+
+    from aesthetic_audit.cli import scorer_table
+
+    code, printed, _ = cli("ls", "scorers", "--markdown")  # other tests may have registered toy scorers
+    builtin = {n: c for n, c in available("scorers").items() if c.__module__.startswith("aesthetic_audit.")}
+    table = scorer_table(builtin)
+    assert code in (0, None) and all(row in printed for row in table.splitlines())
+    rows = table.strip().splitlines()[2:]
+    assert [r.split("|")[1].strip().strip("`") for r in rows] == sorted(builtin) and len(rows) >= 14
+    cells = [[c.strip() for c in r.strip().strip("|").split(" | ")] for r in rows]
+    assert all(len(c) == 4 and "-" not in c[1:] for c in cells), "a scorer lacks official/score_scale/parity"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert table.strip() in readme

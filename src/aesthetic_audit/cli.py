@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Read a pickle checkpoint (.pt/.pth/.bin) with torch.load(weights_only=True) and write its "
                 "tensors as safetensors, so scorers load it without allow_pickle. With --openclip "
                 "(HPSv2/HPSv2.1 files), write a transformers CLIP folder (config.json + model.safetensors) "
-                "instead.")
+                "instead. With --mps (MPS_overall_checkpoint.pth, a pickled whole model), write config.json + "
+                "model.safetensors, reading the pickle with inert stand-ins for its classes.")
     p.add_argument("src", type=Path, help="the checkpoint, e.g. ImageReward.pt or HPS_v2.1_compressed.pt")
     p.add_argument("-o", "--out", type=Path, required=True,
                    help="output .safetensors file, or a folder (the file is named after the source)")
@@ -355,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--openclip", action="store_true", help="an open_clip checkpoint: write a CLIP folder")
     p.add_argument("--vision-head-width", type=int,
                    help="open_clip only: vision attention head width when the checkpoint's width is not a known one")
+    p.add_argument("--activation", choices=["gelu", "quick_gelu"], default="gelu",
+                   help="open_clip only: the MLP activation; quick_gelu for checkpoints fine-tuned from OpenAI CLIP "
+                        "(HPS v1 hpc.pt)")
+    p.add_argument("--mps", action="store_true", help="the official MPS checkpoint: write an MPS folder")
 
     p = command("ls", "list dimensions, scorers, judges, labellers, transforms, rewriters or generators",
                 "List what is available: the dimension catalogue, or the registered backends of a kind "
@@ -362,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["dimensions", "scorers", "judges", "labellers", "transforms", "rewriters",
                                     "generators"])
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
+    p.add_argument("--markdown", action="store_true",
+                   help="scorers only: the reward-model table (official source, score scale, parity) as Markdown")
     return parser
 
 
@@ -520,15 +527,33 @@ def _ls(args: argparse.Namespace) -> None:
         return
     from .registry import available
 
+    if args.what == "scorers" and args.markdown:
+        print(scorer_table(available("scorers")))
+        return
     for name, obj in available(args.what).items():
         if args.what == "scorers":
-            direction = "higher is better" if obj.higher_is_better else "lower is better"
+            direction = "pairwise" if getattr(obj, "pairwise", False) else \
+                "higher is better" if obj.higher_is_better else "lower is better"
             blind = "prompt-aware" if obj.prompt_aware else "prompt-blind"
             print(f"{name:16} {direction:17} {blind:13} {obj.description}")
+            for label, key in (("official", "official"), ("scale", "score_scale"), ("parity", "parity")):
+                text = getattr(obj, key, "")  # a plugin's class may not say
+                if text:
+                    print(textwrap.fill(f"{label}: {text}", 120, initial_indent=" " * 17,
+                                        subsequent_indent=" " * 19))
         elif args.what == "transforms":
             print(f"{name:22} {obj.dimension:22} {obj.description}")
         else:
             print(f"{name:16} {getattr(obj, 'description', '')}")
+
+
+def scorer_table(scorers: dict[str, Any]) -> str:
+    """The README's reward-model table, from the scorer classes themselves (a test keeps the README equal)."""
+    rows = ["| scorer | official source | score scale | parity (how measured) |", "|---|---|---|---|"]
+    for name, obj in scorers.items():
+        cells = [f"`{name}`"] + [getattr(obj, k, "") or "-" for k in ("official", "score_scale", "parity")]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
 
 
 def _ls_generators() -> None:
@@ -678,9 +703,13 @@ def _extra_tests(args: argparse.Namespace) -> int:
 
     def scorer(name: str):
         try:
-            return make_scorer(name, config.score.options.get(name))
+            made = make_scorer(name, config.score.options.get(name))
         except AuditError as exc:
             raise AuditError(f"scorer {name}: {exc}") from None
+        if getattr(made, "pairwise", False):
+            raise AuditError(f"scorer {name} compares two images and gives no score per image; the extra tests "
+                             "need a scalar scorer")
+        return made
 
     if args.extra_test == "emotion":
         names = _csv(args.scorers) or []
@@ -718,10 +747,15 @@ def _extra_tests(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    if args.openclip:
+    if args.mps:
+        from .scorers.mps import convert_checkpoint as convert_mps
+
+        out = convert_mps(args.src, args.out)
+    elif args.openclip:
         from .scorers._openclip import convert_checkpoint
 
-        out = convert_checkpoint(args.src, args.out, allow_pickle=True, vision_head_width=args.vision_head_width)
+        out = convert_checkpoint(args.src, args.out, allow_pickle=True, vision_head_width=args.vision_head_width,
+                                 activation=args.activation)
     else:
         from .scorers._weights import convert_to_safetensors
 

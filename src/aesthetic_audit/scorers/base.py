@@ -112,6 +112,11 @@ class Scorer:
     # reward-model test on it. False for scorers that measure something else (a safety classifier).
     reward_model: ClassVar[bool] = True
     max_prompt_tokens: ClassVar[int | None] = None
+    # What ``ls scorers`` and the README's reward-model table say about a model: the official code and
+    # weights it reproduces, what its numbers mean, and how they were checked against the official ones.
+    official: ClassVar[str] = ""
+    score_scale: ClassVar[str] = ""
+    parity: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     extra: ClassVar[str | None] = None  # the pip extra its dependencies come from
 

@@ -169,6 +169,9 @@ class BrisqueScorer(Scorer):
 
     name: ClassVar[str] = "brisque"
     description: ClassVar[str] = "BRISQUE no-reference quality (brisque package SVM); lower is better"
+    official: ClassVar[str] = "the brisque package's BRISQUE().score (its libsvm SVR model, installed with the package)"
+    score_scale: ClassVar[str] = "the SVR's raw output: nominally 0-100, unbounded (-9 to 169 measured); lower is better"
+    parity: ClassVar[str] = "tests: the package's own score on the same images, to 1e-6; bit-identical across runs"
     higher_is_better: ClassVar[bool] = False
     score_range: ClassVar[tuple[float | None, float | None]] = (None, None)  # nominal 0-100; the SVR is unbounded
     prompt_aware: ClassVar[bool] = False

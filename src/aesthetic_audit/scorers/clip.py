@@ -56,6 +56,11 @@ class CLIPScorer(CLIPDualEncoder):
 
     name: ClassVar[str] = "clip"
     description: ClassVar[str] = "CLIP ViT-L/14 image-text cosine x 100 (unaligned baseline)"
+    official: ClassVar[str] = ("OpenAI CLIP ViT-L/14, openai/clip-vit-large-patch14 (pinned), as transformers' CLIPModel "
+                               "with CLIPProcessor's PIL path computes it")
+    score_scale: ClassVar[str] = "100 x cosine (CLIPScore without the clamp at 0); matching pairs about 20-35"
+    parity: ClassVar[str] = ("tests: 100 x cos of embeddings and PIL-processor pixels computed independently on a tiny "
+                             "random CLIP; real weights: the transformers recipe in docs/parity.md (~1e-4 fp32)")
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "clip": {
             "repo": "openai/clip-vit-large-patch14",

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 class CompositeAesthetics(Scorer):
     name: ClassVar[str] = "composite"
     description: ClassVar[str] = "5 x mean classical-judge J over clarity, brightness, colour, lighting and detail"
+    official: ClassVar[str] = "this project's offline stand-in for a reward model (no official counterpart)"
+    score_scale: ClassVar[str] = "0-10: 5 x the mean of five J values in [0, 2]"
+    parity: ClassVar[str] = "not applicable; the classical judge's measurements are tested against hand computations"
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float | None, float | None]] = (0.0, 10.0)
     prompt_aware: ClassVar[bool] = False

@@ -72,6 +72,11 @@ class LaionAestheticScorer(CLIPImageTower):
 
     name: ClassVar[str] = "laion-aesthetic"
     description: ClassVar[str] = "LAION aesthetic predictor v2 (MLP on CLIP ViT-L/14), ~1-10, prompt-blind"
+    official: ClassVar[str] = ("improved-aesthetic-predictor's sac+logos+ava1-l14-linearMSE.pth on OpenAI CLIP "
+                               "ViT-L/14 (its simple_inference script)")
+    score_scale: ClassVar[str] = "predicted mean rating, about 1-10 (not clipped); prompt-blind"
+    parity: ClassVar[str] = ("tests: the MLP by hand on the normalised embedding, the clip package's crop; real "
+                             "weights: the script's recipe in docs/parity.md (~1e-2 against its fp16, ~1e-4 fp32)")
     score_range: ClassVar[tuple[float | None, float | None]] = (1.0, 10.0)  # nominal; not clipped
     prompt_aware: ClassVar[bool] = False
     fp32_modules: ClassVar[tuple[str, ...]] = ("head",)  # as in the official script

