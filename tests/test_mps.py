@@ -66,7 +66,11 @@ def official_state(path) -> dict:
     finally:
         for name, old in saved.items():
             sys.modules.pop(name) if old is None else sys.modules.__setitem__(name, old)
-    return {k: v.double() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    # the rotary angle caches the official forward reads (buffers left out of a state_dict)
+    state.update({f"{name}.pos_emb": m.pos_emb for name, m in model.named_modules()
+                  if getattr(m, "pos_emb", None) is not None})
+    return {k: v.double() for k, v in state.items()}
 
 
 def ref_pixels(img: Image.Image, size: int = VISION["image"]):
@@ -132,11 +136,17 @@ def ref_cross(sd, x, ctx, visible):
     heads, dh = CROSS["heads"], CROSS["dim_head"]
     n = x.shape[1]
     half = dh // 2
-    freqs = torch.arange(n, dtype=torch.float64)[:, None] * sd["cross_model.layers.0.1.fn.rotary_emb.inv_freq"]
-    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
 
-    def rot(t):
-        return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+    def angles(i):
+        """The stored cache when it covers n positions (as the official block does), else position x freq."""
+        cache = sd.get(f"cross_model.layers.{i}.1.fn.pos_emb")
+        if cache is not None and cache.shape[0] >= n:
+            return cache[:n]
+        freqs = torch.arange(n, dtype=torch.float64)[:, None] * sd[f"cross_model.layers.{i}.1.fn.rotary_emb.inv_freq"]
+        return torch.cat([freqs, freqs], -1)
+
+    def rot(t, a):
+        return t * a.cos() + torch.cat([-t[..., half:], t[..., :half]], -1) * a.sin()
 
     for i in range(CROSS["layers"]):
         p = f"cross_model.layers.{i}.0.fn."
@@ -150,8 +160,9 @@ def ref_cross(sd, x, ctx, visible):
         h = F.layer_norm(x, x.shape[-1:], sd[p + "norm.weight"], sd[p + "norm.bias"])
         q, k, v, ff = (h @ sd[p + "fused_attn_ff_proj.weight"].T).split([heads * dh, dh, dh, sd[p + "ff_out.1.weight"]
                                                                          .shape[1] * 2], -1)
-        q = rot(q.reshape(1, n, heads, dh).transpose(1, 2)) * dh ** -0.5
-        att = ((q @ rot(k).transpose(-1, -2)).softmax(-1) @ v[:, None]).transpose(1, 2).reshape(1, n, heads * dh)
+        a = angles(i)
+        q = rot(q.reshape(1, n, heads, dh).transpose(1, 2), a) * dh ** -0.5
+        att = ((q @ rot(k, a).transpose(-1, -2)).softmax(-1) @ v[:, None]).transpose(1, 2).reshape(1, n, heads * dh)
         x = x + att @ sd[p + "attn_out.weight"].T + swiglu(ff) @ sd[p + "ff_out.1.weight"].T
     return x
 
@@ -207,6 +218,24 @@ def test_scores_match_an_independent_forward(official):
     np.testing.assert_allclose([r.score for r in results], expected, atol=1e-5, rtol=0)
     assert np.std(expected) > 0.05  # the random model separates the pairs: the check has teeth
     assert [r.tokens for r in results[:3]] == [5, 7, 82] and [r.truncated for r in results[:3]] == [False, False, True]
+
+
+def test_the_stored_rotary_cache_is_used_when_it_covers_the_sequence(official):
+    """As the official block: the pickled angle cache (here positions 0, 3, 6, ...) when it has at least as
+    many positions as there are image tokens, the computed angles when it is shorter or absent."""
+    options, sd = official
+    pairs = all_pairs()[:6]
+    scorer = get("scorers", "mps")(weights=options["weights"], allow_pickle=True, tokenizer=options["weights"])
+    cached = [r.score for r in scorer.score(pairs)]
+    blocks = [m for m in scorer.model.modules() if hasattr(m, "rotary_emb")]
+    assert len(blocks) == 2 and all(b.pos_emb is not None and b.pos_emb.shape[0] == 5 for b in blocks)
+    for block in blocks:
+        block.pos_emb = block.pos_emb[:4]  # shorter than the 5 image tokens: recomputed
+    computed = [r.score for r in scorer.score(pairs)]
+    without = {k: v for k, v in sd.items() if not k.endswith(".pos_emb")}
+    np.testing.assert_allclose(computed, ref_scores((options, without), pairs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(cached, ref_scores(official, pairs), atol=1e-5, rtol=0)
+    assert np.abs(np.array(cached) - np.array(computed)).max() > 1e-3
 
 
 # The random tiny model's prompt tokens all match some condition token at over 0.6 of the best match, so
@@ -276,7 +305,8 @@ def test_the_reader_collects_every_tensor_without_the_official_classes(official)
     assert not any(name == "trainer" or name.startswith("trainer.") for name in sys.modules)
     config, state = read_official_checkpoint(f"{options['weights']}/{FILE}")
     assert not any(name == "trainer" or name.startswith("trainer.") for name in sys.modules)
-    assert set(state) == set(sd)  # the persistent tensors, named as state_dict names them; no pos_emb cache
+    assert set(state) == set(sd)  # state_dict's tensors and names, and the rotary caches the forward reads
+    assert sum(k.endswith(".pos_emb") for k in state) == 2
     assert all(torch.equal(state[k].double(), sd[k]) for k in sd)
     assert state["model.logit_scale"].dtype == torch.float16  # as stored
     text, vision = config.text_config, config.vision_config

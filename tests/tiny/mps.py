@@ -83,7 +83,11 @@ def official_modules() -> dict[str, types.ModuleType]:
             self.fused_attn_ff_proj = nn.Linear(dim, sum(self.fused_dims), bias=False)
             self.attn_out = nn.Linear(dim_head * heads, dim, bias=False)
             self.ff_out = nn.Sequential(SwiGLU(), nn.Linear(dim * ff_mult, dim, bias=False))
-            self.register_buffer("pos_emb", torch.zeros(5, dim_head), persistent=False)  # a cache, not a weight
+            # The rotary angle cache the official block keeps (non-persistent, but pickled with the model). Here
+            # it holds the angles of positions 0, 3, 6, ... so a forward that uses it differs from one that
+            # recomputes them: the official forward uses it when it covers the sequence (5 image tokens).
+            freqs = 3 * torch.arange(5).float()[:, None] * self.rotary_emb.inv_freq
+            self.register_buffer("pos_emb", torch.cat([freqs, freqs], -1), persistent=False)
 
     class CrossAttention(nn.Module):
         def __init__(self, dim, dim_head, heads, ff_mult):
