@@ -117,3 +117,23 @@ def test_a_scorer_that_cannot_run_is_named_once_and_the_next_one_runs(tmp_path):
                                     "incomplete? download it again): SafetensorError: ")
     assert len(run.errors) == 2 and all(e.count("scorer ") == 1 for e in run.errors)
     assert summaries[2].stage == "score:composite" and summaries[2].total == 3
+
+
+def test_name_alias_runs_a_second_instance_of_a_scorer(tmp_path):
+    """``NAME:ALIAS`` builds NAME with its own options; records, identity and the analysis carry the alias."""
+    from aesthetic_audit.analysis.audit import RunData
+    from aesthetic_audit.scorers.stage import make_scorer
+
+    store, _ = _run_with_pairs(tmp_path)
+    plain, again = make_scorer("composite"), make_scorer("composite:again")
+    assert type(again) is type(plain) and again.name == "composite:again" and plain.name == "composite"
+    assert again.identity()["name"] == "composite:again"
+    run_score(store, plain)
+    run_score(store, again)
+    by_name: dict[str, dict] = {}
+    for rec in store.records("score"):
+        by_name.setdefault(rec.data["scorer"], {})[(rec.data["image"], rec.data["prompt"])] = rec.data["score"]
+    assert set(by_name) == {"composite", "composite:again"} and by_name["composite"] == by_name["composite:again"]
+    assert len(by_name["composite"]) == 3  # prompt-blind: each image once
+    data = RunData.from_store(store)
+    assert data.higher_is_better["composite:again"] is True and data.prompt_aware["composite:again"] is False

@@ -149,6 +149,36 @@ def test_json_answers_give_accuracy_and_f1_as_sklearn_and_no_auroc(tmp_path, cli
     assert s["by_dimension"]["color brightness"]["n"] == 9
 
 
+def test_two_models_in_one_run_as_name_alias_instances(tmp_path, cli):
+    """vlm-pair:dark and vlm-pair:bright are two instances with their own options, records and rows."""
+    dark_is_a = [True, False, True, False]
+    run = _import_pairs(tmp_path, cli, dark_is_a, [1, 0, 1, 1])
+
+    def brighter(body):
+        means = _shown_means(body)
+        return chat(json.dumps({"selection": int(means[1] > means[0])}))
+
+    with FakeVLM() as dark, FakeVLM() as bright:
+        _serve(dark, 4, _darker_json)
+        _serve(bright, 4, brighter)
+        sets = []
+        for alias, server in (("dark", dark), ("bright", bright)):
+            for k, v in {"url": server.base_url, "model": f"m-{alias}", "retries": 0, "backoff_s": 0}.items():
+                sets += ["--set", f"score.options.vlm-pair:{alias}.{k}={v}"]
+        code, _, err = cli("score", run, "--scorers", "vlm-pair:dark,vlm-pair:bright", *sets)
+        assert code == 0, err
+        assert len(dark.received) == len(bright.received) == 4
+    names = {r.data["scorer"] for r in RunStore(run).records("score")}
+    assert names == {"vlm-pair:dark", "vlm-pair:bright"}
+    scorers = Run.open(run).analyze()["scorers"]
+    for alias, prefers_a in (("dark", dark_is_a), ("bright", [not d for d in dark_is_a])):
+        s = scorers[f"vlm-pair:{alias}"]
+        assert s["pairwise"] is True and f"m-{alias}" in s["backend"]
+        assert s["prefer_anti_share"]["estimate"] == pytest.approx(sum(prefers_a) / 4)
+    code, _, err = cli("score", run, "--scorers", "vlm-pair:x")  # an alias without options: the base's check
+    assert code == 1 and "scorer vlm-pair:x: needs either `model`" in err and "Traceback" not in err
+
+
 PROBS = [0.9, 0.2, 0.65, 0.5, 0.35, 0.8, 0.1, 0.55, 0.3, 0.7]
 PROB_LABELS = [1, 0, 1, 1, 0, 1, -1, 0, 1, 0]
 

@@ -186,7 +186,8 @@ class ImagesConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    scorers: list[str] = Field(["composite", "brisque", "nsfw"], description="registered scorer names")
+    scorers: list[str] = Field(["composite", "brisque", "nsfw"], description="registered scorer names; NAME:ALIAS "
+                               "runs another instance with its own options (vlm-pair:gpt, clip:bigG)")
     chunk_size: int = Field(64, ge=1, description="(image, prompt) items handed to a scorer per call; "
                             "records are stored after each call")
     options: dict[str, dict[str, Any]] = Field(
@@ -195,8 +196,8 @@ class ScoreConfig(_Section):
 
     @model_validator(mode="after")
     def _known_scorers(self):
-        _check_backends("scorers", self.scorers, "score.scorers")
-        _check_backends("scorers", list(self.options), "score.options")
+        _check_backends("scorers", [n.split(":", 1)[0] for n in self.scorers], "score.scorers")
+        _check_backends("scorers", [n.split(":", 1)[0] for n in self.options], "score.options")
         for name, opts in self.options.items():
             if not isinstance(opts, dict):
                 raise ValueError(f"score.options.{name} must be a mapping of option names to values, "
@@ -286,7 +287,7 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"options for scorer {name!r} name {dotted[0]!r}, a scorer whose name holds a dot; "
                          f"quote it: --set 'score.options.\"{dotted[0]}\".device=cuda'")
     try:
-        known[name](**options)
+        known[name.split(":", 1)[0]](**options)
     except TypeError as exc:
         raise ValueError(f"scorer {name}: bad options {sorted(options)}: {exc}") from None
     except AuditError as exc:

@@ -176,7 +176,7 @@ class RunData:
             for name in data.scorers:
                 # A scorer this installation does not know (a plugin since removed) is read from its
                 # records: prompt-blind when it never scored with a prompt.
-                cls_ = registered.get(name)
+                cls_ = registered.get(name.split(":", 1)[0])  # NAME:ALIAS is an instance of NAME
                 data.prompt_aware[name] = cls_.prompt_aware if cls_ is not None else name in with_prompt
                 data.reward_model[name] = getattr(cls_, "reward_model", True)
         for rec in store.records(JUDGE):

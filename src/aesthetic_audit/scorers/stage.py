@@ -174,10 +174,15 @@ def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_fa
 
 
 def make_scorer(name: str, options: dict | None = None) -> Scorer:
-    """The scorer ``name`` built with ``options``. Its errors do not repeat the scorer's name: the caller
-    that reports them (``Run.score``, the config check) puts "scorer NAME: " in front once."""
-    cls = get("scorers", name)
+    """The scorer ``name`` (a registered name, or ``NAME:ALIAS`` for another instance with its own options,
+    such as two VLMs as pairwise reward models) built with ``options``. An alias is the instance's name:
+    its records, identity, manifest entry and table rows carry it. Errors do not repeat the scorer's name:
+    the caller that reports them (``Run.score``, the config check) puts "scorer NAME: " in front once."""
+    cls = get("scorers", name.split(":", 1)[0])
     try:
-        return cls(**(options or {}))
+        scorer = cls(**(options or {}))
     except TypeError as exc:
         raise ConfigError(f"bad options {sorted(options or {})}: {exc}") from None
+    if name != cls.name:
+        scorer.name = name  # the instance's own name, shadowing the class's
+    return scorer

@@ -122,7 +122,7 @@ class VLMPairwise:
 
     def describe(self) -> str:
         where = f" at {self.options['url']}" if self.options.get("url") else ""
-        return f"vlm-pair ({self.options.get('model', '?')}{where}; {self.answer} answers)"
+        return f"{self.name} ({self.options.get('model', '?')}{where}; {self.answer} answers)"
 
     def order_key(self, image_o: str, image_a: str, p_a: str) -> str:
         """What the presentation order is drawn from: the seed and the pair's content, as the labels stage."""
