@@ -267,7 +267,7 @@ def test_status_into_a_closed_pipe_is_quiet(imported):
 
 def test_help_texts_describe_every_subcommand(cli, capsys):
     for sub in ("init", "prompts", "edit", "import", "judge", "score", "analyze", "report", "run", "demo",
-                "status", "export", "convert", "ls"):
+                "status", "export", "convert", "ls", "intent"):
         with pytest.raises(SystemExit):
             cli(sub, "--help")
         out = capsys.readouterr().out
@@ -276,7 +276,7 @@ def test_help_texts_describe_every_subcommand(cli, capsys):
     with pytest.raises(SystemExit):
         cli("score", "--help")
     out = capsys.readouterr().out
-    assert "hpsv2.1" in out and "default: composite, brisque, nsfw" in out
+    assert "hpsv2.1" in out and "default: composite, brisque, nsfw, intent-aware" in out
     with pytest.raises(SystemExit):
         cli("import", "--help")
     out = capsys.readouterr().out

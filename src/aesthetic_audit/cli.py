@@ -369,6 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions")
     p.add_argument("--markdown", action="store_true",
                    help="scorers only: the reward-model table (official source, score scale, parity) as Markdown")
+
+    from .intent.base import PARSERS
+
+    p = command("intent", "which dimensions prompts request: parse one prompt, or measure a parser on a run",
+                "Intent parsing, as the intent-aware reward reads prompts. With RUN: parse the run's prompt pairs "
+                "(p_a requests its dims, p_o nothing) and print, per rewriter, precision, recall, F1 and n per "
+                "dimension, the macro-F1 over the dimensions with support, micro-F1, and the false-positive rate "
+                "on prompts that request nothing. With --prompt: print one prompt's parse (requested dimensions "
+                "with their strength, negated ones, and the words that led there). Reads only.\n"
+                "parsers: lexicon (offline, the default: cue words derived from the dimension catalogue), "
+                "embedding (a sentence-embedding model: --option model=FOLDER [--option threshold=0.5]), llm (an "
+                "OpenAI-compatible endpoint: --option base_url=URL --option model=NAME).")
+    p.add_argument("run", metavar="RUN", type=Path, nargs="?", help="an existing run directory with prompt pairs")
+    p.add_argument("--prompt", help="parse this prompt instead of a run's pairs")
+    p.add_argument("--parser", default="lexicon", choices=list(PARSERS), help="the intent parser (default lexicon)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parser option, value read as YAML (repeatable), e.g. --option threshold=0.5")
+    p.add_argument("--dimensions-file", type=Path, help="YAML file adding or overriding dimensions (default: the "
+                                                        "run's dimensions_file, if any)")
+    p.add_argument("--format", dest="fmt", choices=["table", "json"], default="table")
     return parser
 
 
@@ -477,6 +497,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return _validate_judge(args)
     elif cmd == "extra-tests":
         return _extra_tests(args)
+    elif cmd == "intent":
+        _intent(args)
     elif cmd == "demo":
         run = _open(args)
         run.prompts()
@@ -647,6 +669,57 @@ def _report_several(first, args: argparse.Namespace) -> None:
     else:
         out = write_comparison([(run.store, a) for run, a in zip(runs, analyses)], args.out)
     log.info("report: %s", out)
+
+
+def _intent(args: argparse.Namespace) -> None:
+    """``intent RUN``: the parser measured on the run's prompt pairs; ``intent --prompt TEXT``: one parse."""
+    import yaml
+
+    from .intent import evaluate as ev
+    from .intent.base import make_parser
+
+    if (args.run is None) == (args.prompt is None):
+        raise AuditError("intent: give a RUN to measure the parser on, or --prompt TEXT to parse (one of them)")
+    options: dict[str, Any] = {}
+    for item in args.options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise AuditError(f"--option {item!r}: expected KEY=VALUE, e.g. threshold=0.5")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise AuditError(f"--option {item!r}: cannot read the value: {str(exc).splitlines()[0]}") from None
+    dimensions_file = args.dimensions_file
+    store = None
+    if args.run is not None:
+        from .store import RunStore
+
+        store = RunStore(args.run, create=False, readonly=True)
+        if dimensions_file is None:
+            dimensions_file = (store.read_manifest().get("config") or {}).get("dimensions_file")
+    if dimensions_file is not None:
+        options.setdefault("dimensions_file", str(dimensions_file))
+    parser = make_parser(args.parser, options)
+    if store is None:
+        [intent] = parser.parse([args.prompt])
+        if not intent.ok:
+            raise AuditError(f"intent: the {args.parser} parser could not read the prompt: {intent.error}")
+        result = {"prompt": args.prompt, "requested": intent.requested, "negated": sorted(intent.negated),
+                  "evidence": intent.evidence}
+        if args.fmt == "json":
+            print(json.dumps(result, indent=2, sort_keys=True))
+            return
+        print("requested: " + (", ".join(f"{d} {s:g} ({intent.evidence.get(d, '')})"
+                                          for d, s in intent.requested.items()) or "none"))
+        print("negated:   " + (", ".join(f"{d} ({intent.evidence.get(d, '')})" for d in sorted(intent.negated))
+                               or "none"))
+        return
+    groups = ev.from_run(store)
+    if not groups:
+        raise AuditError(f"intent: {args.run} holds no prompt pairs; make them with "
+                         f"`aesthetic-audit prompts {args.run}`")
+    results = {group: ev.evaluate(parser, items) for group, items in groups.items()}
+    print(json.dumps(results, indent=2, sort_keys=True) if args.fmt == "json" else ev.format_table(results))
 
 
 def _validate_judge(args: argparse.Namespace) -> int:
