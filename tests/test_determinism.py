@@ -124,7 +124,7 @@ def test_two_runs_with_other_thread_counts_give_identical_artefacts(tmp_path):
     stages = {row[1] for row in a["records.sqlite"]}
     assert {PROMPTS, IMAGES, JUDGE, SCORE} <= stages
     scorers = {json.loads(row[4])["scorer"] for row in a["records.sqlite"] if row[1] == SCORE}
-    assert scorers == {"composite", "brisque", "nsfw"}
+    assert scorers == {"composite", "brisque", "nsfw", "intent-aware"}
     assert len([f for f in a if f.startswith("images/")]) == 3 + 6  # 3 photos, 6 edits of them
     for name in a:
         assert a[name] == b[name], f"{name} differs between the two runs"

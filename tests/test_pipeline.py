@@ -24,7 +24,7 @@ def test_demo_runs_every_stage_and_a_rerun_computes_nothing(tmp_path, cli):
     assert counts["images"]["ok"] == 18 and counts["images"]["failed"] == 0  # 9 photos x 1 draw x 2 strengths
     assert counts["prompts"]["ok"] == 20 + 9
     analysis = json.loads((run / "analysis.json").read_text())
-    assert set(analysis["scorers"]) == {"composite", "brisque", "nsfw"}
+    assert set(analysis["scorers"]) == {"composite", "brisque", "nsfw", "intent-aware"}
     assert analysis["n_pairs"] == 18 and all(s["n"] == 18 for s in analysis["scorers"].values())
     assert "classical" in analysis["judges"]
     html = (run / "report.html").read_text()

@@ -186,7 +186,8 @@ class ImagesConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    scorers: list[str] = Field(["composite", "brisque", "nsfw"], description="registered scorer names; NAME:ALIAS "
+    scorers: list[str] = Field(["composite", "brisque", "nsfw", "intent-aware"],
+                               description="registered scorer names; NAME:ALIAS "
                                "runs another instance with its own options (vlm-pair:gpt, clip:bigG)")
     chunk_size: int = Field(64, ge=1, description="(image, prompt) items handed to a scorer per call; "
                             "records are stored after each call")
