@@ -17,6 +17,11 @@ Tie policy, the same in every table:
   I_a (``n_score_ties`` says how many there were). A pairwise reward model (``vlm-pair``) predicts
   I_a when it prefers I_a; its tie answers count as not predicting I_a (``n_score_ties`` counts them).
 - Success rate: the share of labelled pairs where I_a is preferred; a tie label is a failure.
+- No regression: ``prefer_original_under_p_o`` is the strict share with s(I_o, p_o) > s(I_a, p_o), on
+  the same pairs, its ties counted in ``ties_under_p_o``.
+
+Intent-aware scorers (records whose ``extra.intent`` holds the score's parts) also get a
+``lambda_sweep``: their shares and reward-model test recomputed for other aesthetic strengths λ.
 
 Labels: only a labeller's or a human's judgement counts (the ``labels`` stage, or an imported
 study's label column). The editor's label, which holds by construction (source ``construction``), is
@@ -64,6 +69,9 @@ CONSTRUCTION = "construction"  # label source of pairs whose label holds by how 
 COMBOS = (("oiop", "o", "o"), ("oidp", "o", "a"), ("diop", "a", "o"), ("didp", "a", "a"))
 
 LabelKey = tuple[str, str, str]  # (image_o, image_a, p_a): what a label is about
+# The aesthetic strengths λ at which the intent-aware reward is recomputed (``_lambda_sweep``), beside
+# the scorer's own λ.
+LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,20 @@ class Pair:
         return None if self.label_source == CONSTRUCTION else self.label
 
 
+class IntentParts(NamedTuple):
+    """An intent-aware score r = faithfulness + lam · aesthetic, where aesthetic = Σ_d w_d s_d a_d
+    (the record's ``extra.intent``): what the λ sweep recomputes the score from."""
+
+    faithfulness: float
+    aesthetic: float
+    lam: float
+
+    def at(self, lam: float, stored: float) -> float:
+        """r at strength ``lam``: the stored score itself at the scorer's own λ (so the sweep there
+        equals the scorer's row exactly), else faithfulness + lam · aesthetic."""
+        return stored if lam == self.lam else self.faithfulness + lam * self.aesthetic
+
+
 @dataclass
 class RunData:
     """A run's per-item records, indexed for the joins the analysis and the report make."""
@@ -124,6 +146,10 @@ class RunData:
     # pairwise reward model -> (image_o, image_a, p_a) -> (prefers 1 / 0 / -1 tie, P(I_a better) or None)
     pairwise: dict[str, dict[LabelKey, tuple[int, float | None]]] = field(default_factory=dict)
     scorer_desc: dict[str, str] = field(default_factory=dict)  # what stands behind a pairwise scorer
+    # An intent-aware score's parts, (scorer, image, prompt) -> IntentParts, where they reproduce the
+    # score; and the scorers whose records carry parts at all (the ones the λ sweep is run on).
+    intent: dict[tuple[str, str, str | None], "IntentParts"] = field(default_factory=dict)
+    intent_scorers: set[str] = field(default_factory=set)
 
     @classmethod
     def from_store(cls, store: RunStore) -> "RunData":
@@ -169,6 +195,7 @@ class RunData:
             if rec.status != "ok" or not isinstance(score, (int, float)) or not math.isfinite(score):
                 continue
             data.scores[(name, rec.data["image"], rec.data.get("prompt"))] = float(score)
+            _read_intent(data, name, rec.data, float(score))
             if rec.data.get("prompt") is not None and rec.data.get("truncated") is not None:
                 data.truncated.setdefault(name, []).append(bool(rec.data["truncated"]))
         if data.scorers:
@@ -255,6 +282,35 @@ def _read_pairwise(data: RunData, name: str, rec: Any) -> None:
         return
     ok_prob = isinstance(prob, (int, float)) and not isinstance(prob, bool) and math.isfinite(prob)
     answers[(d["image_o"], d["image_a"], d.get("prompt") or "")] = (int(prefers), float(prob) if ok_prob else None)
+
+
+def _read_intent(data: RunData, name: str, d: dict[str, Any], score: float) -> None:
+    """Keep an ok score's intent parts (``extra.intent``) when they reproduce its score; a record whose
+    parts are malformed or do not add up counts as missing in the λ sweep, never as a wrong point."""
+    intent = d.get("extra").get("intent") if isinstance(d.get("extra"), dict) else None
+    if not isinstance(intent, dict):
+        return
+    data.intent_scorers.add(name)
+    parts = _intent_parts(intent)
+    if parts is not None and math.isclose(parts.faithfulness + parts.lam * parts.aesthetic, score,
+                                          rel_tol=1e-9, abs_tol=1e-9):
+        data.intent[(name, d["image"], d.get("prompt"))] = parts
+
+
+def _intent_parts(intent: dict[str, Any]) -> IntentParts | None:
+    """faithfulness, Σ_d weights[d] · signs[d] · terms[d] over the dimensions in ``terms``, and λ; None
+    when a field is missing or not a finite number."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    terms, signs, weights = (intent.get(k) for k in ("terms", "signs", "weights"))
+    f, lam = intent.get("faithfulness"), intent.get("lambda")
+    if not (number(f) and number(lam) and all(isinstance(m, dict) for m in (terms, signs, weights))):
+        return None
+    products = [(weights.get(dim), signs.get(dim), a) for dim, a in terms.items()]
+    if not all(number(w) and number(s) and number(a) for w, s, a in products):
+        return None
+    return IntentParts(float(f), math.fsum(w * s * a for w, s, a in products), float(lam))
 
 
 def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str, Any]:
@@ -500,6 +556,7 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         "prompt_aware": data.prompt_aware[name],
         "reward_model": data.reward_model[name],
         **_shares(rows, boot),
+        **_under_p_o(data, name, rows, boot),
         "missing": missing,
         "aa": boot.mean([row.aa for row in rows], [row.pair for row in rows]),
         "by_dimension": {d: _shares(by_dim[d], boot) for d in sorted(by_dim)},
@@ -508,7 +565,59 @@ def _scorer(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         "truncated": {"n": len(flags), "share": float(np.mean(flags)) if flags else None},
         "regression_on_judge": ({judge: _regression(rows, data.judges[judge]) for judge in sorted(data.judges)}
                                 if data.reward_model[name] else {}),
+        "lambda_sweep": _lambda_sweep(data, name, boot) if name in data.intent_scorers else None,
     }
+
+
+def _under_p_o(data: RunData, name: str, rows: Sequence[_Row], boot: _Bootstrap) -> dict[str, Any]:
+    """The "no regression" share of a scalar scorer: on the same pairs as its other shares, the strict
+    share with s(I_o, p_o) > s(I_a, p_o), i.e. it still prefers the conventional image when the prompt
+    asks for nothing unusual (a prompt-blind scorer's p_o scores are its only ones)."""
+    sign = 1.0 if data.higher_is_better[name] else -1.0
+    return _p_o_shares([(row.pair, sign * data.score(name, row.pair.image_o, row.pair.p_o),
+                         sign * data.score(name, row.pair.image_a, row.pair.p_o)) for row in rows], boot)
+
+
+def _p_o_shares(scored: Sequence[tuple[Pair, float, float]], boot: _Bootstrap) -> dict[str, Any]:
+    """From (pair, s(I_o, p_o), s(I_a, p_o)): the strict share preferring I_o (bootstrap and Wilson)
+    and the score ties, which belong to no share."""
+    pairs = [pair for pair, _, _ in scored]
+    original = [float(s_o > s_a) for _, s_o, s_a in scored]
+    return {"prefer_original_under_p_o": boot.mean(original, pairs),
+            "prefer_original_under_p_o_wilson": boot.wilson(int(sum(original)), len(scored)),
+            "ties_under_p_o": sum(1 for _, s_o, s_a in scored if s_o == s_a)}
+
+
+def _lambda_sweep(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
+    """An intent-aware scorer recomputed at each λ of ``LAMBDA_GRID`` and at its own λ from the parts
+    its records store (r = faithfulness + λ Σ_d w_d s_d a_d), on the pairs whose four scores all have
+    parts: per λ, the strict shares under p_a (``prefer_original_share``: it prefers the image that
+    ignored the request), the share under p_o (``prefer_original_under_p_o``: it still prefers the
+    conventional image), Δr, and the reward-model test. ``own_lambda``: the λ values its records were
+    scored with (one, unless records of several settings are mixed); ``missing``: pairs left out."""
+    sign = 1.0 if data.higher_is_better[name] else -1.0
+    own = sorted({parts.lam for (scorer, _, _), parts in data.intent.items() if scorer == name})
+
+    def parts(image: str, prompt: str) -> tuple[IntentParts, float] | None:
+        key = (name, image, prompt) if (name, image, prompt) in data.scores else (name, image, None)
+        found = data.intent.get(key)
+        return None if found is None else (found, data.scores[key])
+
+    swept = []
+    for pair in data.pairs:
+        combos = {k: parts(pair.image(i), pair.prompt(p)) for k, i, p in COMBOS}
+        if all(v is not None for v in combos.values()):
+            swept.append((pair, combos))
+    points = []
+    for lam in sorted({*LAMBDA_GRID, *own}) if swept else ():
+        r = [{k: found.at(lam, stored) for k, (found, stored) in combos.items()} for _, combos in swept]
+        rows = [_Row(pair, sign * v["oidp"], sign * v["didp"], v["diop"] - v["oiop"], v["diop"])
+                for (pair, _), v in zip(swept, r)]
+        points.append({"lambda": lam, **_shares(rows, boot),
+                       **_p_o_shares([(pair, sign * v["oiop"], sign * v["diop"]) for (pair, _), v in zip(swept, r)],
+                                     boot),
+                       "reward_model_test": _reward_model_test(rows, boot) if data.reward_model[name] else None})
+    return {"own_lambda": own, "n": len(swept), "missing": len(data.pairs) - len(swept), "points": points}
 
 
 def _groups(rows: Sequence[_Row]) -> tuple[dict[str, list[_Row]], dict[str, list[_Row]]]:
@@ -913,18 +1022,21 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
 
     tables.append(_Table(
         "summary", f"Reward models: share of pairs where the scorer prefers the original image under the "
-                   f"anti-aesthetic prompt (prefer_original) or the anti-aesthetic one (prefer_anti), and "
+                   f"anti-aesthetic prompt (prefer_original) or the anti-aesthetic one (prefer_anti), the "
+                   f"share preferring the original under the original prompt (prefer_original_under_p_o: "
+                   f"no regression when nothing unusual is asked; ties_under_p_o apart), and "
                    f"Δr = r(I_a, p_o) − r(I_o, p_o); {strict}. Reward-model test on labeller or human labels "
                    f"(label ties removed, score ties predict I_o). Direction 'pairwise': a model that compares the "
                    f"two images under p_a instead of scoring each; its shares count its answers, a tie answer "
                    f"predicts I_o, it has no Δr or AA, and an AUROC only where it gives probabilities. [{ci}].",
         ["scorer", "direction", "prompt", "n", "missing", "ties", "prefer_original_share", "prefer_original_wilson",
-         "prefer_anti_share", "prefer_anti_wilson", "delta_r", "aa", "rm_accuracy", "rm_f1", "rm_auroc", "rm_n",
-         "rm_labels"],
+         "prefer_anti_share", "prefer_anti_wilson", "prefer_original_under_p_o", "prefer_original_under_p_o_wilson",
+         "ties_under_p_o", "delta_r", "aa", "rm_accuracy", "rm_f1", "rm_auroc", "rm_n", "rm_labels"],
         [[name, "pairwise" if s.get("pairwise") else "higher" if s["higher_is_better"] else "lower",
           "aware" if s["prompt_aware"] else "blind",
           s["n"], s["missing"], s["ties"], s["prefer_original_share"], s["prefer_original_wilson"],
-          s["prefer_anti_share"], s["prefer_anti_wilson"], s["delta_r"], s["aa"],
+          s["prefer_anti_share"], s["prefer_anti_wilson"], s.get("prefer_original_under_p_o"),
+          s.get("prefer_original_under_p_o_wilson"), s.get("ties_under_p_o"), s["delta_r"], s["aa"],
           rm(s, "accuracy"), rm(s, "f1"), rm(s, "auroc"), rm(s, "n"), rm_test_note(s)]
          for name, s in scorers.items()]))
     tables.append(_Table(
@@ -968,9 +1080,32 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
                                    "reward model's Δ = s(I_a, p_a) − s(I_o, p_a) on the judge's ΔJ_d over the pairs "
                                    "that requested d (slope, intercept, Pearson r, two-sided p, n).",
             ["scorer", "judge", "dimension", "n", "slope", "intercept", "r", "p"], regression))
+    sweep = _lambda_sweep_rows(analysis)
+    if sweep:
+        tables.append(_Table(
+            "lambda_sweep", f"Intent-aware reward r = faithfulness + λ Σ_d w_d s_d a_d recomputed at each λ from "
+                            f"its stored parts: share preferring the image that ignored the request under p_a "
+                            f"(prefer_original), share preferring the conventional image under p_o "
+                            f"(prefer_original_under_p_o), and the reward-model test; 'own' marks the λ the "
+                            f"scorer ran with; {strict}. [{ci}].",
+            ["pairs", "scorer", "lambda", "own", "n", "ties", "prefer_original_share", "prefer_original_wilson",
+             "prefer_original_under_p_o", "prefer_original_under_p_o_wilson", "ties_under_p_o", "rm_accuracy",
+             "rm_f1", "rm_auroc", "rm_n"], sweep))
     if analysis.get("by_model"):
         tables += _generator_tables(analysis, ci, strict)
     return tables
+
+
+def _lambda_sweep_rows(analysis: dict[str, Any]) -> list[list[Any]]:
+    """One row per λ of every scorer with a sweep: on all pairs, then per generator."""
+    groups = [("all", analysis.get("scorers", {}))]
+    groups += [(model, block["scorers"]) for model, block in (analysis.get("by_model") or {}).items()]
+    return [[group, name, pt["lambda"], "own" if pt["lambda"] in s["lambda_sweep"]["own_lambda"] else "", pt["n"],
+             pt["ties"], pt["prefer_original_share"], pt["prefer_original_wilson"], pt["prefer_original_under_p_o"],
+             pt["prefer_original_under_p_o_wilson"], pt["ties_under_p_o"],
+             *((pt["reward_model_test"] or {}).get(k) for k in ("accuracy", "f1", "auroc", "n"))]
+            for group, scorers in groups for name, s in scorers.items() if s.get("lambda_sweep")
+            for pt in s["lambda_sweep"]["points"]]
 
 
 def _generator_tables(analysis: dict[str, Any], ci: str, strict: str) -> list[_Table]:

@@ -167,6 +167,22 @@ def adapter_chart(analysis: dict[str, Any]) -> str | None:
                          "Share preferring the original against the adapter's scale")
 
 
+def lambda_chart(analysis: dict[str, Any]) -> str | None:
+    """Per intent-aware scorer, two curves against the aesthetic strength λ of its sweep, each with its
+    interval as a band: the share preferring the image that ignored the request under p_a (want it
+    low) and the share preferring the conventional image under p_o (want it high). None when no scorer
+    has a sweep."""
+    series = {}
+    for name, s in analysis.get("scorers", {}).items():
+        points = (s.get("lambda_sweep") or {}).get("points") or []
+        for key, what in (("prefer_original_share", "ignores the request, under p_a"),
+                          ("prefer_original_under_p_o", "conventional image, under p_o")):
+            curve = [(float(pt["lambda"]), pt[key]) for pt in points if (pt.get(key) or {}).get("estimate") is not None]
+            if len(curve) >= 2:
+                series[f"{name}: {what}"] = curve
+    return _share_curves(series, "aesthetic strength λ", "Intent-aware reward: shares against the aesthetic strength")
+
+
 def success_chart(analysis: dict[str, Any]) -> str | None:
     """Per generator, the success rate (I_a preferred for p_a by the reference labels) against the
     conventional score of its anti-aesthetic images (AA = mean r(I_a, p_o)), one panel per reward model,

@@ -26,7 +26,7 @@ from ..images.generators.presets import describe_params
 from ..records import IMAGES
 from ..store.run import RunStore, atomic_write_text
 from . import charts
-from .methods import methods_section
+from .methods import lambda_sweep_note, methods_section
 from .summary import derived_from_judge, summary_sentences
 
 THUMB_SIDE = 192
@@ -383,7 +383,9 @@ def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
              "<b>Prefers I_a</b>: the share rating I_a strictly above I_o. <b>Ties</b>: pairs with equal scores, "
              "in neither share. Each share has its bootstrap interval and, below it, a Wilson interval "
              "(which assumes independent pairs). <b>Δr</b> = mean r(I_a, p_o) − r(I_o, p_o) in raw score units; "
-             "<b>AA</b> = mean r(I_a, p_o). <b>prompt-blind</b>: the scorer never reads the prompt, so its "
+             "<b>AA</b> = mean r(I_a, p_o). <b>Prefers original under p_o</b>: the share rating I_o strictly "
+             "above I_a under the original prompt, i.e. preferring the conventional image when nothing unusual "
+             "is asked (ties below it). <b>prompt-blind</b>: the scorer never reads the prompt, so its "
              "preference under p_a is its preference under any prompt.</p>",
              '<p class="note"><b>Reward-model test</b>: both images scored with p_a against labeller or human '
              "labels only (never the editor's construction labels); label ties are removed and a score tie "
@@ -412,11 +414,12 @@ def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
             _e(s["n"]), _e(s["missing"]), _e(s["ties"]),
             _share(s["prefer_original_share"], s.get("prefer_original_wilson")),
             _share(s["prefer_anti_share"], s.get("prefer_anti_wilson")),
-            _est(s["delta_r"]), _est(s["aa"]), _rm_cell(s),
+            _p_o_cell(s), _est(s["delta_r"]), _est(s["aa"]), _rm_cell(s),
             _num(trunc.get("share")),
         ])
-    parts.append(_table(["scorer", "direction", "n", "missing", "ties", "prefers original", "prefers I_a", "Δr",
-                         "AA", "reward-model test", "prompts truncated"], rows))
+    parts.append(_table(["scorer", "direction", "n", "missing", "ties", "prefers original", "prefers I_a",
+                         "prefers original under p_o", "Δr", "AA", "reward-model test", "prompts truncated"], rows))
+    parts.append(_lambda_sweep_html(analysis))
     labels = analysis.get("labels")
     if labels:
         c = labels["counts"]
@@ -429,6 +432,35 @@ def _summary_section(analysis: dict[str, Any], manifest: dict[str, Any]) -> str:
         parts.append('<p class="note">No labeller or human labels in this run, so no reward-model test and no '
                      "success rate (labels that hold by how a pair was made are not a judgement).</p>")
     return "\n".join(parts)
+
+
+def _p_o_cell(scorer: dict[str, Any]) -> str:
+    """The share preferring I_o under p_o with its intervals and its ties; a dash for a pairwise model."""
+    cell = scorer.get("prefer_original_under_p_o")
+    if not cell:
+        return "–"
+    ties = scorer.get("ties_under_p_o") or 0
+    return _share(cell, scorer.get("prefer_original_under_p_o_wilson")) + (
+        f'<br><span class="ci">{_e(ties)} tie{"s" if ties != 1 else ""}</span>' if ties else "")
+
+
+def _lambda_sweep_html(analysis: dict[str, Any]) -> str:
+    """The intent-aware scorers' λ sweep beside the reward-model table: its chart, what it shows, and
+    each point's numbers; nothing when no scorer has a sweep."""
+    svg = charts.lambda_chart(analysis)
+    if not svg:
+        return ""
+    rows = [[f'<td class="text">{_e(name)}</td>',
+             _e(format(pt["lambda"], "g")) + (" (own)" if pt["lambda"] in s["lambda_sweep"]["own_lambda"] else ""),
+             _e(pt["n"]), _share(pt["prefer_original_share"], pt.get("prefer_original_wilson")),
+             _share(pt["prefer_original_under_p_o"], pt.get("prefer_original_under_p_o_wilson")),
+             _rm_cell({**s, "reward_model_test": pt["reward_model_test"]})]
+            for name, s in analysis.get("scorers", {}).items() if s.get("lambda_sweep")
+            for pt in s["lambda_sweep"]["points"]]
+    return "\n".join(["<h3>Intent-aware reward against λ</h3>", lambda_sweep_note(analysis),
+                      f'<div class="chart" id="lambda-sweep">{svg}</div>',
+                      _table(["scorer", "λ", "n", "ignores the request, under p_a", "conventional image, under p_o",
+                              "reward-model test"], rows)])
 
 
 def _per_generator_section(analysis: dict[str, Any]) -> str:

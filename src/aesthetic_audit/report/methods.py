@@ -53,6 +53,25 @@ def _imported_rows(backends: dict[str, Any], analysis: dict[str, Any]) -> list[l
             for role, name, note in found]
 
 
+def lambda_sweep_note(analysis: dict[str, Any]) -> str:
+    """The paragraph beside the λ-sweep chart: the intent-aware reward's formula, what its two curves
+    mean and the goals they are read against, with the λ each scorer ran with."""
+    own = "; ".join(f"{name}: λ = {', '.join(format(v, 'g') for v in s['lambda_sweep']['own_lambda']) or '?'}"
+                    for name, s in analysis.get("scorers", {}).items() if s.get("lambda_sweep"))
+    return ('<p class="note">The intent-aware reward scores an image I for a prompt p as '
+            "<b>r(I, p) = faithfulness(I, p) + λ Σ_d w_d s_d(p) a_d(I)</b>: faithfulness is an image-text "
+            "alignment score, a_d(I) the centred aesthetic term of dimension d (from a judge or a quality scorer, "
+            "in [−1, 1]), w_d the weight a user gives d (a taste profile), and s_d(p) = −1 when the prompt asks "
+            "for the anti-aesthetic pole of d, +1 otherwise; λ sets how much aesthetics count (0: faithfulness "
+            "alone). Every point recomputes the scores from the parts the score records store. "
+            "<b>Ignores the request, under p_a</b>: the share of pairs with r(I_o, p_a) &gt; r(I_a, p_a), where "
+            "the reward prefers the image that did not do what p_a asked; the goal is at most 0.10 on the "
+            "editor's pairs. <b>Conventional image, under p_o</b>: the share with r(I_o, p_o) &gt; r(I_a, p_o), "
+            "where it still prefers the conventional image when nothing unusual is asked (no regression); the "
+            "goal is at least 0.9. Shares are strict (ties in neither); bands are the bootstrap intervals; the "
+            f"table lambda_sweep.csv adds the reward-model test per λ. Scored with {_e(own)}.</p>")
+
+
 def methods_section(manifest: dict[str, Any], analysis: dict[str, Any],
                     table: Callable[[list[str], list[list[str]]], str]) -> str:
     """The methods section as HTML; ``table`` renders header + rows of escaped cells."""

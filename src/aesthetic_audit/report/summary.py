@@ -41,6 +41,18 @@ def scorer_sentence(name: str, s: dict[str, Any], group: str = "pairs") -> str |
     return text + (f"; {ties} tie{'s' if ties != 1 else ''}." if ties else ".")
 
 
+def no_regression_sentence(name: str, s: dict[str, Any]) -> str | None:
+    """For an intent-aware scorer (one with a λ sweep): the share of pairs where it still prefers the
+    conventional image under p_o, or None when undefined."""
+    share = percent(s.get("prefer_original_under_p_o"))
+    if share is None or not s.get("lambda_sweep"):
+        return None
+    lam = ", ".join(format(v, "g") for v in s["lambda_sweep"]["own_lambda"])
+    ties = s.get("ties_under_p_o") or 0
+    return (f"Under the original prompt p_o, {name}{f' (λ = {lam})' if lam else ''} still preferred the conventional "
+            f"image in {share} of {s['n']} pairs" + (f"; {ties} tie{'s' if ties != 1 else ''}." if ties else "."))
+
+
 def summary_sentences(analysis: dict[str, Any], manifest: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """The summary as (sentence, notes) items: per scorer (per generator when there are several), then
     the success rate per generator (or of the run) when there are labeller or human labels. Notes are
@@ -59,6 +71,9 @@ def summary_sentences(analysis: dict[str, Any], manifest: dict[str, Any]) -> lis
         sentence = scorer_sentence(name, s)
         if sentence:
             items.append((sentence, notes))
+        no_regression = no_regression_sentence(name, s)
+        if no_regression:
+            items.append((no_regression, []))
         if len(by_model) > 1:
             for model, block in by_model.items():
                 sub = scorer_sentence(name, block["scorers"].get(name) or {}, f"pairs from {model}")
