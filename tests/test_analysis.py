@@ -622,3 +622,25 @@ def test_one_lora_at_several_scales_gives_an_adapter_scale_axis(tmp_path):
 
     page = write_report(store, a, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Adapter-scale curves" in page and "Share preferring the original against the adapter's scale" in page
+
+
+def test_resampled_auroc_equals_sklearn_and_the_rank_sum_formula_with_ties():
+    """The bootstrap's AUROC (binary search in the sorted negatives) is sklearn's roc_auc_score, and the
+    very float the Mann-Whitney rank-sum formula gives, on margins with many ties."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    from aesthetic_audit.analysis.audit import _resampled_auroc
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(2, 200))
+        margin = np.round(rng.normal(size=n), int(rng.integers(0, 3)))
+        truth = rng.integers(0, 2, n)
+        if truth.min() == truth.max():
+            assert np.isnan(_resampled_auroc(margin, truth))
+            continue
+        got = _resampled_auroc(margin, truth)
+        pos, neg = int(truth.sum()), int(n - truth.sum())
+        assert got == float((rankdata(margin)[truth == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+        assert got == pytest.approx(roc_auc_score(truth, margin), abs=1e-12)

@@ -753,14 +753,17 @@ def _resampled_f1(margin: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _resampled_auroc(margin: np.ndarray, truth: np.ndarray) -> float:
-    """AUROC by ranks (Mann-Whitney U / (n_pos n_neg), tied margins count half); nan with one class."""
-    from scipy.stats import rankdata  # lazily: see stats.py
-
+    """AUROC as Mann-Whitney U / (n_pos n_neg): per positive, the negatives below it, plus half those tied
+    with it; nan with one class. Counted by binary search in the sorted negatives: the same integers and
+    halves the rank-sum formula adds (so the same float), without scipy's rankdata, whose per-call cost
+    dominated the bootstrap (it runs once per resample, per scorer and per λ of the intent-aware sweep)."""
     true = truth == 1
-    n_pos, n_neg = int(true.sum()), int((~true).sum())
-    if not n_pos or not n_neg:
+    positives, negatives = margin[true], np.sort(margin[~true])
+    if not len(positives) or not len(negatives):
         return math.nan
-    return float((rankdata(margin)[true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    below = np.searchsorted(negatives, positives, "left")
+    tied = np.searchsorted(negatives, positives, "right") - below
+    return float((below.sum() + tied.sum() / 2) / (len(positives) * len(negatives)))
 
 
 def _strength_key(strength: Any) -> str:
