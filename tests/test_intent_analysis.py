@@ -63,9 +63,10 @@ def _score(scorer: str, image: str, prompt: str | None, value: float, hib: bool 
 
 
 def build(root, *, intent: bool = True, models: tuple[str | None, ...] = (None,) * 4,
-          corrupt: bool = False) -> RunStore:
+          corrupt: bool = False, p_o_asks: tuple[int, ...] = ()) -> RunStore:
     """The four pairs, scored by "plain", "blind" and (``intent``) "intent-aware". ``models``: the generator
-    of each pair (None: the editor's); ``corrupt``: pair 3's r(I_a, p_a) record has parts that do not add up."""
+    of each pair (None: the editor's); ``corrupt``: pair 3's r(I_a, p_a) record has parts that do not add up;
+    ``p_o_asks``: the pairs whose p_o the parser read as requesting something (the parts still add up)."""
     store = RunStore(root)
     records = []
     for i, (dims, label, a_o, a_a, faith) in enumerate(PAIRS):
@@ -85,6 +86,8 @@ def build(root, *, intent: bool = True, models: tuple[str | None, ...] = (None,)
                 value, parts = _intent(terms, dims, anti, faith[j])
                 if corrupt and i == 3 and j == 3:
                     parts = {**parts, "faithfulness": faith[j] + 0.5}
+                if i in p_o_asks and not anti:
+                    parts = {**parts, "requested": {"color brightness": 1.0}}
                 records.append(_score("intent-aware", image, prompt, value, intent=parts))
         records.append(_score("blind", sha_o, None, BLIND[i][0], hib=False))
         records.append(_score("blind", sha_a, None, BLIND[i][1], hib=False))
@@ -233,3 +236,19 @@ def test_no_sweep_no_chart(tmp_path):
     text = write_report(store, a, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "lambda-sweep" not in text and "Intent-aware reward" not in text
     assert "prefers original under p_o" in text  # the no-regression column is there for every scorer
+
+
+def test_the_no_regression_share_on_pairs_whose_p_o_asks_nothing(tmp_path):
+    """Pair 3's p_o is read as a request: the plain-p_o share leaves it out. From the D_o lines above,
+    without pair 3: λ = 0: I_o on pair 0, pair 1 to I_a, pair 2 a tie; 0.25: pair 0 only; 0.5: pair 0,
+    pair 1 a tie; from 1: pairs 0 and 1."""
+    a = analyze(build(tmp_path / "run", p_o_asks=(3,)), CONFIG, seed=5)
+    want = {0.0: (1, 1), 0.25: (1, 0), 0.5: (1, 1), 1.0: (2, 0), 1.5: (2, 0), 2.0: (2, 0), 4.0: (2, 0)}
+    points = a["scorers"]["intent-aware"]["lambda_sweep"]["points"]
+    assert [pt["lambda"] for pt in points] == GRID
+    for pt in points:
+        k, ties = want[pt["lambda"]]
+        assert pt["n_plain_p_o"] == 3 and pt["ties_under_plain_p_o"] == ties
+        _check(pt["prefer_original_under_plain_p_o"], pt["prefer_original_under_plain_p_o_wilson"], k, 3)
+        # the share on every pair is unchanged by what the parser read
+        assert pt["prefer_original_under_p_o"]["estimate"] == pytest.approx(EXPECTED[pt["lambda"]][2] / 4)

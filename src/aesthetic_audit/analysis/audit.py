@@ -117,6 +117,7 @@ class IntentParts(NamedTuple):
     faithfulness: float
     aesthetic: float
     lam: float
+    plain: bool  # the prompt requests no dimension (as the scorer's parser read it)
 
     def at(self, lam: float, stored: float) -> float:
         """r at strength ``lam``: the stored score itself at the scorer's own λ (so the sweep there
@@ -310,7 +311,8 @@ def _intent_parts(intent: dict[str, Any]) -> IntentParts | None:
     products = [(weights.get(dim), signs.get(dim), a) for dim, a in terms.items()]
     if not all(number(w) and number(s) and number(a) for w, s, a in products):
         return None
-    return IntentParts(float(f), math.fsum(w * s * a for w, s, a in products), float(lam))
+    return IntentParts(float(f), math.fsum(w * s * a for w, s, a in products), float(lam),
+                       not intent.get("requested"))
 
 
 def analyze(store: RunStore, config: AnalysisConfig, seed: int = 0) -> dict[str, Any]:
@@ -593,7 +595,8 @@ def _lambda_sweep(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
     its records store (r = faithfulness + λ Σ_d w_d s_d a_d), on the pairs whose four scores all have
     parts: per λ, the strict shares under p_a (``prefer_original_share``: it prefers the image that
     ignored the request), the share under p_o (``prefer_original_under_p_o``: it still prefers the
-    conventional image), Δr, and the reward-model test. ``own_lambda``: the λ values its records were
+    conventional image), the same on the pairs whose p_o the parser read as asking for nothing
+    (``prefer_original_under_plain_p_o``, ``n_plain_p_o``), Δr, and the reward-model test. ``own_lambda``: the λ values its records were
     scored with (one, unless records of several settings are mixed); ``missing``: pairs left out."""
     sign = 1.0 if data.higher_is_better[name] else -1.0
     own = sorted({parts.lam for (scorer, _, _), parts in data.intent.items() if scorer == name})
@@ -613,9 +616,13 @@ def _lambda_sweep(data: RunData, name: str, boot: _Bootstrap) -> dict[str, Any]:
         r = [{k: found.at(lam, stored) for k, (found, stored) in combos.items()} for _, combos in swept]
         rows = [_Row(pair, sign * v["oidp"], sign * v["didp"], v["diop"] - v["oiop"], v["diop"])
                 for (pair, _), v in zip(swept, r)]
-        points.append({"lambda": lam, **_shares(rows, boot),
-                       **_p_o_shares([(pair, sign * v["oiop"], sign * v["diop"]) for (pair, _), v in zip(swept, r)],
-                                     boot),
+        under_p_o = [(pair, sign * v["oiop"], sign * v["diop"]) for (pair, _), v in zip(swept, r)]
+        # p_o often describes its scene in words that are also requests ("a dark patch of sky"): the share
+        # again on the pairs whose p_o the parser read as asking for nothing, the issue's "no regression"
+        plain = [row for row, (_, combos) in zip(under_p_o, swept) if combos["oiop"][0].plain]
+        points.append({"lambda": lam, **_shares(rows, boot), **_p_o_shares(under_p_o, boot),
+                       **{k.replace("under_p_o", "under_plain_p_o"): v for k, v in _p_o_shares(plain, boot).items()},
+                       "n_plain_p_o": len(plain),
                        "reward_model_test": _reward_model_test(rows, boot) if data.reward_model[name] else None})
     return {"own_lambda": own, "n": len(swept), "missing": len(data.pairs) - len(swept), "points": points}
 
@@ -1092,7 +1099,8 @@ def summary_tables(analysis: dict[str, Any]) -> list[_Table]:
                             f"(prefer_original_under_p_o), and the reward-model test; 'own' marks the λ the "
                             f"scorer ran with; {strict}. [{ci}].",
             ["pairs", "scorer", "lambda", "own", "n", "ties", "prefer_original_share", "prefer_original_wilson",
-             "prefer_original_under_p_o", "prefer_original_under_p_o_wilson", "ties_under_p_o", "rm_accuracy",
+             "prefer_original_under_p_o", "prefer_original_under_p_o_wilson", "ties_under_p_o",
+             "n_plain_p_o", "prefer_original_under_plain_p_o", "ties_under_plain_p_o", "rm_accuracy",
              "rm_f1", "rm_auroc", "rm_n"], sweep))
     if analysis.get("by_model"):
         tables += _generator_tables(analysis, ci, strict)
@@ -1105,7 +1113,8 @@ def _lambda_sweep_rows(analysis: dict[str, Any]) -> list[list[Any]]:
     groups += [(model, block["scorers"]) for model, block in (analysis.get("by_model") or {}).items()]
     return [[group, name, pt["lambda"], "own" if pt["lambda"] in s["lambda_sweep"]["own_lambda"] else "", pt["n"],
              pt["ties"], pt["prefer_original_share"], pt["prefer_original_wilson"], pt["prefer_original_under_p_o"],
-             pt["prefer_original_under_p_o_wilson"], pt["ties_under_p_o"],
+             pt["prefer_original_under_p_o_wilson"], pt["ties_under_p_o"], pt.get("n_plain_p_o"),
+             pt.get("prefer_original_under_plain_p_o"), pt.get("ties_under_plain_p_o"),
              *((pt["reward_model_test"] or {}).get(k) for k in ("accuracy", "f1", "auroc", "n"))]
             for group, scorers in groups for name, s in scorers.items() if s.get("lambda_sweep")
             for pt in s["lambda_sweep"]["points"]]

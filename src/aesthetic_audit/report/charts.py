@@ -168,15 +168,16 @@ def adapter_chart(analysis: dict[str, Any]) -> str | None:
 
 
 def lambda_chart(analysis: dict[str, Any]) -> str | None:
-    """Per intent-aware scorer, two curves against the aesthetic strength λ of its sweep, each with its
+    """Per intent-aware scorer, curves against the aesthetic strength λ of its sweep, each with its
     interval as a band: the share preferring the image that ignored the request under p_a (want it
-    low) and the share preferring the conventional image under p_o (want it high). None when no scorer
-    has a sweep."""
+    low), and the share preferring the conventional image under p_o (want it high), on every pair and on
+    the pairs whose p_o asks for nothing. None when no scorer has a sweep."""
     series = {}
     for name, s in analysis.get("scorers", {}).items():
         points = (s.get("lambda_sweep") or {}).get("points") or []
         for key, what in (("prefer_original_share", "ignores the request, under p_a"),
-                          ("prefer_original_under_p_o", "conventional image, under p_o")):
+                          ("prefer_original_under_p_o", "conventional image, under p_o"),
+                          ("prefer_original_under_plain_p_o", "conventional image, under a p_o asking nothing")):
             curve = [(float(pt["lambda"]), pt[key]) for pt in points if (pt.get(key) or {}).get("estimate") is not None]
             if len(curve) >= 2:
                 series[f"{name}: {what}"] = curve

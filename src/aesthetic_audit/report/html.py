@@ -454,13 +454,15 @@ def _lambda_sweep_html(analysis: dict[str, Any]) -> str:
              _e(format(pt["lambda"], "g")) + (" (own)" if pt["lambda"] in s["lambda_sweep"]["own_lambda"] else ""),
              _e(pt["n"]), _share(pt["prefer_original_share"], pt.get("prefer_original_wilson")),
              _share(pt["prefer_original_under_p_o"], pt.get("prefer_original_under_p_o_wilson")),
+             _share(pt["prefer_original_under_plain_p_o"], pt.get("prefer_original_under_plain_p_o_wilson"))
+             if pt.get("prefer_original_under_plain_p_o") else "–",
              _rm_cell({**s, "reward_model_test": pt["reward_model_test"]})]
             for name, s in analysis.get("scorers", {}).items() if s.get("lambda_sweep")
             for pt in s["lambda_sweep"]["points"]]
     return "\n".join(["<h3>Intent-aware reward against λ</h3>", lambda_sweep_note(analysis),
                       f'<div class="chart" id="lambda-sweep">{svg}</div>',
                       _table(["scorer", "λ", "n", "ignores the request, under p_a", "conventional image, under p_o",
-                              "reward-model test"], rows)])
+                              "conventional image, under a p_o asking nothing", "reward-model test"], rows)])
 
 
 def _per_generator_section(analysis: dict[str, Any]) -> str:

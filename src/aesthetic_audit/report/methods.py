@@ -54,7 +54,7 @@ def _imported_rows(backends: dict[str, Any], analysis: dict[str, Any]) -> list[l
 
 
 def lambda_sweep_note(analysis: dict[str, Any]) -> str:
-    """The paragraph beside the λ-sweep chart: the intent-aware reward's formula, what its two curves
+    """The paragraph beside the λ-sweep chart: the intent-aware reward's formula, what its curves
     mean and the goals they are read against, with the λ each scorer ran with."""
     own = "; ".join(f"{name}: λ = {', '.join(format(v, 'g') for v in s['lambda_sweep']['own_lambda']) or '?'}"
                     for name, s in analysis.get("scorers", {}).items() if s.get("lambda_sweep"))
@@ -68,7 +68,9 @@ def lambda_sweep_note(analysis: dict[str, Any]) -> str:
             "the reward prefers the image that did not do what p_a asked; the goal is at most 0.10 on the "
             "editor's pairs. <b>Conventional image, under p_o</b>: the share with r(I_o, p_o) &gt; r(I_a, p_o), "
             "where it still prefers the conventional image when nothing unusual is asked (no regression); the "
-            "goal is at least 0.9. Shares are strict (ties in neither); bands are the bootstrap intervals; the "
+            "goal is at least 0.9. A caption often describes its scene in words that are also requests (\u201ca "
+            "dark patch of sky\u201d), which the reward then follows, so the share is also given on the pairs "
+            "whose p_o the parser read as asking for nothing (<b>under a p_o asking nothing</b>). Shares are strict (ties in neither); bands are the bootstrap intervals; the "
             f"table lambda_sweep.csv adds the reward-model test per λ. Scored with {_e(own)}.</p>")
 
 
