@@ -116,3 +116,17 @@ def test_export_round_trip(tmp_path, fmt):
     dims = rows[0]["dims"] if fmt == "jsonl" else json.loads(rows[0]["dims"])
     assert dims == ["emotion", "richness"]
     assert rows[2]["status"] == "failed" and rows[2]["error"] == "too long"
+
+
+def test_replace_and_delete_are_for_revisable_records_only(tmp_path):
+    """``put`` keeps an ok record final; ``replace`` overwrites it (a rater revising an answer) and ``delete``
+    removes records of one stage by key, leaving other stages' records with the same key alone."""
+    store = RunStore(tmp_path)
+    store.put(Record("k1", "labels", "a", {"value": 0}))
+    assert store.put(Record("k1", "labels", "a", {"value": 1})) is False and store.get("k1").data == {"value": 0}
+    store.replace(Record("k1", "labels", "a", {"value": 1}))
+    assert store.get("k1").data == {"value": 1} and store.counts()["labels"]["ok"] == 1
+    store.put(Record("k2", "labels", "b", {"value": -1}))
+    store.put(Record("k3", "score", "c", {"score": 1.0}))
+    assert store.delete("labels", ["k2", "k3", "missing"]) == 1
+    assert store.get("k2") is None and store.get("k3") is not None and store.delete("labels", []) == 0

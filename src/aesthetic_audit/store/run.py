@@ -178,6 +178,26 @@ class RunStore:
             with self._transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO memo (key, value) VALUES (?, ?)", items)
 
+    def replace(self, record: Record) -> None:
+        """Store ``record`` over whatever its key holds, ok or not, in one transaction. Only for a record
+        its author may revise (a rater's answer in the annotation app); stage results stay final (``put``)."""
+        row = (record.key, record.stage, record.item, record.status, canonical_json(record.data), record.error,
+               time.time(), self.worker)
+        with self._transaction() as db:
+            db.execute("DELETE FROM records WHERE key = ?", (record.key,))
+            db.execute("INSERT INTO records (key, stage, item, status, data, error, created, worker) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def delete(self, stage: str, keys: Iterable[str]) -> int:
+        """Delete the records of ``stage`` with these keys, ok or not (a rater taking an answer back); one
+        transaction. Stages never call this: their results are final."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        with self._transaction() as db:
+            cur = db.executemany("DELETE FROM records WHERE key = ? AND stage = ?", [(k, stage) for k in keys])
+        return cur.rowcount
+
     def discard_failed(self, keys: Iterable[str]) -> int:
         """Delete failed records with these keys: an item that now succeeds under another key (a fixed
         photo, a corrected row) must not stay listed as failed."""
