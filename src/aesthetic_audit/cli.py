@@ -197,6 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labellers", help="comma-separated labeller names (vlm, or vlm:ALIAS)")
     p.add_argument("--import", dest="import_path", type=Path, metavar="FILE", help="import human labels")
 
+    p = command("annotate", "a local web app in which people label pairs, with live agreement statistics",
+                "Serve a small annotation app for the run's image pairs (needs the 'app' extra). Prints one "
+                "link per rater, each with a secret token, and one link to the agreement page (humans vs "
+                "each labeller, Krippendorff's alpha across raters, flags for possibly upsetting pairs). "
+                "A rater sees p_a and two images in a shuffled, recorded order and answers first / second / "
+                "tie (keys 1 / 2 / 0), with undo (u); answers are labels records with source human:<rater>. "
+                "The study (pairs, tokens, orders, flags) is kept in RUN/annotate/setup.json (mode 0600): "
+                "run the command again to resume it; --rater or --raters adds raters. Ctrl-C stops.")
+    _common(p, config=False)
+    p.add_argument("--pairs", type=int, help="label this many pairs, a seeded sample (default: all; the study "
+                                             "used 40); the same pairs for every rater")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--raters", dest="n_raters", type=int, metavar="K", help="K raters named rater1..raterK")
+    who.add_argument("--rater", dest="rater_names", action="append", metavar="NAME",
+                     help="a rater by name (repeatable)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1: this machine only); any other prints a warning")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--show-flagged", action="store_true",
+                   help="show pairs flagged as possibly upsetting to raters too")
+    p.add_argument("--seed", type=_seed, help="seed of the pair sample, orders and sides (default: the stored "
+                                              "study's, else 0)")
+
     p = command("validate-judge", "check a judge against VisionReward-style human annotations",
                 "Compare per-image judge outputs with raw VisionReward annotations per dimension (target class "
                 "= sign(raw) + 1): MAE, class-balanced MAE, support-weighted F1 of the rounded expected score "
@@ -499,6 +522,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return _extra_tests(args)
     elif cmd == "intent":
         _intent(args)
+    elif cmd == "annotate":
+        _annotate(args)
     elif cmd == "demo":
         run = _open(args)
         run.prompts()
@@ -834,6 +859,29 @@ def _convert(args: argparse.Namespace) -> None:
 
         out = convert_to_safetensors(args.src, args.out, key=args.key)
     log.info("wrote %s", out)
+
+
+def _annotate(args: argparse.Namespace) -> None:
+    from .annotate import bind, create_app, is_loopback, load_setup, prepare, serve
+
+    stored = load_setup(args.run) if (args.run / "records.sqlite").exists() else None
+    seed = args.seed if args.seed is not None else stored.seed if stored else 0
+    setup = prepare(args.run, pairs=args.pairs, raters=args.rater_names, n_raters=args.n_raters, seed=seed,
+                    show_flagged=args.show_flagged)
+    loopback = is_loopback(args.host)
+    if not loopback:
+        log.warning("warning: listening on %s: anyone who can reach this machine and holds a link can open "
+                    "the app; links travel over plain HTTP", args.host)
+    # on the loopback interface only this machine's names are accepted in Host (no DNS rebinding)
+    app = create_app(args.run, allowed_hosts=[args.host, "127.0.0.1", "localhost"]
+                     if loopback and ":" not in args.host else None)
+    sock = bind(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    base = f"http://{host}:{sock.getsockname()[1]}"
+    for name, token in setup.tokens.items():
+        print(f"rater {name}: {base}/r/{token}/", flush=True)
+    print(f"agreement: {base}/a/{setup.admin_token}/", flush=True)
+    serve(app, sock)
 
 
 def _export(args: argparse.Namespace) -> None:
