@@ -162,3 +162,12 @@ def test_the_readme_reward_model_table_is_what_ls_scorers_prints(cli):
     assert all(len(c) == 4 and "-" not in c[1:] for c in cells), "a scorer lacks official/score_scale/parity"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert table.strip() in readme
+
+
+def test_listing_scorers_imports_neither_torch_nor_httpx():
+    """Every command builds the scorer registry; the endpoint client (httpx) and torch load only when a
+    backend that needs them runs (they cost ~0.2 s and ~1 s on every command otherwise)."""
+    code = ("import sys; from aesthetic_audit.registry import available; import aesthetic_audit.scorers.stage; "
+            "available('scorers'); print('httpx' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"

@@ -21,7 +21,6 @@ import time
 
 from typing import Any
 
-from ..clients.openai_compat import EndpointUnreachable
 from ..errors import ConfigError, InputError
 from ..hashing import spec_hash
 from ..images.shared import decode_stored
@@ -110,6 +109,7 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
 def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
     """A pairwise scorer's verdict on every distinct (I_o, I_a, p_a) of the run's pairs (as the labels
     stage reads them: a pair without p_a is asked about "", pairs imported without images are skipped)."""
+    from ..clients.openai_compat import EndpointUnreachable  # here: httpx is not for every score stage to import
     from ..labels.vlm import PairItem  # the pairwise question's input; imports nothing heavy
 
     identity = scorer.identity()
