@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -506,3 +508,36 @@ def test_loopback_hosts() -> None:
 
     assert all(map(is_loopback, ["127.0.0.1", "localhost", "LOCALHOST", "::1", "[::1]", "127.0.0.2"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org", ""]))
+
+
+@pytest.mark.parametrize("field,value", [("pairs", 5), ("admin_token", 5), ("flagged", "abc"), ("seed", True),
+                                         ("csrf_key", "short")])
+def test_a_malformed_setup_file_is_one_error_naming_it(tmp_path: Path, field: str, value: Any) -> None:
+    """A hand-edited or damaged setup.json is refused when read: no guessable link, no later 500s."""
+    from aesthetic_audit.annotate.session import load_setup, setup_path
+
+    store = _run(tmp_path / "run")
+    prepare(store.root, pairs=N_PAIRS, n_raters=1, seed=5)
+    path = setup_path(store.root)
+    raw = json.loads(path.read_text())
+    raw[field] = value
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InputError, match=f"{path}.*corrupt.*{field}") as exc:
+        load_setup(store.root)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match="corrupt"):  # resuming reads it too, and says the same
+        prepare(store.root, pairs=N_PAIRS, n_raters=1, seed=5)
+
+
+def test_an_unexpected_error_is_a_short_page_and_one_log_line(study, monkeypatch, capfd) -> None:
+    import aesthetic_audit.annotate.session as session
+
+    store, setup, client = study
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(session, "answered", broken)
+    r = client.get(f"/r/{setup.tokens['rater1']}/")
+    assert r.status_code == 500 and "could not answer" in r.text and "disk on fire" not in r.text
+    assert "Traceback" not in capfd.readouterr().err

@@ -322,3 +322,14 @@ def test_module_imports_without_torch():
     code = ("import sys, aesthetic_audit.scorers.hps; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_convert_refuses_flags_that_do_not_fit_together(hps, tmp_path, cli):
+    _, options = hps
+    src = f"{options['weights']}/{FILE}"
+    for flags, message in ((("--activation", "quick_gelu"), "add --openclip"),
+                           (("--mps", "--openclip"), "give one")):
+        code, _, err = cli("convert", src, "-o", tmp_path / "x", *flags)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(Exception, match="tokenizer must be a folder"):
+        get("scorers", "hps")(weights=options["weights"], tokenizer=5)

@@ -48,6 +48,11 @@ HAND = [
     ("an eerie, pixelated forest with garish neon colors",
      {"emotion", "detail refinement", "color aesthetic"}, set()),
     ("no blur and heavy darkness", {"color brightness"}, {"clarity"}),
+    # a negation ends at the next effect unless "and"/"or" continues its list
+    ("a non-blurry dark photo", {"color brightness"}, {"clarity"}),
+    ("a not blurry dark photo", {"color brightness"}, {"clarity"}),
+    ("a photo without blur dark and moody", {"color brightness"}, {"clarity"}),
+    ("not blurry, not dark", set(), {"clarity", "color brightness"}),
     ("a very blurry, not dark photo of a cat", {"clarity"}, {"color brightness"}),
     ("a statue that casts no shadows", {"lighting distinction"}, set()),  # "no shadows" is the effect
     ("things that don't belong together", {"object pairing"}, set()),

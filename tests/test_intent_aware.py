@@ -394,3 +394,34 @@ def test_the_judge_modes_refuse_tensors_in_one_line(tiny_parts):
     with pytest.raises(ConfigError) as exc:
         IntentAwareReward(_Const(), CompositeAesthetics(), Words())
     one_line(exc)
+
+
+def test_an_llm_parser_endpoint_that_is_down_stops_the_score_stage(tmp_path, images):
+    """A dead endpoint behind the scorer stops the stage with one error instead of failing chunk after chunk."""
+    from aesthetic_audit.errors import EndpointUnreachable
+
+    class Down:
+        name = "down"
+
+        def identity(self):
+            return {"name": self.name}
+
+        def parse(self, prompts):
+            raise EndpointUnreachable("3 items in a row could not connect to http://127.0.0.1:9/v1")
+
+    store = RunStore(tmp_path)
+    sha_o, sha_a = store.put_image(images["photo"]), store.put_image(images["blur"])
+    store.put(Record("pair", IMAGES, "pair", {"image_o": sha_o, "image_a": sha_a, "p_o": P_O, "p_a": P_BLUR,
+                                                "dims": ["clarity"]}))
+    with pytest.raises(EndpointUnreachable):
+        run_score(store, IntentAwareScorer(parser=Down()), chunk_size=1)
+    assert store.counts().get("score", {}).get("failed", 0) == 0
+
+
+def test_weights_and_judge_of_the_wrong_type_are_one_line_config_errors():
+    for options, message in (({"weights": ["clarity"]}, "weights must be a mapping"),
+                             ({"weights": [["clarity", 2]]}, "weights must be a mapping"),
+                             ({"judge": "vlm"}, "judge must be a judge object")):
+        with pytest.raises(ConfigError, match=message) as exc:
+            IntentAwareScorer(parser=Words(), **options)
+        one_line(exc)

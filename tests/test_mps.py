@@ -390,3 +390,11 @@ def test_convert_gives_identical_scores(official, tmp_path):
 def test_module_imports_without_torch():
     code = "import sys, aesthetic_audit.scorers.mps; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.3", True])
+def test_a_mask_threshold_that_is_not_a_finite_number_is_refused(bad):
+    from aesthetic_audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mask_threshold must be a number"):
+        get("scorers", "mps")(mask_threshold=bad)

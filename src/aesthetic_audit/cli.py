@@ -845,6 +845,10 @@ def _extra_tests(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    if args.mps and args.openclip:
+        raise AuditError("--mps and --openclip name different checkpoint layouts: give one")
+    if (args.activation != "gelu" or args.vision_head_width) and not args.openclip:
+        raise AuditError("--activation and --vision-head-width apply to an open_clip checkpoint: add --openclip")
     if args.mps:
         from .scorers.mps import convert_checkpoint as convert_mps
 

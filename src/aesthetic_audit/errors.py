@@ -21,6 +21,11 @@ class InputError(AuditError):
         self.item = item
 
 
+class EndpointUnreachable(AuditError):
+    """Several items in a row could not connect: the endpoint is down or misconfigured. Defined here, not
+    in the client, so stages can stop on it without importing the HTTP stack."""
+
+
 class MissingExtraError(AuditError, ImportError):
     def __init__(self, module: str, extra: str, feature: str):
         super().__init__(

@@ -72,7 +72,7 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
     jinja2 = require("jinja2", "app", FEATURE)
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
     from starlette.exceptions import HTTPException
 
     run_dir = Path(run_dir)
@@ -143,7 +143,7 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
             raise fail(403, "the form is stale or was not made by this server; reload the page")
         return fields
 
-    def image(store: RunStore, allowed: set[str], sha: str) -> FileResponse:
+    def image(store: RunStore, allowed: set[str], sha: str) -> Response:
         if not _SHA.fullmatch(sha) or sha not in allowed:
             raise fail(404, "no such image")
         stored = next(s for s in allowed if s == sha)  # the path is built from the study's value, not the request's
@@ -152,11 +152,18 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
         except InputError:
             raise fail(404, "no such image") from None
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+        try:  # read here, not streamed: an unreadable file is then a 404, never a 200 cut short
+            content = path.read_bytes()
+        except OSError:
+            raise fail(404, "no such image") from None
+        return Response(content, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # answered here: Starlette's own handler would print a traceback on the console
+            response = server_error_page(request, exc)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
@@ -174,8 +181,8 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
     async def bad_request(request: Request, exc: RequestValidationError) -> HTMLResponse:
         return page("error", 400, status=400, message="malformed request")
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> HTMLResponse:
+    def server_error_page(request: Request, exc: Exception) -> HTMLResponse:
+        """One log line (no token: only the route's first part) and a short page."""
         log.error("annotation app: %s on %s %s: %s", type(exc).__name__, request.method,
                   request.url.path.split("/")[1] if request.url.path.count("/") > 1 else "", exc)
         log.debug("details", exc_info=exc)
@@ -224,7 +231,7 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
         return RedirectResponse(f"/r/{token}/", status_code=303)
 
     @app.get("/r/{token}/img/{sha}")
-    def rater_image(token: str, sha: str) -> FileResponse:
+    def rater_image(token: str, sha: str) -> Response:
         with opened() as (setup, store):
             rater = rater_of(setup, token)
             allowed = {setup.pairs[p][f"image_{side}"] for p in setup.assigned(rater) for side in "oa"}
@@ -267,7 +274,7 @@ def create_app(run_dir: str | Path, *, allowed_hosts: Sequence[str] | None = Non
         return RedirectResponse(f"/a/{token}/", status_code=303)
 
     @app.get("/a/{token}/img/{sha}")
-    def admin_image(token: str, sha: str) -> FileResponse:
+    def admin_image(token: str, sha: str) -> Response:
         with opened() as (setup, store):
             admin_of(setup, token)
             return image(store, {p[f"image_{side}"] for p in setup.pairs.values() for side in "oa"}, sha)

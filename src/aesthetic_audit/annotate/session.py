@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import random
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ def load_setup(run_dir: str | os.PathLike) -> Setup | None:
         return None
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        _check_shape(raw)
         return Setup(run_dir=Path(run_dir), seed=int(raw["seed"]), n_pairs=raw["n_pairs"],
                      show_flagged=bool(raw["show_flagged"]), admin_token=raw["admin_token"],
                      csrf_key=raw["csrf_key"], pairs=raw["pairs"],
@@ -133,6 +135,48 @@ def load_setup(run_dir: str | os.PathLike) -> Setup | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path} is unreadable or corrupt ({exc}); move it aside to start a new annotation "
                          "study (the answers stay in the run)") from None
+
+
+_SHA_TEXT = re.compile(r"[0-9a-f]{64}")
+_MIN_SECRET = 16  # tokens are token_urlsafe(24): 32 characters; a short one was written by hand
+
+
+def _check_shape(raw: Any) -> None:
+    """Raise ValueError saying what is wrong when ``raw`` is not a setup as ``save_setup`` writes it: a
+    hand-edited or damaged file must not serve guessable links or fail later on every request."""
+    def secret(value: Any, what: str) -> None:
+        if not isinstance(value, str) or len(value) < _MIN_SECRET:
+            raise ValueError(f"{what} is not a secret token of {_MIN_SECRET}+ characters")
+
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    if isinstance(raw.get("seed"), bool) or not isinstance(raw.get("seed"), int):
+        raise ValueError("seed is not an integer")
+    if raw.get("n_pairs") is not None and (isinstance(raw["n_pairs"], bool) or not isinstance(raw["n_pairs"], int)):
+        raise ValueError("n_pairs is not an integer or null")
+    secret(raw.get("admin_token"), "admin_token")
+    secret(raw.get("csrf_key"), "csrf_key")
+    pairs = raw.get("pairs")
+    if not isinstance(pairs, dict) or not all(
+            isinstance(p, dict) and isinstance(p.get("p_a"), str)
+            and all(isinstance(p.get(k), str) and _SHA_TEXT.fullmatch(p[k]) for k in ("image_o", "image_a"))
+            for p in pairs.values()):
+        raise ValueError("pairs is not a mapping of pair ids to {image_o, image_a (SHA-256), p_a}")
+    raters = raw.get("raters")
+    if not isinstance(raters, dict):
+        raise ValueError("raters is not a mapping")
+    for name, r in raters.items():
+        if not isinstance(r, dict):
+            raise ValueError(f"rater {name!r} is not a mapping")
+        secret(r.get("token"), f"rater {name!r}'s token")
+        order, first = r.get("order"), r.get("first")
+        if not isinstance(order, list) or any(p not in pairs for p in order):
+            raise ValueError(f"rater {name!r}'s order names pairs the study does not hold")
+        if not isinstance(first, dict) or any(v not in ("o", "a") for v in first.values()):
+            raise ValueError(f"rater {name!r}'s shown sides are not all 'o' or 'a'")
+    flagged = raw.get("flagged")
+    if not isinstance(flagged, list) or any(not isinstance(p, str) for p in flagged):
+        raise ValueError("flagged is not a list of pair ids")
 
 
 def save_setup(setup: Setup) -> None:

@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 
-from ..errors import AuditError, ConfigError
+from ..errors import AuditError, ConfigError, EndpointUnreachable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,10 +54,6 @@ SHUTDOWN_WAIT_S = 5.0       # a stopped map waits this long for its cancelled re
 _RETRYABLE_4XX = frozenset({408, 429})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MIN_SCRUBBED_KEY = 8  # shorter "keys" are placeholders; replacing them would garble messages
-
-
-class EndpointUnreachable(AuditError):
-    """Several items in a row could not connect: the endpoint is down or misconfigured."""
 
 
 class RequestFailed(Exception):

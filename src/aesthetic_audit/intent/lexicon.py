@@ -335,15 +335,18 @@ class LexiconParser:
             negator: int | None = None
             gap = 0
             after_cue = False
+            joined = False  # an "and"/"or" since the last negated cue: the list (and the negation) goes on
             i_pos = 0
             while i_pos < len(clause):
                 i = clause[i_pos]
                 word = tokens[i].word
                 if i in starts:
                     m = starts[i]
+                    if negator is not None and after_cue and not joined:
+                        negator = None  # "not blurry dark": the darkness is requested, not negated
                     if negator is not None:
                         m.negated_from = negator
-                        after_cue = True
+                        after_cue, joined = True, False
                     elif m.last + 1 < len(tokens) and tokens[m.last + 1].word == "free":
                         m.negated_from = m.first  # "noise-free", "clutter free"
                     m.strength = _strength(tokens, clause, clause.index(m.first), factors, covered)
@@ -351,7 +354,9 @@ class LexiconParser:
                     continue
                 if i not in covered and _is_negator(tokens, i):
                     negator, gap, after_cue = i, 0, False
-                elif word in CONJUNCTIONS or word in STOPWORDS:
+                elif word in CONJUNCTIONS:
+                    joined = True
+                elif word in STOPWORDS:
                     pass
                 elif negator is not None:
                     gap += 1

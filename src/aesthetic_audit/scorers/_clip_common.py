@@ -54,6 +54,9 @@ class CheckpointFolder:
     """
 
     def __init__(self, variant: str | None = None, *, tokenizer: Any = None, **options: Any):
+        if tokenizer is not None and not isinstance(tokenizer, (str, Path)) and not callable(tokenizer):
+            raise ConfigError(f"tokenizer must be a folder with {' + '.join(TOKENIZER_FILES)} (or a tokenizer object "
+                              f"from Python); got {tokenizer!r}")
         folder = tokenizer if isinstance(tokenizer, (str, Path)) else None
         super().__init__(variant, tokenizer=None if folder else tokenizer, **options)
         self.tokenizer_dir = str(folder) if folder else None

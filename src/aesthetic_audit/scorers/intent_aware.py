@@ -34,8 +34,8 @@ dimension, where the prompt requests the anti-aesthetic pole:
   where the reward cannot tell the requested effect from a flaw, the requested terms keep their -1, and
   faithfulness decides (offline, the two images of such a pair then tie unless a covered effect was also
   requested; the analysis counts ties apart). ``unseen: plain`` applies the formula as written. A judge that
-  covers every dimension (the VLM judge) never abstains; in quality-scorer mode the one term already flips
-  for any request.
+  covers every dimension (a prepared VLM judge passed from Python as ``judge=``) never abstains; in
+  quality-scorer mode the one term already flips for any request.
 - λ: option ``strength`` (default 1.0; 0 switches aesthetics off, so the score is the faithfulness term
   exactly); w_d: option ``weights``, a taste profile {dimension: weight} (default 1 for every term; a key that
   is not one of the terms is an error; a weight may be 0, to ignore a dimension, or negative, for a user who
@@ -99,6 +99,8 @@ def _number(value: Any, what: str) -> float:
 
 def resolve_weights(weights: Mapping[str, Any] | None, terms: Sequence[str]) -> dict[str, float]:
     """The taste profile over ``terms``: given weights, 1.0 for the rest; other keys are a ConfigError."""
+    if weights is not None and not isinstance(weights, Mapping):
+        raise ConfigError(f"weights must be a mapping {{dimension: weight}}, e.g. {{clarity: 0.5}}; got {weights!r}")
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(terms))
     if unknown:
@@ -183,7 +185,11 @@ class IntentAwareScorer(Scorer):
             raise ConfigError(f"unseen must be one of {', '.join(UNSEEN)}; got {unseen!r}")
         self.unseen = unseen
         self.parser = _parser(parser, parser_options)
-        # Injectable so a caller can share one judge (and its settings) with the judge stage.
+        # Injectable from Python so a caller can share one judge (and its settings) with the judge stage, or
+        # pass a judge that covers more dimensions (a prepared VLM judge); the config cannot name one.
+        if judge is not None and not isinstance(judge, Judge):
+            raise ConfigError(f"judge must be a judge object passed from Python (the classical judge is the "
+                              f"default); got {judge!r}")
         self.judge = judge if judge is not None else ClassicalJudge()
         self.quality: Scorer | None = None
         if aesthetic == JUDGE_MODE:

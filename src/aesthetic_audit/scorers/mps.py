@@ -135,6 +135,7 @@ one over 77 tokens).
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -502,7 +503,8 @@ class MPSScorer(CheckpointFolder, CrossEncoderScorer):
         if not isinstance(condition, str) or not condition.strip():
             raise ConfigError(f"condition must be 'overall' or a non-empty condition text, not {condition!r}")
         self.condition = CONDITIONS.get(condition, condition)
-        if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)):
+        if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)) \
+                or not math.isfinite(mask_threshold):
             raise ConfigError(f"mask_threshold must be a number (official: 0.3, or 0.01), not {mask_threshold!r}")
         self.mask_threshold = float(mask_threshold)
         self._condition_features: Any = None

@@ -21,7 +21,7 @@ import time
 
 from typing import Any
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
 from ..images.shared import decode_stored
 from ..records import IMAGES, SCORE, has_pixels, json_text, score_key_template
@@ -92,6 +92,8 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
                         ready.append((key, item, image, prompt))
                 try:
                     results = scorer.score([(cache[image], prompt) for _, _, image, prompt in ready]) if ready else []
+                except EndpointUnreachable:  # an endpoint behind the scorer (an LLM intent parser) is down: stop
+                    raise
                 except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
                     for key, item, image, prompt in ready:
                         fail(key, item, image, prompt, f"scorer error: {exc!r}")
@@ -109,7 +111,6 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
 def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
     """A pairwise scorer's verdict on every distinct (I_o, I_a, p_a) of the run's pairs (as the labels
     stage reads them: a pair without p_a is asked about "", pairs imported without images are skipped)."""
-    from ..clients.openai_compat import EndpointUnreachable  # here: httpx is not for every score stage to import
     from ..labels.vlm import PairItem  # the pairwise question's input; imports nothing heavy
 
     identity = scorer.identity()
