@@ -137,3 +137,11 @@ def test_name_alias_runs_a_second_instance_of_a_scorer(tmp_path):
     assert len(by_name["composite"]) == 3  # prompt-blind: each image once
     data = RunData.from_store(store)
     assert data.higher_is_better["composite:again"] is True and data.prompt_aware["composite:again"] is False
+
+
+@pytest.mark.parametrize("name", ["composite:", "composite:b:c", "composite:b c", "composite:<b>"])
+def test_a_malformed_alias_is_refused_by_the_config(name):
+    from aesthetic_audit.config import ScoreConfig
+
+    with pytest.raises(ValueError, match="an alias after ':'"):
+        ScoreConfig(scorers=[name])

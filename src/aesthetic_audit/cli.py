@@ -574,7 +574,9 @@ def _ls(args: argparse.Namespace) -> None:
         return
     from .registry import available
 
-    if args.what == "scorers" and args.markdown:
+    if args.markdown:
+        if args.what != "scorers":
+            raise AuditError("--markdown prints the reward-model table: use it with `ls scorers`")
         print(scorer_table(available("scorers")))
         return
     for name, obj in available(args.what).items():

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import AuditError, ConfigError
 from .hashing import spec_hash
 
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # the ALIAS of a NAME:ALIAS scorer instance
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -197,6 +199,10 @@ class ScoreConfig(_Section):
 
     @model_validator(mode="after")
     def _known_scorers(self):
+        for name in [*self.scorers, *self.options]:
+            if ":" in name and not _ALIAS.fullmatch(name.split(":", 1)[1]):
+                raise ValueError(f"scorer {name!r}: an alias after ':' is letters, digits, '_', '-' or '.', "
+                                 "starting with a letter or digit (vlm-pair:gpt)")
         _check_backends("scorers", [n.split(":", 1)[0] for n in self.scorers], "score.scorers")
         _check_backends("scorers", [n.split(":", 1)[0] for n in self.options], "score.options")
         for name, opts in self.options.items():

@@ -92,10 +92,15 @@ class EmbeddingParser:
             return
         torch = require("torch", "models", "the embedding intent parser")
         transformers = require("transformers", "models", "the embedding intent parser")
+        # A hub id on a machine that cannot reach the hub: the cache alone, at once, instead of
+        # huggingface_hub's retries (about a minute) before the same error.
+        local = Path(self.model_name).is_dir() or _hub_unreachable()
         try:
             with quiet_libraries():
-                self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_name, revision=self.revision)
-                self._model = transformers.AutoModel.from_pretrained(self.model_name, revision=self.revision)
+                self._tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    self.model_name, revision=self.revision, local_files_only=local)
+                self._model = transformers.AutoModel.from_pretrained(self.model_name, revision=self.revision,
+                                                                     local_files_only=local)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"embedding parser: cannot load the model {self.model_name!r} (a folder with "
@@ -165,3 +170,12 @@ class EmbeddingParser:
             out.append(Intent(requested=requested, negated=frozenset(negated - set(requested)),
                               evidence={k: "; ".join(v) for k, v in evidence.items()}))
         return out
+
+
+def _hub_unreachable() -> bool:
+    """HF_HUB_OFFLINE is set, or one short request finds no hub (the scorers' resolver does the same)."""
+    from huggingface_hub import constants
+
+    from ..scorers._weights import hub_offline_env, hub_problem
+
+    return hub_offline_env() or bool(constants.HF_HUB_OFFLINE) or hub_problem(constants.ENDPOINT) is not None

@@ -72,7 +72,8 @@ def from_run(store: Any) -> dict[str, list[tuple[str, list[str]]]]:
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """One block per group (rewriter): dimension, P, R, F1, n and how often it was found; then macro-F1,
     micro-F1 and the false-positive rate on prompts that request nothing. A dimension no prompt requests
-    (found only by mistake) shows its false finds, with no recall or F1 (they are left out of macro-F1)."""
+    (found only by mistake) shows precision 0 and its false finds, with no recall or F1 (it is left out
+    of macro-F1)."""
     lines: list[str] = []
     for group, r in results.items():
         lines.append(f"{group}: {r['n']} prompts ({r['n_without_dims']} requesting nothing), "
@@ -82,7 +83,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             if m["support"]:
                 cells = f"{m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f}"
             else:
-                cells = f"{'-':>6} {'-':>6} {'-':>6}"
+                cells = f"{m['precision']:6.3f} {'-':>6} {'-':>6}"
             lines.append(f"  {d:24} {cells} {m['support']:5d} {m['predicted']:6d}")
         macro = "n/a" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}"
         fpr = "n/a" if r["false_positive_rate"] is None else f"{r['false_positive_rate']:.3f}"

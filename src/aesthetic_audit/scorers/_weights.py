@@ -300,6 +300,14 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, key: str | None 
     if not src.is_file():
         raise WeightsError(f"no checkpoint file at {src}")
     state = load_state_dict(src, allow_pickle=True, key=key)
+    import torch  # present: load_state_dict required it
+
+    nested = [k for k, v in state.items() if isinstance(v, dict)]
+    other = [k for k, v in state.items() if not isinstance(v, (dict, torch.Tensor))]
+    if nested or other:  # a wrapped checkpoint ({"state_dict": ...}) or training state beside the weights
+        hint = f"; the tensors may be under --key {nested[0]}" if nested else ""
+        raise WeightsError(f"{src.name}: not every entry is a tensor ({', '.join(map(repr, (nested + other)[:4]))}"
+                           f"{hint})")
     if dst.suffix != ".safetensors":
         dst = dst / (src.stem + ".safetensors")
     copies = companions(src.parent, dst.parent)

@@ -72,12 +72,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from PIL import Image
 
-from ..errors import ConfigError, InputError
+from ..errors import AuditError, ConfigError, InputError
 from ..images.shared import decode_stored
 from ..intent.base import Intent, IntentParser, make_parser
 from ..judges.base import Judge
 from ..judges.classical import ClassicalJudge
 from ..registry import register
+from ._weights import WeightsError
 from .base import Scorer, ScoreResult, image_key
 from .composite import CompositeAesthetics
 from .stage import make_scorer
@@ -225,13 +226,24 @@ class IntentAwareScorer(Scorer):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "parser": self.parser.identity(),
                 "judge": self.judge.identity() if self.uses_judge else None,
-                "faithfulness": self.faithful.identity() if self.faithful else CLASSICAL,
-                "aesthetic": self.quality.identity() if self.quality else JUDGE_MODE}
+                "faithfulness": self._of("faithfulness", self.faithful, "identity") if self.faithful else CLASSICAL,
+                "aesthetic": self._of("aesthetic", self.quality, "identity") if self.quality else JUDGE_MODE}
 
     def _load(self) -> None:
-        for part in (self.faithful, self.quality):
+        for role, part in (("faithfulness", self.faithful), ("aesthetic", self.quality)):
             if part is not None:
-                part.load()
+                self._of(role, part, "load")
+
+    @staticmethod
+    def _of(role: str, part: Scorer, method: str) -> Any:
+        """``part.method()``, its errors naming the part and where its options go: this scorer's own
+        ``weights`` is the taste profile, so a part's hint "pass DIR as the weights option" would mislead."""
+        try:
+            return getattr(part, method)()
+        except AuditError as exc:
+            cls = WeightsError if isinstance(exc, WeightsError) else ConfigError
+            raise cls(f"{role} {part.name}: {exc} (the {role} scorer's options, its weights included, go in "
+                      f"{role}_options)") from None
 
     # -- the score stage's reuse of judge records ----------------------------------------------------
     def stored_results(self, store: RunStore, images: Sequence[str]) -> dict[str, ScoreResult]:
