@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..clients.openai_compat import EndpointUnreachable
 from ..dimensions import Catalogue
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
 from ..images.shared import decode_stored
 from ..records import IMAGES, JUDGE, has_pixels, judge_key_template, json_text

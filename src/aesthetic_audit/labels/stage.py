@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..clients.openai_compat import EndpointUnreachable
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
 from ..images.shared import decode_stored
 from ..records import IMAGES, LABELS, has_pixels, json_text, label_key_template
