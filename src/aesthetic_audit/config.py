@@ -367,7 +367,7 @@ def _format_errors(exc: ValidationError, where: str) -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{loc}: {msg}" if loc else msg)
-    return f"{where}: invalid configuration:\n  " + "\n  ".join(lines)
+    return f"{where}: invalid configuration: " + "; ".join(lines)  # one line, every problem named
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
