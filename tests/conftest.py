@@ -23,3 +23,12 @@ def cli(capsys):
 
 
 PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless system Chromium per test module (tests/browser.py; its importers skip without one)."""
+    from browser import open_browser
+
+    with open_browser() as chromium:
+        yield chromium

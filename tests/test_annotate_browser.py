@@ -16,7 +16,6 @@ test never downloads a browser).
 from __future__ import annotations
 
 import re
-import shutil
 import itertools
 import socket
 import threading
@@ -39,12 +38,11 @@ from aesthetic_audit.labels.vlm import LabelResult
 from aesthetic_audit.records import IMAGES, LABELS, image_pair_key, label_key
 from aesthetic_audit.store.run import Record, RunStore
 
+from browser import requires_chromium
 from fake_images import pattern
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install 'aesthetic-audit[app]')")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+pytestmark = requires_chromium
 
 N_PAIRS = 6
 # What each source says about pair i of the run (-1 tie, 0 I_o preferred, 1 I_a preferred). ann and bob
@@ -151,14 +149,6 @@ def app(tmp_path_factory) -> Iterator[App]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 # -- a rater in the browser ------------------------------------------------------------------------

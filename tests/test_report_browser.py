@@ -8,18 +8,15 @@ test never downloads a browser)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from aesthetic_audit.analysis import analyze
 from aesthetic_audit.config import AnalysisConfig
 from aesthetic_audit.report import write_report
+from browser import requires_chromium
 from test_report import _build
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+pytestmark = requires_chromium
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +25,6 @@ def report_url(tmp_path_factory):
     store = _build(root / "run", n_pairs=4, strengths=(0.25, 1.0))
     path = write_report(store, analyze(store, AnalysisConfig(bootstrap=100), seed=0), root / "report.html")
     return path.as_uri()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.mark.parametrize("width", [1400, 400])

@@ -271,10 +271,13 @@ def test_bad_options_and_misuse_are_one_line_errors(tmp_path, cli):
 
 def test_local_qwen_vl_probabilities_are_the_models_own(tmp_path):
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from test_vlm_local import Reference
     from tiny.qwen_vl import build, model_class
 
     from aesthetic_audit.labels.vlm import PairItem
+    from aesthetic_audit.scorers.vlm_pairwise import PROBS_INSTRUCTION, PROBS_SYSTEM
+    from aesthetic_audit.vlm.base import Prompt
 
     folder = build(tmp_path / "qwen", "qwen2_vl")
     scorer = VLMPairwise(model=str(folder), device="cpu", dtype="fp32", answer="probs", image_size=56)
@@ -282,49 +285,15 @@ def test_local_qwen_vl_probabilities_are_the_models_own(tmp_path):
     img_o, img_a = (Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(2))
     item = PairItem(img_o, img_a, "a blurry dog", order_key="k")
     (answer,) = scorer.compare([item])
-    # independently: the official processor and the model's own full forward (the weights our backend
-    # loaded, as transformers' class), softmax over the logits of "1" and "2"
-    model = scorer.backend.model
-    assert isinstance(model, model_class("qwen2_vl"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    ids = tokenizer.convert_tokens_to_ids(["1", "2"])
+    assert isinstance(scorer.backend.model, model_class("qwen2_vl"))
+    # independently: the official processor and a plain full forward of the folder's model (the test file
+    # of the local backend builds them), softmax over the logits of "1" and "2"
+    reference = Reference(folder, "qwen2_vl")
+    ids = reference.processor.tokenizer.convert_tokens_to_ids(["1", "2"])
     shown = [img_a, img_o] if first_shown("k") == "a" else [img_o, img_a]
-    logits = _reference_logits(folder, model, shown, "a blurry dog")
-    p = torch.softmax(logits[ids].double(), dim=0).numpy()
+    resized = [im.resize((56, 56), Image.Resampling.BICUBIC) for im in shown]
+    logits = reference.logits(Prompt((PROBS_INSTRUCTION.format(prompt="a blurry dog"), *resized), system=PROBS_SYSTEM))
+    p = torch.softmax(logits[ids], dim=0).numpy()
     expected = p[0] if first_shown("k") == "a" else p[1]
     assert answer.ok and answer.prob_a == pytest.approx(expected, abs=1e-5)
     assert answer.answers[0]["first"] == first_shown("k")
-
-
-def _reference_logits(folder, model, images, prompt):
-    """The last position's logits of a plain full forward through the official processor (see
-    tests/test_vlm_local.py for why the processor is declared image-only)."""
-    import transformers
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from aesthetic_audit.scorers.vlm_pairwise import PROBS_INSTRUCTION, PROBS_SYSTEM
-
-    class ImageOnly(transformers.Qwen2VLProcessor):
-        @classmethod
-        def get_attributes(cls):
-            return ["image_processor", "tokenizer"]
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").exists() else (
-        json.loads((folder / "chat_template.json").read_text())["chat_template"]
-        if (folder / "chat_template.json").exists() else tokenizer.chat_template)
-    try:
-        processor = ImageOnly(image_processor=Qwen2VLImageProcessorPil.from_pretrained(str(folder)),
-                              tokenizer=tokenizer, chat_template=template)
-    except Exception as exc:  # a transformers release whose processor cannot run without torchvision
-        pytest.skip(f"the official processor cannot be built here: {type(exc).__name__}: {exc}")
-    resized = [im.resize((56, 56), Image.Resampling.BICUBIC) for im in images]
-    messages = [{"role": "system", "content": PROBS_SYSTEM},
-                {"role": "user", "content": [{"type": "text", "text": PROBS_INSTRUCTION.format(prompt=prompt)},
-                                             {"type": "image"}, {"type": "image"}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=resized, return_tensors="pt")
-    import torch
-
-    with torch.no_grad():
-        return model(**inputs).logits[0, -1]
