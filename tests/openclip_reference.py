@@ -3,7 +3,8 @@
 It reads the raw state dict as the official .pt files hold it (``visual.transformer.resblocks.N...``,
 ``token_embedding``, ...) and uses nothing from the package: attention, MLP, class-token pooling through
 ln_post, end-token pooling, projections and L2 normalisation are written out here. ``act`` is the MLP
-activation: ``F.gelu`` for open_clip's ViT-H-14, ``quick_gelu`` for OpenAI CLIP.
+activation: ``F.gelu`` for open_clip's ViT-H-14, ``quick_gelu`` for OpenAI CLIP. Both test files also take
+the OpenAI normalisation constants and their seeded noise images from here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,20 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
 F = torch.nn.functional
+# OpenAI CLIP's normalisation, which open_clip's and OpenAI's transforms both apply, in float64.
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(1, 3, 1, 1)
+
+
+def image(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
+    """Seeded noise of ``w`` x ``h``, in ``mode``: the test images."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
 
 
 def quick_gelu(a):

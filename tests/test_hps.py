@@ -24,12 +24,10 @@ from PIL import Image  # noqa: E402
 
 from aesthetic_audit.registry import available, get  # noqa: E402
 from aesthetic_audit.scorers._weights import WeightsError  # noqa: E402
-from openclip_reference import image_features, load_official, quick_gelu, text_features  # noqa: E402
+from openclip_reference import MEAN, STD, image, image_features, load_official, quick_gelu, text_features  # noqa: E402
 from tiny.hps import FILE, TEXT, VISION, build, clip_state_dict, write_checkpoint  # noqa: E402
 from tiny.hpsv2 import vocabulary, write_tokenizer  # noqa: E402
 
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(1, 3, 1, 1)
 V = vocabulary()
 SOT, EOT = V["<|startoftext|>"], V["<|endoftext|>"]
 SIZE = VISION["image"]
@@ -47,11 +45,6 @@ PROMPTS = {
     "a dog<|endoftext|>cat": [SOT, V["a</w>"], V["dog</w>"], EOT, V["cat</w>"], EOT],
     "cat " * 80: [SOT, *[V["cat</w>"]] * 75, EOT],  # 82 tokens: cut to 77, the last forced to the end token
 }
-
-
-def image(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
 
 
 def rgba(w: int, h: int, seed: int) -> Image.Image:

@@ -24,11 +24,9 @@ from PIL import Image  # noqa: E402
 
 from aesthetic_audit.registry import available, get  # noqa: E402
 from aesthetic_audit.scorers._weights import WeightsError  # noqa: E402
-from openclip_reference import image_features, load_official, text_features  # noqa: E402
+from openclip_reference import MEAN, STD, image, image_features, load_official, text_features  # noqa: E402
 from tiny.hpsv2 import BUILDERS, FILES, TEXT, VISION, vocabulary, write_checkpoint, write_tokenizer  # noqa: E402
 
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(1, 3, 1, 1)
 V = vocabulary()
 SOT, EOT = V["<|startoftext|>"], V["<|endoftext|>"]
 
@@ -44,12 +42,6 @@ PROMPTS = {
     "cab!! 42 &amp; an cat": ids_of("ca", "b</w>", "!", "!</w>", "4</w>", "2</w>", "&</w>", "an</w>", "cat</w>"),
     "cat " * 80: [SOT, *[V["cat</w>"]] * 75, EOT],  # 82 tokens: cut to 77, the last forced to the end token
 }
-
-
-def image(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    return img.convert(mode)
 
 
 IMAGES = [image(42, 42, 0), image(80, 50, 1), image(30, 61, 2), image(120, 90, 3, "L")]
