@@ -21,10 +21,11 @@ import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from ..clients import OpenAICompatClient, RequestFailed
 from ..clients.openai_compat import check_plain_url, describe_options_error
+from ..config import LLMConfig
 from ..dimensions import Catalogue, load_catalogue
 from ..errors import AuditError, ConfigError
 from ..hashing import spec_hash
@@ -51,21 +52,16 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)\s*```", re.DOTALL)
 _MENTIONS_SCHEMA = re.compile(r"response_format|json_schema|structured output|guided", re.IGNORECASE)
 
 
-class LLMOptions(BaseModel):
+class LLMOptions(LLMConfig):
+    """The LLM rewriter's endpoint settings (``prompts.llm``), with this parser's own defaults: a model must
+    be named, answers are greedy, replies are small; plus the catalogue it reads keys from."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible API base URL")
     model: str = Field(min_length=1, description="the served model name")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     temperature: float = Field(0.0, ge=0, le=2)
-    timeout_s: float = Field(60.0, gt=0, description="per-request deadline")
-    max_retries: int = Field(5, ge=0, description="retries on 429, 5xx, timeouts and connection errors")
-    backoff_s: float = Field(1.0, ge=0, description="first backoff; doubles each retry, with jitter")
     max_reasks: int = Field(2, ge=0, description="re-asks when a reply is not the expected JSON")
-    concurrency: int = Field(4, ge=1, description="requests in flight at once")
     max_reply_bytes: int = Field(1 << 20, ge=1, description="a bigger reply fails the prompt")
-    max_connection_failures: int = Field(3, ge=1, description="stop when this many prompts in a row cannot "
-                                         "connect")
     dimensions_file: str | None = Field(None, description="YAML file adding or overriding dimensions")
 
     @field_validator("base_url")
@@ -97,11 +93,9 @@ class LLMParser:
             raise ConfigError(f"llm intent parser: {describe_options_error(exc)}") from None
         o = self.options
         self.catalogue = catalogue if catalogue is not None else load_catalogue(o.dimensions_file)
-        self.client = OpenAICompatClient(
-            o.base_url, api_key_env=o.api_key_env, timeout_s=o.timeout_s, max_retries=o.max_retries,
-            backoff_s=o.backoff_s, max_reply_bytes=o.max_reply_bytes,
-            max_connection_failures=o.max_connection_failures, settings="the llm intent parser's options",
-            url_option="the llm intent parser's base_url", sleep=sleep, rand=rand)
+        self.client = OpenAICompatClient.from_config(o, settings="the llm intent parser's options",
+                                                     url_option="the llm intent parser's base_url",
+                                                     sleep=sleep, rand=rand)
         keys = self.catalogue.keys()
         self.instruction = INSTRUCTION.format(
             catalogue="\n".join(f"- {d.key}: {d.anti}" for d in self.catalogue), max_strength=MAX_STRENGTH)
