@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
-	$(BIN)/python -m pip install --quiet -e '.[offline,models,app,test]'
+	$(BIN)/python -m pip install --quiet -e '.[offline,models,app,ray,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -480,9 +480,9 @@ def test_only_constant_frames_are_blank_for_a_local_model(tiny):
         name = "hosted"
 
     for generator, ok in ((gen, True), (Hosted(), False)):
-        image, error = _Batches(None, generator, None)._checked(GenerationResult(Image.fromarray(dark)), "I_o (p_o)")
+        image, error = _Batches(generator, None, {}, 1)._checked(GenerationResult(Image.fromarray(dark)), "I_o (p_o)")
         assert (error is None) == ok and (image is not None) == ok
-        _, error = _Batches(None, generator, None)._checked(GenerationResult(Image.fromarray(constant)), "I_o (p_o)")
+        _, error = _Batches(generator, None, {}, 1)._checked(GenerationResult(Image.fromarray(constant)), "I_o (p_o)")
         assert error.startswith("I_o (p_o): blank image")
 
 

@@ -28,13 +28,19 @@ quick start:       aesthetic-audit demo            (the whole offline audit into
 """
 
 
-def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True, retry: bool = False) -> None:
+def _common(p: argparse.ArgumentParser, *, run: bool = True, config: bool = True, retry: bool = False,
+            engine: bool = False) -> None:
     if run:
         creates = p.prog.split()[-1] in CREATING
         p.add_argument("run", metavar="RUN", type=Path,
                        help="run directory (created if missing)" if creates else "an existing run directory")
     if retry:
         p.add_argument("--retry-failed", action="store_true", help="try items recorded as failed again")
+    if engine:
+        p.add_argument("--engine", choices=["local", "ray"],
+                       help="run the models in this process (local, the default) or in actor pools on Ray: a "
+                            "cluster named by RAY_ADDRESS or ray.address, else a Ray started on this machine; "
+                            "the ray section sizes the pools (see the README's 'Scaling out')")
     if config:
         p.add_argument("-c", "--config", type=Path, help="YAML config (see `aesthetic-audit init`)"
                        + ("; applied over the run's stored config" if run else ""))
@@ -151,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"backends: {_names('generators')}")
     p.add_argument("run", metavar="RUN", type=Path,
                    help="an existing run directory holding prompt pairs (from `prompts`); generate creates none")
-    _common(p, run=False, retry=True)
+    _common(p, run=False, retry=True, engine=True)
     p.add_argument("--generator", dest="generators", action="append", metavar="NAME",
                    help="a preset or backend name (repeatable); replaces images.generate.generators")
 
@@ -181,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Judge every image of the run's pairs on every dimension: J(I, d) in [0, 2] "
                 "(0 anti-aesthetic, 1 neutral, 2 conventional). Prompt-independent.\n"
                 f"judges: {_names('judges')} (default: {', '.join(defaults.judge.judges)})")
-    _common(p, retry=True)
+    _common(p, retry=True, engine=True)
     p.add_argument("--judges", help="comma-separated judge names (see `ls judges`); NAME:ALIAS runs another "
                                     "instance with options judge.options.NAME:ALIAS")
 
@@ -193,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "asks in both orders and counts disagreements as ties.\n"
                 "--import FILE reads human labels instead: Label Studio's JSON export of tasks made with "
                 "`export --layout label-studio`, or CSV/TSV/JSONL with rater, image_pair_id and choice.")
-    _common(p, retry=True)
+    _common(p, retry=True, engine=True)
     p.add_argument("--labellers", help="comma-separated labeller names (vlm, or vlm:ALIAS)")
     p.add_argument("--import", dest="import_path", type=Path, metavar="FILE", help="import human labels")
 
@@ -248,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"scorers: {_names('scorers')}\n"
                 f"default: {', '.join(defaults.score.scorers)}; model scorers take options in the config "
                 "(score.options.NAME: device, dtype, batch_size, weights, ...).")
-    _common(p, retry=True)
+    _common(p, retry=True, engine=True)
     p.add_argument("--scorers", help="comma-separated scorer names (see `ls scorers`)")
     p.add_argument("--chunk-size", type=int, help=f"(image, prompt) items per scorer call "
                                                   f"(default {defaults.score.chunk_size})")
@@ -271,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Run every stage the config asks for, in order: images (images.backend: generate, edit or "
                 "import; generate runs the prompt stage first when the run has no prompt pairs), judge, score, "
                 "analyze, report. Each stage skips what is already done.")
-    _common(p)
+    _common(p, engine=True)
 
     p = command("demo", "the whole offline audit on the built-in captions and photos",
                 "prompts (built-in captions) -> edit (built-in photos) -> judge -> score -> analyze -> report, "
@@ -458,6 +464,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["labels.labellers"] = _csv(args.labellers)
     elif cmd == "score":
         out.update({"score.scorers": _csv(args.scorers), "score.chunk_size": args.chunk_size})
+    out["engine"] = getattr(args, "engine", None)
     out = {k: v for k, v in out.items() if v is not None}  # flags not given change nothing
     out.update(parse_set(getattr(args, "sets", [])))  # an explicit --set key=null does
     return out
@@ -532,31 +539,40 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         return run.exit_code()
     else:
         run = _open(args)
-        if cmd == "prompts":
-            run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
-        elif cmd == "edit":
-            run.edit(retry_failed=args.retry_failed)
-        elif cmd == "generate":
-            run.generate(retry_failed=args.retry_failed)
-        elif cmd == "import":
-            run.import_pairs(args.path)
-        elif cmd == "judge":
-            run.judge(retry_failed=args.retry_failed)
-        elif cmd == "labels":
-            run.labels(retry_failed=args.retry_failed, import_path=args.import_path)
-        elif cmd == "score":
-            run.score(retry_failed=args.retry_failed)
-        elif cmd == "analyze":
-            run.analyze()
-        elif cmd == "report":
-            if args.more or args.out:
-                _report_several(run, args)
-            else:
-                run.report()
-        elif cmd == "run":
-            run.audit()
-        return run.exit_code()
+        try:
+            return _run_command(run, args)
+        finally:
+            run.close()
     return None
+
+
+def _run_command(run, args: argparse.Namespace) -> int:
+    """A command on one run (every command that opens a run but demo)."""
+    cmd = args.command
+    if cmd == "prompts":
+        run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
+    elif cmd == "edit":
+        run.edit(retry_failed=args.retry_failed)
+    elif cmd == "generate":
+        run.generate(retry_failed=args.retry_failed)
+    elif cmd == "import":
+        run.import_pairs(args.path)
+    elif cmd == "judge":
+        run.judge(retry_failed=args.retry_failed)
+    elif cmd == "labels":
+        run.labels(retry_failed=args.retry_failed, import_path=args.import_path)
+    elif cmd == "score":
+        run.score(retry_failed=args.retry_failed)
+    elif cmd == "analyze":
+        run.analyze()
+    elif cmd == "report":
+        if args.more or args.out:
+            _report_several(run, args)
+        else:
+            run.report()
+    elif cmd == "run":
+        run.audit()
+    return run.exit_code()
 
 
 def _ls(args: argparse.Namespace) -> None:

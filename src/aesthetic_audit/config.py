@@ -338,6 +338,42 @@ class AnalysisConfig(_Section):
         return value
 
 
+class RayBackendConfig(_Section):
+    workers: int | None = Field(None, ge=1, description="actors in this backend's pool (default ray.workers)")
+    num_cpus: float | None = Field(None, ge=0, description="CPUs each actor reserves (default ray.num_cpus)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each actor reserves (default ray.num_gpus); "
+                                   "a fraction packs several actors on one GPU")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="the cluster to join (ray://HOST:10001 or auto); default: the "
+                                "RAY_ADDRESS environment variable, else a Ray started for the command on this machine")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of the Ray started on this machine (default: all)")
+    workers: int = Field(2, ge=1, description="actors per backend, each holding one loaded model")
+    num_cpus: float = Field(1, ge=0, description="CPUs each actor reserves")
+    num_gpus: float = Field(0, ge=0, description="GPUs each actor reserves")
+    in_flight: int = Field(2, ge=1, description="batches queued on each actor, so it never waits for the driver")
+    images: Literal["auto", "shared", "send"] = Field(
+        "auto", description="how workers reach the run's images: 'shared' reads and writes the run's images/ "
+        "folder (a path every node mounts at the same place), 'send' ships the bytes through Ray, 'auto' "
+        "checks that every worker sees the run's folder and falls back to 'send'")
+    max_retries: int = Field(2, ge=0, description="times a batch is sent again after its worker was lost; "
+                             "past that its items are left for a rerun")
+    backends: dict[str, RayBackendConfig] = Field(
+        default_factory=dict, description="per-backend pool size and resources, keyed STAGE:NAME (score:hpsv2, "
+        "judge:vlm, labels:vlm, generate:sdxl), e.g. {score:hpsv2: {workers: 4, num_gpus: 0.5}}")
+
+    @field_validator("backends")
+    @classmethod
+    def _backend_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            stage, _, name = key.partition(":")
+            if stage not in ("score", "judge", "labels", "generate") or not name:
+                raise ValueError(f"ray.backends: {key!r} is not STAGE:NAME with STAGE one of score, judge, labels, "
+                                 "generate (e.g. score:hpsv2)")
+        return value
+
+
 class AuditConfig(_Section):
     seed: int = Field(0, ge=0, lt=2**63, description="seed for every random choice; recorded with each record")
     dimensions_file: str | None = Field(None, description="YAML file adding or overriding dimensions")
@@ -353,6 +389,9 @@ class AuditConfig(_Section):
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    engine: Literal["local", "ray"] = Field("local", description="where generate, judge, labels and score run "
+                                            "their models: this process, or actor pools on Ray (the ray extra)")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     def hash(self) -> str:
         return spec_hash(self.model_dump(mode="json"))

@@ -26,6 +26,11 @@ class EndpointUnreachable(AuditError):
     in the client, so stages can stop on it without importing the HTTP stack."""
 
 
+class EngineError(AuditError):
+    """The engine itself cannot run work (Ray cannot start, the cluster is gone): it stops the command,
+    whichever backend was running, and is no fault of the backend."""
+
+
 class MissingExtraError(AuditError, ImportError):
     def __init__(self, module: str, extra: str, feature: str):
         super().__init__(

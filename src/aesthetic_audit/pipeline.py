@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import AuditConfig, GenerateConfig, load_config
 from .dimensions import Catalogue, load_catalogue, load_visionreward_rubric
-from .errors import AuditError, ConfigError, InputError
+from .errors import AuditError, ConfigError, EngineError, InputError
 from .records import BACKEND, IMAGES, PROMPTS, backend_key
 from .stage import StageSummary
 from .store import Record, RunStore
@@ -27,6 +27,7 @@ class Run:
         self._catalogue: Catalogue | None = None
         self.errors: list[str] = []  # backends that could not run; the others went on
         self.summaries: list[StageSummary] = []
+        self._engine = None
 
     @classmethod
     def open(cls, run_dir: str | Path, config_file: str | Path | None = None,
@@ -52,6 +53,22 @@ class Run:
         return cls(store, config)
 
     @property
+    def engine(self):
+        """Where generate, judge, labels and score run their models (``engine`` in the config); made on
+        first use, so commands that run none of them never start Ray."""
+        if self._engine is None:
+            from .engine import make_engine
+
+            self._engine = make_engine(self.config)
+        return self._engine
+
+    def close(self) -> None:
+        """Stop what the run started (a local Ray); the store stays usable."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    @property
     def catalogue(self) -> Catalogue:
         if self._catalogue is None:
             cat = load_catalogue(self.config.dimensions_file)
@@ -68,7 +85,7 @@ class Run:
 
     def exit_code(self) -> int:
         """1 when any item failed or a backend could not run in this session's stages, else 0."""
-        return 1 if self.errors or any(s.failed for s in self.summaries) else 0
+        return 1 if self.errors or any(s.failed or s.lost for s in self.summaries) else 0
 
     def prompts(self, *, retry_failed: bool = False, import_path: str | Path | None = None) -> StageSummary:
         from .prompts.pairs_io import import_prompt_pairs
@@ -104,17 +121,18 @@ class Run:
         if not self._has_inputs(gc):
             return []
         # Built before any runs, so a bad option value stops the command before anything is rendered
-        # (building loads nothing).
+        # (building loads nothing); an engine that cannot run (the ray extra missing) stops it too.
         built = [(spec, spec.build()) for spec in specs]
+        log.debug("engine: %s", self.engine.name)
         out = []
         held = []  # generators run on weights that the next one shares (a LoRA scale sweep on one pipeline)
         try:
             for i, (spec, generator) in enumerate(built):
                 try:
                     out.append(self._done(run_generate(self.store, self.config, spec, generator=generator,
-                                                       retry_failed=retry_failed)))
+                                                       retry_failed=retry_failed, engine=self.engine)))
                     self._backend_ran("generator", spec.name)
-                except EndpointUnreachable:
+                except (EndpointUnreachable, EngineError):
                     raise
                 except AuditError as exc:
                     self._backend_failed("generator", spec.name, exc)
@@ -218,6 +236,7 @@ class Run:
         stage."""
         from .clients.openai_compat import EndpointUnreachable
 
+        log.debug("engine: %s", self.engine.name)  # made first: one that cannot run (no ray extra) stops here
         built = []
         for name in names:
             try:
@@ -239,6 +258,8 @@ class Run:
                 # recorded for `status`, said once by the command's error line
                 self.store.put(Record.failed(backend_key(kind, name), BACKEND, f"{kind} {name}", str(exc)))
                 raise EndpointUnreachable(f"{kind} {name}: {exc}") from None
+            except EngineError:
+                raise  # no fault of the backend: nothing is recorded against it
             except AuditError as exc:
                 self._backend_failed(kind, name, exc)
                 out.append(StageSummary(f"{stage}:{name}", warnings=[str(exc)]))
@@ -250,26 +271,31 @@ class Run:
     def judge(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Judge with each judge; one that cannot run (or whose endpoint is down) is reported, recorded
         and skipped."""
-        from .judges.stage import make_judge, run_judge
+        from functools import partial
+
+        from .judges.stage import make_prepared_judge, run_judge
 
         if not self._has_pairs("judge"):
             return []
 
-        def build(name: str):
-            judge = make_judge(name, self.config.judge.options.get(name))
-            judge.prepare(self.catalogue, self.rubric_options)
-            return judge
+        def factory(name: str):
+            return partial(make_prepared_judge, name, self.config.judge.options.get(name), self.catalogue,
+                           self.rubric_options)
 
         def run(name: str, judge) -> StageSummary:
             record_stage(self.store, self.config, f"judge:{name}", {f"judge:{name}": judge.identity()})
             return run_judge(self.store, judge, self.catalogue, retry_failed=retry_failed,
-                             batch_size=self.config.judge.batch_size, name=name)
+                             batch_size=self.config.judge.batch_size, name=name, engine=self.engine,
+                             factory=factory(name))
 
-        return self._each_backend("judge", "judge", names or self.config.judge.judges, build, run)
+        return self._each_backend("judge", "judge", names or self.config.judge.judges,
+                                  lambda name: factory(name)(), run)
 
     def labels(self, names: list[str] | None = None, *, retry_failed: bool = False,
                import_path: str | Path | None = None) -> list[StageSummary]:
         """Label every pair with each VLM labeller, or import human labels from ``import_path``."""
+        from functools import partial
+
         from .labels.stage import make_labeller, run_labels
 
         if not self._has_pairs("labels"):
@@ -293,13 +319,18 @@ class Run:
         def run(name: str, labeller) -> StageSummary:
             record_stage(self.store, self.config, f"labels:{name}", {f"labeller:{name}": labeller.identity()})
             return run_labels(self.store, labeller, seed=self.config.seed, name=name,
-                              batch_size=self.config.labels.batch_size, retry_failed=retry_failed)
+                              batch_size=self.config.labels.batch_size, retry_failed=retry_failed,
+                              engine=self.engine, factory=factory(name))
 
-        return self._each_backend("labeller", "labels", names,
-                                  lambda name: make_labeller(name, self.config.labels.options.get(name)), run)
+        def factory(name: str):
+            return partial(make_labeller, name, self.config.labels.options.get(name))
+
+        return self._each_backend("labeller", "labels", names, lambda name: factory(name)(), run)
 
     def score(self, names: list[str] | None = None, *, retry_failed: bool = False) -> list[StageSummary]:
         """Score with each scorer; one whose dependencies are missing is reported and skipped."""
+        from functools import partial
+
         from .scorers.stage import make_scorer, run_score
 
         if not self._has_pairs("score"):
@@ -310,14 +341,17 @@ class Run:
             if hasattr(scorer, "weights_manifest"):
                 backend["files"] = scorer.weights_manifest()
             record_stage(self.store, self.config, f"score:{name}", {f"scorer:{name}": backend})
-            return run_score(self.store, scorer, chunk_size=self.config.score.chunk_size, retry_failed=retry_failed)
+            return run_score(self.store, scorer, chunk_size=self.config.score.chunk_size, retry_failed=retry_failed,
+                             engine=self.engine, factory=factory(name))
+
+        def factory(name: str):
+            return partial(make_scorer, name, self.config.score.options.get(name))
 
         from .images.shared import sharing
 
         with sharing():  # each image decoded once for all the scorers
             return self._each_backend("scorer", "score", names or self.config.score.scorers,
-                                      lambda name: make_scorer(name, self.config.score.options.get(name)), run,
-                                      config_errors_stop=False)
+                                      lambda name: factory(name)(), run, config_errors_stop=False)
 
     def analyze(self) -> dict | None:
         """The analysis (also in RUN/analysis.json and RUN/tables/), or None when the run has no pairs.

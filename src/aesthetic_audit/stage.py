@@ -141,6 +141,7 @@ class StageSummary:
     new: int = 0
     cached: int = 0
     failed: int = 0
+    lost: int = 0  # items of batches whose worker was lost (Ray engine): not stored, a rerun computes them
     warnings: list[str] = field(default_factory=list)
     # What the summary line suggests after failures; stages without --retry-failed say what works for them.
     retry_hint: str = "rerun with --retry-failed to try them again (`status RUN` lists them)"
@@ -169,6 +170,8 @@ class StageSummary:
     def line(self) -> str:
         parts = [f"{self.stage}: {self.total} items", f"{self.new} new", f"{self.cached} cached",
                  f"{self.failed} failed"]
+        if self.lost:
+            parts.append(f"{self.lost} lost with their worker (rerun to compute them)")
         if self.warnings:
             parts.append(f"{len(self.warnings)} warnings")
         line = ", ".join(parts)

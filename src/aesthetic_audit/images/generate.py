@@ -26,14 +26,15 @@ from typing import Any, Iterator, Sequence
 from PIL import Image
 
 from ..config import AuditConfig
+from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, drive
 from ..errors import AuditError, InputError
 from ..hashing import spec_hash
 from ..records import IMAGES, PROMPTS, image_pair_key, prompt_origin
 from ..stage import StageSummary
-from ..store import Record, RecordWriter, RunStore
+from ..store import Record, RunStore
 from ..store.manifest import record_stage
-from ..ui import log, progress_counter
-from .decode import PNG_LEVEL_BEFORE, decode_image, store_png_level
+from ..ui import log
+from .decode import PNG_LEVEL_BEFORE, store_png_level
 from .generators.base import (RUNTIME_OPTIONS, GenerationRequest, GenerationResult, Generator, OutOfMemory,
                               blank_reason)
 from .generators.presets import GeneratorSpec
@@ -125,36 +126,52 @@ def _common(data: dict[str, Any], spec: GeneratorSpec, generator: dict[str, Any]
 
 
 def run_generate(store: RunStore, config: AuditConfig, spec: GeneratorSpec, *, generator: Generator | None = None,
-                 retry_failed: bool = False) -> StageSummary:
-    """Render every pending image pair of one generator; ``generator`` injects a built backend."""
+                 retry_failed: bool = False, engine: Engine | None = None) -> StageSummary:
+    """Render every pending image pair of one generator; ``generator`` injects a built backend (a Ray
+    worker then gets it pickled; otherwise each worker builds its own from ``spec``)."""
+    injected = generator is not None
     generator = generator or spec.build()
     identity = generator.identity()
     record_stage(store, config, f"images:generate:{spec.name}", {f"generator:{spec.name}": spec.manifest(generator)})
     jobs = plan_jobs(store, config, spec, identity)
     summary = StageSummary(f"{IMAGES}:{spec.name}", total=len(jobs))
     pending = summary.pending([j.key for j in jobs], store, retry_failed)
-    todo = [j for j in jobs if j.key in pending]
-    _Batches(store, generator, summary, store_png_level(store, config.images.png_level)).run(todo, spec.name)
+    todo = [(j.key, j) for j in jobs if j.key in pending]
+    size = max(1, generator.batch_size)
+    compute = GenerateBatch(store_png_level(store, config.images.png_level))
+    job = Job(f"generate:{spec.name}", generator, compute, _generate_images, load=False,
+              factory=None if injected else spec.build)
+    batches = Planned([todo[i:i + size] for i in range(0, len(todo), size)], len(todo))
+    failed_before = summary.failed
+    new = drive(engine or LocalEngine(), job, store, batches, summary, unit="pair", label=f"generate {spec.name}")
+    summary.new = new - (summary.failed - failed_before)  # every failed record written was pending
     return summary
 
 
+def _generate_images(job: _Job) -> list[str]:
+    return [job.image_o] if job.image_o is not None else []
+
+
+@dataclass(frozen=True)
+class GenerateBatch:
+    """A group of image pairs rendered in as few generator calls as its batch size allows; runs wherever
+    the engine puts it. Out-of-memory halves the batch size for the rest of the stage on that worker
+    (``state``) and retries, and at one request fails that request."""
+
+    png_level: int = PNG_LEVEL_BEFORE
+
+    def __call__(self, generator: Generator, group: Batch, images: Images, state: dict) -> list[Record]:
+        batches = _Batches(generator, images, state, self.png_level)
+        return batches.group([job for _, job in group])
+
+
 class _Batches:
-    def __init__(self, store: RunStore, generator: Generator, summary: StageSummary,
-                 png_level: int = PNG_LEVEL_BEFORE):
-        self.store, self.generator, self.summary, self.png_level = store, generator, summary, png_level
-        self.batch_size = max(1, generator.batch_size)
-        self.writer: RecordWriter | None = None  # the stage's record writer, while ``run`` runs
+    def __init__(self, generator: Generator, images: Images, state: dict, png_level: int):
+        self.generator, self.images, self.state, self.png_level = generator, images, state, png_level
+        state.setdefault("batch_size", max(1, generator.batch_size))
 
-    def run(self, jobs: list[_Job], name: str) -> None:
-        with (self.store.writer() as writer,
-              progress_counter(f"generate {name}", total=len(jobs), unit="pair") as advance):
-            self.writer = writer
-            for start in range(0, len(jobs), self.batch_size):
-                group = jobs[start:start + self.batch_size]
-                self._group(group)
-                advance(len(group))
-
-    def _group(self, group: list[_Job]) -> None:
+    def group(self, group: list[_Job]) -> list[Record]:
+        out: list[Record] = []
         images_o: dict[int, tuple[Image.Image | None, str | None]] = {}
         with_o = [i for i, j in enumerate(group) if j.o is not None]
         for i, result in zip(with_o, self._generate([group[i].o for i in with_o])):
@@ -169,7 +186,7 @@ class _Batches:
                 continue
             a = job.a
             if job.init_from_o or job.image_o is not None:
-                sha = job.image_o or self.store.put_image(image, png_level=self.png_level)
+                sha = job.image_o or self.images.put(image, self.png_level)
                 a = GenerationRequest(a.prompt, a.seed, a.negative_prompt, a.params, init_image=image,
                                       init_image_sha=sha, strength=job.data["strength"])
             requests_a.append(a)
@@ -179,19 +196,17 @@ class _Batches:
             (image_o, error_o), (image_a, error_a) = images_o[i], images_a.get(i, (None, None))
             error = error_o or error_a
             if error is not None:
-                self.writer.put(Record.failed(job.key, IMAGES, job.item, error, **job.data))
-                self.summary.failed += 1
-                log.warning("failed: %s: %s", job.item, error)
+                out.append(Record.failed(job.key, IMAGES, job.item, error, **job.data))
                 continue
-            sha_o = job.image_o or self.store.put_image(image_o, png_level=self.png_level)
-            sha_a = self.store.put_image(image_a, png_level=self.png_level)
-            self.writer.put(Record(job.key, IMAGES, job.item, {"image_pair_id": job.key, **job.data,
-                                                               "image_o": sha_o, "image_a": sha_a}))
-            self.summary.new += 1
+            sha_o = job.image_o or self.images.put(image_o, self.png_level)
+            sha_a = self.images.put(image_a, self.png_level)
+            out.append(Record(job.key, IMAGES, job.item, {"image_pair_id": job.key, **job.data,
+                                                          "image_o": sha_o, "image_a": sha_a}))
+        return out
 
     def _existing(self, sha: str) -> tuple[Image.Image | None, str | None]:
         try:
-            return decode_image(self.store.image_path(sha)), None
+            return self.images.get(sha), None
         except InputError as exc:  # a run whose image files were moved or damaged
             return None, f"I_o: {exc}"
 
@@ -209,7 +224,7 @@ class _Batches:
         the stage and retries, and at one request fails that request."""
         start = 0
         while start < len(requests):
-            chunk = requests[start:start + self.batch_size]
+            chunk = requests[start:start + self.state["batch_size"]]
             try:
                 results = self.generator.generate(chunk)
             except OutOfMemory:
@@ -217,9 +232,9 @@ class _Batches:
                     yield GenerationResult(None, error="out of memory (even one request at a time)")
                     start += 1
                     continue
-                self.batch_size = max(1, len(chunk) // 2)
+                self.state["batch_size"] = max(1, len(chunk) // 2)
                 log.warning("generate: out of memory with %d requests per call; trying %d", len(chunk),
-                            self.batch_size)
+                            self.state["batch_size"])
                 continue
             except AuditError:
                 raise  # the backend cannot run at all (missing weights, endpoint down): the stage stops

@@ -10,23 +10,22 @@ Pairs are read a page at a time and keyed as they come (``stage.Pending``); labe
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
+from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, drive
 from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
-from ..images.shared import decode_stored
 from ..records import IMAGES, LABELS, has_pixels, json_text, label_key_template
 from ..registry import get
-from ..stage import SLOW_BATCH_S, Pending, StageSummary, stored_fields
+from ..stage import Pending, StageSummary, stored_fields
 from ..store import Record, RunStore
-from ..ui import log, progress_counter
 from .vlm import PairItem
 
 
-
 def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = None, batch_size: int = 8,
-               retry_failed: bool = False) -> StageSummary:
+               retry_failed: bool = False, engine: Engine | None = None,
+               factory: Callable[[], Any] | None = None) -> StageSummary:
     name = name or labeller.name
     identity = labeller.identity()
     labeller_id = spec_hash(identity)
@@ -43,59 +42,64 @@ def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = 
                             [pair_key, image_o, image_a, p_a])
         todo = pending.finish()
         summary.total = pending.total
-        if todo:
-            labeller.load()
         base = {"source": f"vlm:{name}", "labeller": name, "labeller_id": labeller_id,
                 "labeller_desc": labeller.describe(), "seed": seed}
         failed_before = summary.failed
-        with store.writer() as writer, progress_counter(f"labels {name}", total=todo, unit="pair") as advance:
 
-            def fail(it: dict[str, Any], key: str, reason: str) -> None:
-                log.warning("failed: labeller %s on pair %s: %s", name, it["image_pair_id"][:12], reason)
-                writer.put(Record.failed(key, LABELS, f"{name}:{it['image_pair_id'][:12]}", reason, **base, **it))
-                summary.failed += 1
+        def batches() -> Iterator[Batch]:
+            for chunk in pending.batches(batch_size):  # the pair's other fields are read here, on the driver
+                yield [(key, _item(store, *values)) for key, values in chunk]
 
-            for chunk in pending.batches(batch_size):
-                started = time.monotonic()
-                chunk = [(key, _item(store, *values)) for key, values in chunk]
-                ready, batch = [], []
-                cache: dict[str, Any] = {}  # pairs that share an image decode it once per chunk
-
-                def image(sha: str) -> Any:
-                    if sha not in cache:
-                        cache[sha] = decode_stored(store, sha)
-                    return cache[sha]
-
-                for key, it in chunk:
-                    try:
-                        pair = PairItem(image(it["image_o"]), image(it["image_a"]), it["p_a"],
-                                        order_key=spec_hash({"seed": seed, "image_o": it["image_o"],
-                                                             "image_a": it["image_a"], "p_a": it["p_a"]}))
-                    except InputError as exc:
-                        fail(it, key, str(exc))
-                        continue
-                    ready.append((it, key))
-                    batch.append(pair)
-                try:
-                    results = labeller.label(batch) if batch else []
-                except EndpointUnreachable:
-                    raise  # the endpoint is down: stop; what was labelled stays stored
-                except Exception as exc:  # a model error fails this batch's pairs, not the run
-                    for it, key in ready:
-                        fail(it, key, f"labeller error: {exc!r}")
-                    results = []
-                for (it, key), res in zip(ready, results):
-                    if res.error or res.value is None:
-                        fail(it, key, res.error or "no label")
-                        continue
-                    writer.put(Record(key, LABELS, f"{name}:{it['image_pair_id'][:12]}", {
-                        **base, **it, "value": res.value, "answers": res.answers, "disagree": res.disagree}))
-                if time.monotonic() - started >= SLOW_BATCH_S:
-                    writer.flush()
-                advance(len(chunk))
+        job = Job(summary.stage, labeller, LabelsBatch(name, base, seed), _label_images, factory=factory)
+        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary, unit="pair",
+                    label=f"labels {name}")
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
-    summary.new = writer.new - (summary.failed - failed_before)
+    summary.new = new - (summary.failed - failed_before)
     return summary
+
+
+def _label_images(item: dict[str, Any]) -> list[str]:
+    return [item["image_o"], item["image_a"]]
+
+
+@dataclass(frozen=True)
+class LabelsBatch:
+    """A batch of pairs labelled in one call; runs wherever the engine puts it."""
+
+    name: str
+    base: dict[str, Any]
+    seed: int
+
+    def __call__(self, labeller: Any, chunk: Batch, images: Images, state: dict) -> list[Record]:
+        out, ready, batch = [], [], []
+
+        def fail(it: dict[str, Any], key: str, reason: str) -> Record:
+            return Record.failed(key, LABELS, f"{self.name}:{it['image_pair_id'][:12]}", reason, **self.base, **it)
+
+        decoded = decode_each(images, [sha for _, it in chunk for sha in (it["image_o"], it["image_a"])])
+        for key, it in chunk:
+            error = next((decoded[s] for s in (it["image_o"], it["image_a"]) if isinstance(decoded[s], InputError)),
+                         None)
+            if error is not None:
+                out.append(fail(it, key, str(error)))
+                continue
+            ready.append((it, key))
+            batch.append(PairItem(decoded[it["image_o"]], decoded[it["image_a"]], it["p_a"],
+                                  order_key=spec_hash({"seed": self.seed, "image_o": it["image_o"],
+                                                       "image_a": it["image_a"], "p_a": it["p_a"]})))
+        try:
+            results = labeller.label(batch) if batch else []
+        except EndpointUnreachable:
+            raise  # the endpoint is down: stop; what was labelled stays stored
+        except Exception as exc:  # a model error fails this batch's pairs, not the run
+            return out + [fail(it, key, f"labeller error: {exc!r}") for it, key in ready]
+        for (it, key), res in zip(ready, results):
+            if res.error or res.value is None:
+                out.append(fail(it, key, res.error or "no label"))
+                continue
+            out.append(Record(key, LABELS, f"{self.name}:{it['image_pair_id'][:12]}", {
+                **self.base, **it, "value": res.value, "answers": res.answers, "disagree": res.disagree}))
+        return out
 
 
 def _item(store: RunStore, pair_key: str, image_o: str, image_a: str, p_a: str) -> dict[str, Any]:

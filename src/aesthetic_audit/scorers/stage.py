@@ -17,24 +17,26 @@ answer), ``disagree``, ``discrete`` and ``scorer_desc``.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
-from typing import Any
-
+from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, drive
 from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
-from ..images.shared import decode_stored
 from ..records import IMAGES, SCORE, has_pixels, json_text, score_key_template
 from ..registry import get
-from ..stage import SLOW_BATCH_S, Pending, StageSummary, stored_fields
+from ..stage import Pending, StageSummary, stored_fields
 from ..store import Record, RunStore
-from ..ui import log, progress_counter
 from .base import Scorer, ScoreResult
 
 
-def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
+def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False,
+              engine: Engine | None = None, factory: Callable[[], Scorer] | None = None) -> StageSummary:
+    """Score every pending (image, prompt) item with ``scorer`` (built, not loaded) on ``engine`` (default:
+    this process); ``factory`` builds the scorer on a Ray worker."""
     if getattr(scorer, "pairwise", False):
-        return run_pairwise(store, scorer, chunk_size=chunk_size, retry_failed=retry_failed)
+        return run_pairwise(store, scorer, chunk_size=chunk_size, retry_failed=retry_failed, engine=engine,
+                            factory=factory)
     identity = scorer.identity()
     keys = score_key_template(identity)
     summary = StageSummary(f"{SCORE}:{scorer.name}")
@@ -50,69 +52,76 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
                     pending.add(keys.digest_json(image_json, prompt_json), [image, prompt])
         todo = pending.finish()
         summary.total = pending.total
-        if todo:
-            scorer.load()
         # scorer_id tells apart scores of one scorer name under different weights/options in one run
         base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": scorer.higher_is_better}
         stored_results = getattr(scorer, "stored_results", None)
-        failed_before = summary.failed
-        with store.writer() as writer, progress_counter(f"score {scorer.name}", total=todo) as advance:
 
-            def fail(key: str, item: str, image: str, prompt: str | None, reason: str) -> None:
-                log.warning("failed: %s on %s: %s", scorer.name, item, reason)
-                writer.put(Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base))
-                summary.failed += 1
-
-            def done(key: str, item: str, image: str, prompt: str | None, res: ScoreResult) -> None:
-                if not res.ok:
-                    fail(key, item, image, prompt, res.error or "no score")
-                    return
-                writer.put(Record(key, SCORE, item, {
-                    **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
-                    "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})}))
-
+        def batches() -> Iterator[Batch]:
+            # Results the run already holds (the composite scorer's judge records) are looked up here, on
+            # the driver, which has the store; the batch carries them to be written in their place.
             for batch in pending.batches(chunk_size):
-                started = time.monotonic()
-                items = [(key, f"{image[:12]}|{(prompt or '')[:40]}", image, prompt) for key, (image, prompt) in batch]
-                known = stored_results(store, list({it[2]: None for it in items})) if stored_results else {}
-                cache: dict[str, object] = {}  # each image decoded once per chunk
-                ready = []
-                for key, item, image, prompt in items:
-                    if image in known:
-                        done(key, item, image, prompt, known[image])
-                        continue
-                    if image not in cache:
-                        try:
-                            cache[image] = decode_stored(store, image)
-                        except InputError as exc:
-                            cache[image] = exc
-                    if isinstance(cache[image], InputError):
-                        fail(key, item, image, prompt, str(cache[image]))
-                    else:
-                        ready.append((key, item, image, prompt))
-                try:
-                    results = scorer.score([(cache[image], prompt) for _, _, image, prompt in ready]) if ready else []
-                except EndpointUnreachable:  # an endpoint behind the scorer (an LLM intent parser) is down: stop
-                    raise
-                except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
-                    for key, item, image, prompt in ready:
-                        fail(key, item, image, prompt, f"scorer error: {exc!r}")
-                    results = []
-                for (key, item, image, prompt), res in zip(ready, results):
-                    done(key, item, image, prompt, res)
-                if time.monotonic() - started >= SLOW_BATCH_S:
-                    writer.flush()
-                advance(len(batch))
+                known = stored_results(store, list({image: None for _, (image, _) in batch})) if stored_results \
+                    else {}
+                yield [(key, (image, prompt, known.get(image))) for key, (image, prompt) in batch]
+
+        failed_before = summary.failed
+        job = Job(summary.stage, scorer, ScoreBatch(base), _score_images, factory=factory)
+        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary,
+                    label=f"score {scorer.name}")
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
-    summary.new = writer.new - (summary.failed - failed_before)
+    summary.new = new - (summary.failed - failed_before)
     return summary
 
 
-def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_failed: bool = False) -> StageSummary:
+def _score_images(item: tuple) -> list[str]:
+    image, _, known = item
+    return [image] if known is None else []
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """A chunk of (image, prompt) items scored in one call; runs wherever the engine puts it."""
+
+    base: dict[str, Any]
+
+    def __call__(self, scorer: Scorer, batch: Batch, images: Images, state: dict) -> list[Record]:
+        base = self.base
+        out: list[Record] = []
+
+        def fail(key: str, item: str, image: str, prompt: str | None, reason: str) -> Record:
+            return Record.failed(key, SCORE, item, reason, image=image, prompt=prompt, **base)
+
+        def done(key: str, item: str, image: str, prompt: str | None, res: ScoreResult) -> Record:
+            if not res.ok:
+                return fail(key, item, image, prompt, res.error or "no score")
+            return Record(key, SCORE, item, {
+                **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
+                "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})})
+
+        decoded = decode_each(images, [image for _, (image, _, known) in batch if known is None])
+        ready = []
+        for key, (image, prompt, known) in batch:
+            item = f"{image[:12]}|{(prompt or '')[:40]}"
+            if known is not None:
+                out.append(done(key, item, image, prompt, known))
+            elif isinstance(decoded[image], InputError):
+                out.append(fail(key, item, image, prompt, str(decoded[image])))
+            else:
+                ready.append((key, item, image, prompt))
+        try:
+            results = scorer.score([(decoded[image], prompt) for _, _, image, prompt in ready]) if ready else []
+        except EndpointUnreachable:  # an endpoint behind the scorer (an LLM intent parser) is down: stop
+            raise
+        except Exception as exc:  # a model error (out of memory, a bug) fails this chunk's items, not the run
+            return out + [fail(key, item, image, prompt, f"scorer error: {exc!r}") for key, item, image, prompt in ready]
+        out.extend(done(key, item, image, prompt, res) for (key, item, image, prompt), res in zip(ready, results))
+        return out
+
+
+def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_failed: bool = False,
+                 engine: Engine | None = None, factory: Callable[[], Any] | None = None) -> StageSummary:
     """A pairwise scorer's verdict on every distinct (I_o, I_a, p_a) of the run's pairs (as the labels
     stage reads them: a pair without p_a is asked about "", pairs imported without images are skipped)."""
-    from ..labels.vlm import PairItem  # the pairwise question's input; imports nothing heavy
-
     identity = scorer.identity()
     keys = score_key_template(identity)
     summary = StageSummary(f"{SCORE}:{scorer.name}")
@@ -123,55 +132,57 @@ def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_fa
                 pending.add(keys.digest_json(json_text([image_o, image_a]), json_text(p_a)), [image_o, image_a, p_a])
         todo = pending.finish()
         summary.total = pending.total
-        if todo:
-            scorer.load()
         base = {"scorer": scorer.name, "scorer_id": spec_hash(identity), "higher_is_better": True, "pairwise": True,
                 "scorer_desc": scorer.describe()}
         failed_before = summary.failed
-        with store.writer() as writer, progress_counter(f"score {scorer.name}", total=todo, unit="pair") as advance:
-
-            def fail(key: str, item: str, fields: dict[str, Any], reason: str) -> None:
-                log.warning("failed: %s on %s: %s", scorer.name, item, reason)
-                writer.put(Record.failed(key, SCORE, item, reason, **base, **fields))
-                summary.failed += 1
-
-            for batch in pending.batches(chunk_size):
-                started = time.monotonic()
-                cache: dict[str, Any] = {}  # pairs that share an image decode it once per chunk
-                ready, items = [], []
-                for key, (image_o, image_a, p_a) in batch:
-                    item = f"{image_o[:12]}|{image_a[:12]}|{p_a[:40]}"
-                    fields = {"image_o": image_o, "image_a": image_a, "prompt": p_a}
-                    try:
-                        for sha in (image_o, image_a):
-                            if sha not in cache:
-                                cache[sha] = decode_stored(store, sha)
-                    except InputError as exc:
-                        fail(key, item, fields, str(exc))
-                        continue
-                    ready.append((key, item, fields))
-                    items.append(PairItem(cache[image_o], cache[image_a], p_a,
-                                          order_key=scorer.order_key(image_o, image_a, p_a)))
-                try:
-                    answers = scorer.compare(items) if items else []
-                except EndpointUnreachable:
-                    raise  # the endpoint is down: stop; what was answered stays stored
-                except Exception as exc:  # a model error fails this chunk's pairs, not the run
-                    for key, item, fields in ready:
-                        fail(key, item, fields, f"scorer error: {exc!r}")
-                    answers = []
-                for (key, item, fields), ans in zip(ready, answers):
-                    if not ans.ok:
-                        fail(key, item, fields, ans.error or "no answer")
-                        continue
-                    writer.put(Record(key, SCORE, item, {
-                        **base, **fields, "prefers": ans.prefers, "prob_a": ans.prob_a, "answers": ans.answers,
-                        "disagree": ans.disagree, "discrete": ans.discrete}))
-                if time.monotonic() - started >= SLOW_BATCH_S:
-                    writer.flush()
-                advance(len(batch))
-    summary.new = writer.new - (summary.failed - failed_before)
+        job = Job(summary.stage, scorer, PairwiseBatch(base), _pair_images, factory=factory)
+        new = drive(engine or LocalEngine(), job, store, Planned(pending.batches(chunk_size), todo), summary,
+                    unit="pair", label=f"score {scorer.name}")
+    summary.new = new - (summary.failed - failed_before)
     return summary
+
+
+def _pair_images(item: list) -> list[str]:
+    return item[:2]
+
+
+@dataclass(frozen=True)
+class PairwiseBatch:
+    """A chunk of (I_o, I_a, p_a) put to a pairwise scorer in one call."""
+
+    base: dict[str, Any]
+
+    def __call__(self, scorer: Any, batch: Batch, images: Images, state: dict) -> list[Record]:
+        from ..labels.vlm import PairItem  # the pairwise question's input; imports nothing heavy
+
+        out: list[Record] = []
+        decoded = decode_each(images, [sha for _, item in batch for sha in item[:2]])
+        ready, items = [], []
+        for key, (image_o, image_a, p_a) in batch:
+            item = f"{image_o[:12]}|{image_a[:12]}|{p_a[:40]}"
+            fields = {"image_o": image_o, "image_a": image_a, "prompt": p_a}
+            error = next((decoded[sha] for sha in (image_o, image_a) if isinstance(decoded[sha], InputError)), None)
+            if error is not None:
+                out.append(Record.failed(key, SCORE, item, str(error), **self.base, **fields))
+                continue
+            ready.append((key, item, fields))
+            items.append(PairItem(decoded[image_o], decoded[image_a], p_a,
+                                  order_key=scorer.order_key(image_o, image_a, p_a)))
+        try:
+            answers = scorer.compare(items) if items else []
+        except EndpointUnreachable:
+            raise  # the endpoint is down: stop; what was answered stays stored
+        except Exception as exc:  # a model error fails this chunk's pairs, not the run
+            return out + [Record.failed(key, SCORE, item, f"scorer error: {exc!r}", **self.base, **fields)
+                          for key, item, fields in ready]
+        for (key, item, fields), ans in zip(ready, answers):
+            if not ans.ok:
+                out.append(Record.failed(key, SCORE, item, ans.error or "no answer", **self.base, **fields))
+                continue
+            out.append(Record(key, SCORE, item, {
+                **self.base, **fields, "prefers": ans.prefers, "prob_a": ans.prob_a, "answers": ans.answers,
+                "disagree": ans.disagree, "discrete": ans.discrete}))
+        return out
 
 
 def make_scorer(name: str, options: dict | None = None) -> Scorer:

@@ -258,35 +258,27 @@ class RunStore:
         return out
 
     # -- images ---------------------------------------------------------------------------------
+    @property
+    def image_folder(self) -> "ImageFolder":
+        """The run's image folder on its own (no database): what a worker on shared storage reads and writes."""
+        return ImageFolder(self.root)
+
     def put_image_bytes(self, data: bytes, suffix: str = ".png") -> str:
         """Store encoded image bytes under their SHA-256; return the hash. Atomic and idempotent."""
-        sha = bytes_hash(data)
-        path = self._image_path(sha, suffix)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, data)
-        return sha
+        return self.image_folder.put_bytes(data, suffix)
 
     def put_image(self, image: Any, *, png_level: int | None = None) -> str:
         """Store a PIL image as an RGB PNG whose bytes depend on the pixels and the zlib ``png_level`` only
         (no metadata), so the same pixels always get the same hash in a run. Stages pass their run's
         level (``images.png_level``); None is 6, the level of runs made before the setting existed."""
-        from ..images.decode import PNG_LEVEL_BEFORE, encode_png
-
-        return self.put_image_bytes(encode_png(image, PNG_LEVEL_BEFORE if png_level is None else png_level), ".png")
+        return self.image_folder.put_image(image, png_level=png_level)
 
     def has_image(self, sha: str, suffix: str = ".png") -> bool:
         """Whether the image file is stored (one stat; ``image_path`` lists a folder to find any suffix)."""
-        return self._image_path(sha, suffix).is_file()
-
-    def _image_path(self, sha: str, suffix: str) -> Path:
-        return self.images_dir / sha[:2] / f"{sha}{suffix}"
+        return self.image_folder.file(sha, suffix).is_file()
 
     def image_path(self, sha: str) -> Path:
-        matches = list((self.images_dir / sha[:2]).glob(f"{sha}.*"))
-        if not matches:
-            raise InputError(f"image {sha} is not in run {self.root}")
-        return matches[0]
+        return self.image_folder.path(sha)
 
     # -- manifest -------------------------------------------------------------------------------
     @property
@@ -311,6 +303,42 @@ class RunStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_text(self.manifest_path, text)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A run's ``images/`` folder, content-addressed: ``images/<first two hex digits>/<sha256>.<suffix>``.
+    It needs no database, so a worker process on another machine that mounts the run (shared storage)
+    reads and writes images through it; writes are atomic and idempotent, so workers never clash."""
+
+    root: Path
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.root) / "images"
+
+    def file(self, sha: str, suffix: str = ".png") -> Path:
+        return self.images_dir / sha[:2] / f"{sha}{suffix}"
+
+    def path(self, sha: str) -> Path:
+        """The stored file of image ``sha`` (whatever its suffix); an InputError naming it if absent."""
+        matches = list((self.images_dir / sha[:2]).glob(f"{sha}.*"))
+        if not matches:
+            raise InputError(f"image {sha} is not in run {self.root}")
+        return matches[0]
+
+    def put_bytes(self, data: bytes, suffix: str = ".png") -> str:
+        sha = bytes_hash(data)
+        path = self.file(sha, suffix)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+        return sha
+
+    def put_image(self, image: Any, *, png_level: int | None = None) -> str:
+        from ..images.decode import PNG_LEVEL_BEFORE, encode_png
+
+        return self.put_bytes(encode_png(image, PNG_LEVEL_BEFORE if png_level is None else png_level), ".png")
 
 
 class RecordWriter:
