@@ -531,25 +531,23 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         _intent(args)
     elif cmd == "annotate":
         _annotate(args)
-    elif cmd == "demo":
-        run = _open(args)
-        run.prompts()
-        run.audit()
-        log.info("open %s in a browser", run.store.root / "report.html")
-        return run.exit_code()
     else:
         run = _open(args)
         try:
             return _run_command(run, args)
         finally:
-            run.close()
+            run.close()  # stops a Ray the run started
     return None
 
 
 def _run_command(run, args: argparse.Namespace) -> int:
-    """A command on one run (every command that opens a run but demo)."""
+    """A command on one run."""
     cmd = args.command
-    if cmd == "prompts":
+    if cmd == "demo":
+        run.prompts()
+        run.audit()
+        log.info("open %s in a browser", run.store.root / "report.html")
+    elif cmd == "prompts":
         run.prompts(retry_failed=args.retry_failed, import_path=args.import_path)
     elif cmd == "edit":
         run.edit(retry_failed=args.retry_failed)
@@ -668,7 +666,9 @@ def _status(args: argparse.Namespace) -> None:
               + f"; judges {', '.join(config.get('judge', {}).get('judges', []))}"
               + (f"; labellers {', '.join(config['labels']['labellers'])}"
                  if (config.get("labels") or {}).get("labellers") else "")
-              + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}")
+              + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}"
+              + (f"; engine ray ({(config.get('ray') or {}).get('address') or 'RAY_ADDRESS or a local Ray'})"
+                 if config.get("engine") == "ray" else ""))
     counts = store.counts()
     for stage, c in counts.items():
         if stage != BACKEND:

@@ -12,7 +12,8 @@ request, whose items then fail as "out of memory". A failed side, a backend erro
 (a flat frame: an API placeholder or a safety filter's output) makes the pair a failed record with its
 reason; the others go on. The generator loads once, on its first batch; a stage with nothing left to do
 loads nothing. Records are committed in chunks (``RunStore.writer``: about once a second for a slow
-generator), so an interrupted stage keeps what it rendered up to the last commit.
+generator), so an interrupted stage keeps what it rendered up to the last commit. The rendering itself
+(``GenerateBatch``) runs on the run's engine (``engine``): in this process, or on Ray.
 
 Image-to-image (``images.generate.img2img``): I_a = img2img(I_o, p_a, strength), from the generator's own
 I_o ("generated") or from the I_o of the run's edited or imported pairs ("pairs").

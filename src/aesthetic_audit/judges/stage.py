@@ -2,6 +2,7 @@
 
 Images are read from the pairs a page at a time and keyed as they come (``stage.Pending``); the judged
 ones are written in chunks (``RunStore.writer``), so a killed run keeps all but the chunk in flight.
+The judging itself (``JudgeBatch``) runs on the run's engine (``engine``): in this process, or on Ray.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ labeller sees the two images is drawn from the run's seed and the pair's content
 
 Pairs are read a page at a time and keyed as they come (``stage.Pending``); labels are written in chunks
 (``RunStore.writer``), and at once after a slow batch, so a stalled endpoint holds no finished label.
+The labelling itself (``LabelsBatch``) runs on the run's engine (``engine``): in this process, or on Ray.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Each (scorer, image, prompt) is one record, so work is shared wherever it repeats: a prompt-blind
 scorer scores each image once (prompt None) and that score serves all four combinations; pairs that
 share an image and a prompt share the record. Items are read from the pairs a page at a time and keyed
-as they come (``stage.Pending``); scores are written in chunks (``RunStore.writer``). A scorer with a
+as they come (``stage.Pending``); scores are written in chunks (``RunStore.writer``). The scoring itself
+(``ScoreBatch``, ``PairwiseBatch``) runs on the run's engine (``engine``): in this process, or on Ray. A scorer with a
 ``stored_results(store, images)`` method (the composite scorer) gets the chance to answer from records
 the run already holds before any image is decoded.
 
