@@ -357,7 +357,7 @@ class RayConfig(_Section):
         "auto", description="how workers reach the run's images: 'shared' reads and writes the run's images/ "
         "folder (a path every node mounts at the same place), 'send' ships the bytes through Ray, 'auto' "
         "checks that every worker sees the run's folder and falls back to 'send'")
-    max_retries: int = Field(2, ge=0, description="times a batch is sent again after its worker was lost; "
+    max_retries: int = Field(2, ge=0, description="times Ray sends a batch again after its worker was lost; "
                              "past that its items are left for a rerun")
     backends: dict[str, RayBackendConfig] = Field(
         default_factory=dict, description="per-backend pool size and resources, keyed STAGE:NAME (score:hpsv2, "

@@ -12,11 +12,13 @@ folder itself (a path every node mounts at the same place: NFS, a cluster file s
 with ``send`` the driver ships the bytes a batch reads and stores the images a worker made. ``auto``
 writes a probe file into the run and uses ``shared`` when every worker reads it back, else ``send``.
 
-A worker that dies (a killed process, a lost node, out of host memory) loses only the batch it was on:
-Ray restarts the actor (which loads the backend again) and the driver sends the batch again, up to
-``max_retries`` times; past that the batch's items are left unstored and counted as lost, so a rerun
-computes them. An error that stops the stage in the local engine (a dead endpoint, a backend that cannot
-load) stops it here too, with the same one-line message.
+A worker that dies (a killed process, a lost node, out of host memory) loses only the batches it held
+(the one it was on and the ones queued on it): Ray restarts the actor (which loads the backend again) and
+sends each of them again once it is back, up to ``max_retries`` times (Ray's own task retries); past that
+a batch's items are left unstored and counted as lost, so a rerun computes them. With ``max_retries: 0``
+every batch that reaches the actor while it restarts is lost too. An error that stops the stage in the
+local engine (a dead endpoint, a backend that cannot load) stops it here too, with the same one-line
+message.
 
 Test hook: ``AESTHETIC_AUDIT_KILL_WORKER=PATH:N`` makes the first worker that reaches its N-th batch
 create PATH and exit at once (only one worker, once: the file is created exclusively).
@@ -164,7 +166,6 @@ class _Entry:
     blobs: Any = None  # what the worker needs besides the batch: None (shared folder) or the image bytes
     ref: Any = None
     actor: int = -1
-    tries: int = 0
     finished: bool = False
 
 
@@ -239,7 +240,7 @@ class RayEngine:
                                                                job.factory, job.load),
                    "version": __version__, "hook": os.environ.get(KILL_HOOK), "folder": store.image_folder}
         remote = ray.remote(Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
-                                            max_task_retries=0, max_concurrency=1)
+                                            max_task_retries=self.config.max_retries, max_concurrency=1)
         try:
             # By value, not through ray.put: a restarted actor needs its arguments, which Ray keeps with
             # the actor's own record this way.
@@ -287,13 +288,6 @@ class RayEngine:
         upcoming: Iterator[Batch] = _chain(first, batches)
         capacity = len(pool.actors) * self.config.in_flight
         exhausted = False
-
-        def send(entry: _Entry) -> None:
-            entry.actor = pool.least_loaded()
-            pool.load[entry.actor] += 1
-            entry.finished = False
-            entry.ref = pool.actors[entry.actor].run.remote(entry.batch, entry.blobs)
-
         while True:
             # Keep every actor busy; hold at most twice the capacity of finished, unwritten batches.
             while not exhausted and sum(pool.load) < capacity and len(queue) < 2 * capacity:
@@ -301,9 +295,10 @@ class RayEngine:
                 if batch is None:
                     exhausted = True
                     break
-                entry = _Entry(batch, self._blobs(job, store, batch))
+                entry = _Entry(batch, self._blobs(job, store, batch), actor=pool.least_loaded())
+                pool.load[entry.actor] += 1
+                entry.ref = pool.actors[entry.actor].run.remote(entry.batch, entry.blobs)
                 queue.append(entry)
-                send(entry)
             if not queue:
                 return
             head = queue[0]
@@ -316,23 +311,13 @@ class RayEngine:
                         pool.load[e.actor] -= 1
                 continue
             queue.popleft()
-            outcome = self._outcome(ray, job, head)
-            if outcome is None:  # the worker was lost: the same batch goes again, in its place
-                queue.appendleft(head)
-                send(head)
-                continue
-            yield outcome
+            yield self._outcome(ray, job, head)
 
-    def _outcome(self, ray, job: Job, entry: _Entry) -> Done | None:
+    def _outcome(self, ray, job: Job, entry: _Entry) -> Done:
         try:
             reply = ray.get(entry.ref)
-        except ray.exceptions.RayActorError as exc:
-            entry.tries += 1
-            if entry.tries <= self.config.max_retries:
-                log.warning("%s: a worker was lost (%s); sending its batch of %d again (try %d of %d)", job.stage,
-                            _first_line(exc), len(entry.batch), entry.tries, self.config.max_retries)
-                return None
-            return Done(entry.batch, lost=f"its worker was lost {entry.tries} times ({_first_line(exc)})")
+        except ray.exceptions.RayActorError as exc:  # Ray sent it again max_retries times already
+            return Done(entry.batch, lost=f"its worker was lost ({_first_line(exc)})")
         except ray.exceptions.RayError as exc:
             raise EngineError(f"{job.stage}: ray: {_first_line(exc)}") from None
         if reply[0] == "error":
