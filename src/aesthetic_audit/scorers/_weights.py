@@ -92,6 +92,12 @@ def hub_offline_env() -> bool:
                for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def hub_constants() -> Any:
+    """huggingface_hub's settings module; imported by name, since some versions of the package leave it
+    out of ``import huggingface_hub`` until something else imports it."""
+    return require("huggingface_hub.constants", "models", "loading weights from the Hugging Face hub")
+
+
 @functools.lru_cache(maxsize=None)
 def hub_problem(endpoint: str) -> str | None:
     """Why the hub at ``endpoint`` cannot be reached (None when it answers at all), from one short request,
@@ -195,7 +201,7 @@ class Resolver:
             cached = hub.try_to_load_from_cache(source.repo, name, revision=source.revision)
             if isinstance(cached, str):
                 return Path(cached)
-        offline = self._offline_reason(hub)
+        offline = self._offline_reason()
         try:
             return Path(hub.hf_hub_download(source.repo, filename, revision=source.revision,
                                             subfolder=source.subfolder, local_files_only=offline is not None))
@@ -203,14 +209,14 @@ class Resolver:
             reason = offline or f"the download failed: {type(exc).__name__}: {first_line(exc)}"
             raise MissingWeightsError([MissingFile(source, name, reason)]) from None
 
-    def _offline_reason(self, hub: Any) -> str | None:
+    def _offline_reason(self) -> str | None:
         """Why files come from the cache alone (None: the hub is asked)."""
         if self.offline:
             return "hub access is off: the scorer's offline option"
-        if self.offline is None and (hub_offline_env() or hub.constants.HF_HUB_OFFLINE):
+        if self.offline is None and (hub_offline_env() or hub_constants().HF_HUB_OFFLINE):
             return "hub access is off: HF_HUB_OFFLINE is set"
         if self.offline is None:
-            problem = hub_problem(hub.constants.ENDPOINT)
+            problem = hub_problem(hub_constants().ENDPOINT)
             if problem:
                 return f"the hub is unreachable ({problem}); set HF_HUB_OFFLINE=1 to skip this check"
         return None

@@ -79,7 +79,8 @@ from PIL import Image
 
 from ..errors import ConfigError, require
 from ..scorers._torch import batched, dtype_name, resolve_device, torch, unique
-from ..scorers._weights import WeightsError, file_sha256, first_line, hub_offline_env, hub_problem, read_json
+from ..scorers._weights import (WeightsError, file_sha256, first_line, hub_constants, hub_offline_env, hub_problem,
+                                read_json)
 from ..ui import quiet_libraries
 from .base import AnswerProbs, Prompt, Reply
 from .qwen import QwenVLPreprocess, mrope_positions
@@ -632,9 +633,9 @@ def snapshot(repo: str) -> Path:
     """A hub repository's model and processor files, from the local Hugging Face cache or downloaded."""
     hub = require("huggingface_hub", "models", "loading a model from the Hugging Face hub")
     offline = None
-    if hub_offline_env() or hub.constants.HF_HUB_OFFLINE:
+    if hub_offline_env() or hub_constants().HF_HUB_OFFLINE:
         offline = "HF_HUB_OFFLINE is set"
-    elif (problem := hub_problem(hub.constants.ENDPOINT)) is not None:
+    elif (problem := hub_problem(hub_constants().ENDPOINT)) is not None:
         offline = f"the hub is unreachable: {problem}"
     try:
         return Path(hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, local_files_only=offline is not None))

@@ -36,7 +36,7 @@ from ...hashing import canonical_json, spec_hash
 from ...registry import register
 from ...scorers._torch import dtype_name, resolve_device, resolve_dtype
 from ...scorers._weights import (COMMIT, PICKLE_SUFFIXES, MissingFile, MissingWeightsError, Resolver, WeightsError,
-                                 WeightsSource, file_sha256, first_line, hub_offline_env, hub_problem,
+                                 WeightsSource, file_sha256, first_line, hub_constants, hub_offline_env, hub_problem,
                                  load_state_dict)
 from ...ui import quiet_libraries
 from .base import GenerationRequest, GenerationResult, Generator, OutOfMemory, RUNTIME_OPTIONS, blank_reason
@@ -107,13 +107,12 @@ def locate(option: str, value: str, revision: str | None, offline: bool, subfold
 
 def offline_reason(offline: bool | None) -> str | None:
     """Why hub files come from the cache alone (None: the hub is asked)."""
-    hub = require("huggingface_hub", "models", "loading weights from the Hugging Face hub")
     if offline:
         return "hub access is off: the generator's offline option"
-    if offline is None and (hub_offline_env() or hub.constants.HF_HUB_OFFLINE):
+    if offline is None and (hub_offline_env() or hub_constants().HF_HUB_OFFLINE):
         return "hub access is off: HF_HUB_OFFLINE is set"
     if offline is None:
-        problem = hub_problem(hub.constants.ENDPOINT)
+        problem = hub_problem(hub_constants().ENDPOINT)
         if problem:
             return f"the hub is unreachable ({problem}); set HF_HUB_OFFLINE=1 to skip this check"
     return None
