@@ -109,6 +109,10 @@ class Worker:
         self.job: Job = payload["job"]
         self.folder: ImageFolder | None = payload.get("folder")
         self.state: dict = {}
+        # Ray caps OpenMP, BLAS and torch at the actor's num_cpus through OMP_NUM_THREADS; OpenCV (BRISQUE's
+        # resize) reads its own variable, read when it is first imported, which is later.
+        if os.environ.get("OMP_NUM_THREADS"):
+            os.environ.setdefault("OPENCV_FOR_THREADS_NUM", os.environ["OMP_NUM_THREADS"])
         try:
             if payload["version"] != __version__:
                 raise AuditError(f"the worker has aesthetic-audit {__version__}, the driver "
