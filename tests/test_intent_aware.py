@@ -322,6 +322,38 @@ def test_the_score_stage_reuses_judge_records_and_its_extra_reproduces_the_score
     assert again == {k: v["score"] for k, v in stored.items()}
 
 
+class WorkerCopyEngine:
+    """An engine that computes each batch as a remote worker would: on its own copy of the scorer (never
+    the one whose ``stored_results`` the driver asked) and reading images from the run's folder."""
+
+    name = "copy"
+
+    def map(self, job, store, batches):
+        import pickle
+
+        from aesthetic_audit.engine import Done
+        from aesthetic_audit.engine.ray_engine import FolderImages
+
+        backend = pickle.loads(pickle.dumps(job.backend))
+        backend.load()
+        for batch in batches:
+            yield Done(batch, job.compute(backend, batch, FolderImages(store.image_folder), {}))
+
+
+def test_stored_judge_values_travel_with_the_batch_to_a_worker(tmp_path, images):
+    """On a worker's own copy of the scorer (the Ray engine's case) the judge stage's J values are still
+    reused, and the records equal those of the local engine."""
+    local, _ = _run(tmp_path / "local", images)
+    run_judge(local, ClassicalJudge(), load_catalogue())
+    run_score(local, IntentAwareScorer(parser=Words(), judge=CountingJudge()))
+    store, _ = _run(tmp_path / "worker", images)
+    run_judge(store, ClassicalJudge(), load_catalogue())
+    CountingJudge.measured = 0
+    summary = run_score(store, IntentAwareScorer(parser=Words(), judge=CountingJudge()), engine=WorkerCopyEngine())
+    assert (summary.new, summary.failed, CountingJudge.measured) == (7, 0, 0)
+    assert [r.data for r in store.records("score")] == [r.data for r in local.records("score")]
+
+
 def test_judge_records_of_another_judge_are_not_reused(tmp_path, images):
     store, _ = _run(tmp_path, images)
 

@@ -44,7 +44,12 @@ def ray():
     # Workers import by name from the installed package only; the test helpers they run travel by value.
     ray.cloudpickle.register_pickle_by_value(fake_generator)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False)
+    # The fake generator is a plugin every worker has, as an installed one would be: workers import it from
+    # tests/ and register it as they start (actors build their backend from the run's config).
+    runtime_env = {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)},
+                   "worker_process_setup_hook": "fake_generator.register_fake"}
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False,
+             runtime_env=runtime_env)
     yield ray
     ray.shutdown()
 
@@ -282,3 +287,30 @@ def test_a_pool_has_as_many_worker_processes_as_workers(ray, tmp_path):
     pids = [r.data["pid"] for d in done for r in d.records]
     assert all(r.data["at"] == r.data["pid"] for d in done for r in d.records)  # loaded where it ran
     assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_a_pool_the_cluster_cannot_hold_is_refused_before_anything_starts(ray, edited, tmp_path):
+    """Ray would leave actors that can never fit waiting for ever, and the stage with them."""
+    from aesthetic_audit.errors import EngineError
+
+    run_dir = copy(edited, tmp_path / "run")
+    before = rows(run_dir)
+    for overrides, words in (({"ray.workers": 3}, "3 worker(s) x 1 CPUs = 3 CPUs, but the Ray cluster has 2"),
+                             ({"ray.backends": {"score:brisque": {"num_gpus": 1}}}, "1 GPUs, but the Ray cluster has 0")):
+        run = on_ray(run_dir, **overrides)
+        with pytest.raises(EngineError, match=words.replace("(", r"\(").replace(")", r"\)")) as err:
+            run.score(["brisque"])
+        run.close()
+        assert "\n" not in str(err.value) and "score:brisque" in str(err.value)
+        assert rows(run_dir) == before  # nothing stored, no backend failure recorded against brisque
+
+
+def test_engine_settings_apply_to_one_command_and_are_not_stored(ray, edited, tmp_path):
+    run = on_ray(copy(edited, tmp_path / "run"), **{"ray.in_flight": 3})  # on_ray sets ray.workers 1
+    run.score(["brisque"])
+    run.close()
+    manifest = run.store.read_manifest()
+    assert "engine" not in manifest["config"] and "ray" not in manifest["config"]
+    again = Run.open(run.store.root)  # the next command: local, with the default ray section
+    assert (again.config.engine, again.config.ray.workers, again.config.ray.in_flight) == ("local", 2, 2)
+    assert again.config.hash() == Run.open(copy(edited, tmp_path / "fresh")).config.hash()

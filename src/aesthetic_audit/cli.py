@@ -666,9 +666,7 @@ def _status(args: argparse.Namespace) -> None:
               + f"; judges {', '.join(config.get('judge', {}).get('judges', []))}"
               + (f"; labellers {', '.join(config['labels']['labellers'])}"
                  if (config.get("labels") or {}).get("labellers") else "")
-              + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}"
-              + (f"; engine ray ({(config.get('ray') or {}).get('address') or 'RAY_ADDRESS or a local Ray'})"
-                 if config.get("engine") == "ray" else ""))
+              + f"; scorers {', '.join(config.get('score', {}).get('scorers', []))}")
     counts = store.counts()
     for stage, c in counts.items():
         if stage != BACKEND:

@@ -389,9 +389,13 @@ class AuditConfig(_Section):
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
-    engine: Literal["local", "ray"] = Field("local", description="where generate, judge, labels and score run "
-                                            "their models: this process, or actor pools on Ray (the ray extra)")
-    ray: RayConfig = Field(default_factory=RayConfig)
+    # Where the work runs, not what it computes: set per command (flag or config file), never stored with
+    # the run (exclude: left out of the manifest, the config hash and the report), so one `--engine ray`
+    # does not send every later command on the run to Ray.
+    engine: Literal["local", "ray"] = Field("local", exclude=True, description="where generate, judge, labels "
+                                            "and score run their models: this process, or actor pools on Ray "
+                                            "(the ray extra); per command, not stored with the run")
+    ray: RayConfig = Field(default_factory=RayConfig, exclude=True)
 
     def hash(self) -> str:
         return spec_hash(self.model_dump(mode="json"))
@@ -513,7 +517,13 @@ def example_yaml() -> str:
     """A commented example config: every key with its default and description."""
     lines = ["# aesthetic-audit configuration. Every key is optional; shown with its default.",
              "# Unknown keys are errors. Command-line flags and --set KEY=VALUE override this file.", ""]
-    _emit(AuditConfig, AuditConfig().model_dump(mode="json"), lines, 0)
+    defaults = AuditConfig()
+    values = defaults.model_dump(mode="json")
+    for name, field in AuditConfig.model_fields.items():
+        if field.exclude:  # the engine settings, which a run's stored config leaves out
+            value = getattr(defaults, name)
+            values[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    _emit(AuditConfig, values, lines, 0)
     return "\n".join(lines) + "\n"
 
 

@@ -130,7 +130,8 @@ class Run:
             for i, (spec, generator) in enumerate(built):
                 try:
                     out.append(self._done(run_generate(self.store, self.config, spec, generator=generator,
-                                                       retry_failed=retry_failed, engine=self.engine)))
+                                                       retry_failed=retry_failed, engine=self.engine,
+                                                       factory=spec.build)))
                     self._backend_ran("generator", spec.name)
                 except (EndpointUnreachable, EngineError):
                     raise

@@ -225,8 +225,9 @@ class RayEngine:
         if first is None:
             return  # nothing to do: no worker is started, nothing is loaded
         ray = self.connect()
-        pool = self._start(ray, job, store)
+        pool = _Pool([])
         try:
+            self._start(ray, job, store, pool)
             yield from self._run(ray, job, store, pool, first, batches)
         finally:
             for actor in pool.actors:
@@ -238,28 +239,43 @@ class RayEngine:
         pick = (lambda k: getattr(own, k) if own is not None and getattr(own, k) is not None else getattr(c, k))
         return pick("workers"), pick("num_cpus"), pick("num_gpus")
 
-    def _start(self, ray, job: Job, store: RunStore) -> _Pool:
+    def _start(self, ray, job: Job, store: RunStore, pool: _Pool) -> None:
+        """Start the job's actors into ``pool`` (so that they are killed whatever happens next)."""
         workers, num_cpus, num_gpus = self._resources(job.stage)
+        self._check_fits(ray, job.stage, workers, num_cpus, num_gpus)
         payload = {"job": job if job.factory is None else Job(job.stage, None, job.compute, job.images_of,
                                                                job.factory, job.load),
-                   "version": __version__, "hook": os.environ.get(KILL_HOOK), "folder": store.image_folder}
+                   "version": __version__, "hook": os.environ.get(KILL_HOOK),
+                   # absolute: a worker on another node has another working directory
+                   "folder": ImageFolder(store.root, Path(store.root).resolve())}
         remote = ray.remote(Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
                                             max_task_retries=self.config.max_retries, max_concurrency=1)
         try:
             # By value, not through ray.put: a restarted actor needs its arguments, which Ray keeps with
             # the actor's own record this way.
-            actors = [remote.remote(payload) for _ in range(workers)]
+            for _ in range(workers):
+                pool.actors.append(remote.remote(payload))
+                pool.load.append(0)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot be pickled, in one line
             raise AuditError(f"{job.stage}: cannot be sent to Ray workers: {_first_line(exc)}") from None
-        pool = _Pool(actors, [0] * workers)
         self._images_mode(ray, store, pool)
-        return pool
+
+    def _check_fits(self, ray, stage: str, workers: int, num_cpus: float, num_gpus: float) -> None:
+        """Refuse a pool the cluster can never hold: its actors would wait for resources for ever (Ray
+        does not fail them), and so would the stage. Resources other jobs hold only make it wait."""
+        total = ray.cluster_resources()
+        for what, each, key in (("CPUs", num_cpus, "CPU"), ("GPUs", num_gpus, "GPU")):
+            need, have = workers * each, total.get(key, 0)
+            if need > have + 1e-9:
+                raise EngineError(
+                    f"{stage}: {workers} worker(s) x {each:g} {what} = {need:g} {what}, but the Ray cluster has "
+                    f"{have:g}; lower ray.workers or ray.num_{key.lower()}s (or ray.backends.{stage}), or add nodes")
 
     def _images_mode(self, ray, store: RunStore, pool: _Pool) -> None:
         mode = self.config.images
         if mode == "auto":
             token = secrets.token_hex(16)
-            probe = store.image_folder.images_dir / f".probe-{token}"
+            probe = Path(store.root).resolve() / "images" / f".probe-{token}"
             probe.write_text(token, encoding="utf-8")
             try:
                 seen = ray.get([a.sees.remote(str(probe), token) for a in pool.actors])

@@ -22,7 +22,7 @@ I_o ("generated") or from the I_o of the run's edited or imported pairs ("pairs"
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -127,10 +127,13 @@ def _common(data: dict[str, Any], spec: GeneratorSpec, generator: dict[str, Any]
 
 
 def run_generate(store: RunStore, config: AuditConfig, spec: GeneratorSpec, *, generator: Generator | None = None,
-                 retry_failed: bool = False, engine: Engine | None = None) -> StageSummary:
-    """Render every pending image pair of one generator; ``generator`` injects a built backend (a Ray
-    worker then gets it pickled; otherwise each worker builds its own from ``spec``)."""
-    injected = generator is not None
+                 retry_failed: bool = False, engine: Engine | None = None,
+                 factory: Callable[[], Generator] | None = None) -> StageSummary:
+    """Render every pending image pair of one generator; ``generator`` injects a built backend. A Ray
+    worker builds its own with ``factory`` (default: ``spec.build`` unless a backend was injected, which
+    it then gets pickled)."""
+    if factory is None and generator is None:
+        factory = spec.build
     generator = generator or spec.build()
     identity = generator.identity()
     record_stage(store, config, f"images:generate:{spec.name}", {f"generator:{spec.name}": spec.manifest(generator)})
@@ -140,8 +143,7 @@ def run_generate(store: RunStore, config: AuditConfig, spec: GeneratorSpec, *, g
     todo = [(j.key, j) for j in jobs if j.key in pending]
     size = max(1, generator.batch_size)
     compute = GenerateBatch(store_png_level(store, config.images.png_level))
-    job = Job(f"generate:{spec.name}", generator, compute, _generate_images, load=False,
-              factory=None if injected else spec.build)
+    job = Job(f"generate:{spec.name}", generator, compute, _generate_images, load=False, factory=factory)
     batches = Planned([todo[i:i + size] for i in range(0, len(todo), size)], len(todo))
     failed_before = summary.failed
     new = drive(engine or LocalEngine(), job, store, batches, summary, unit="pair", label=f"generate {spec.name}")

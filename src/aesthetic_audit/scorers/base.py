@@ -90,6 +90,16 @@ def distinct_items(items: Sequence[tuple[Any, str | None]], prompt_aware: bool =
 
 
 @dataclass(frozen=True)
+class StoredInput:
+    """Something the run already holds about an image that a scorer reuses (the judge stage's J values, for
+    the intent-aware reward). ``stored_results`` may answer an image with it instead of a result: the score
+    stage reads it on the driver and hands it to the scorer's ``reuse`` beside the decoded image, wherever
+    the batch runs, so a Ray worker gets it too."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
 class ScoreResult:
     score: float | None
     error: str | None = None

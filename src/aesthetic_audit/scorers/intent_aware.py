@@ -50,8 +50,9 @@ for any other λ. ``tokens``/``truncated`` are the faithfulness scorer's.
 Judge work is shared with the judge stage: where the run holds the judge stage's records of the same judge
 (same identity), ``stored_results`` reads their J values (as the composite scorer does) and the images are not
 measured again. The score itself depends on the prompt, and the score stage applies a stored result to every
-prompt of an image, so ``stored_results`` answers nothing itself: it keeps the stored J values, matched to the
-decoded pixels (``image_key``), for the ``score`` call that follows.
+prompt of an image, so ``stored_results`` answers with the stored J values as inputs (``StoredInput``), which
+the stage hands back through ``reuse`` with the decoded images (on whichever worker scores them), matched to
+their pixels (``image_key``), for the ``score`` call that follows.
 
 Training loops: ``IntentAwareReward(alignment, aesthetic, parser, strength, weights)`` (or calling a scorer
 built with model parts, ``scorer(images, prompts)``) returns a reward tensor [B] that is differentiable when
@@ -73,13 +74,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 from PIL import Image
 
 from ..errors import AuditError, ConfigError, InputError
-from ..images.shared import decode_stored
 from ..intent.base import Intent, IntentParser, make_parser
 from ..judges.base import Judge
 from ..judges.classical import ClassicalJudge
 from ..registry import register
 from ._weights import WeightsError
-from .base import Scorer, ScoreResult, image_key
+from .base import Scorer, ScoreResult, StoredInput, image_key
 from .composite import CompositeAesthetics
 from .stage import make_scorer
 
@@ -246,19 +246,17 @@ class IntentAwareScorer(Scorer):
                       f"{role}_options)") from None
 
     # -- the score stage's reuse of judge records ----------------------------------------------------
-    def stored_results(self, store: RunStore, images: Sequence[str]) -> dict[str, ScoreResult]:
-        """Always {} (a score depends on the prompt; see the module docstring), after keeping the J values the
-        judge stage stored for ``images`` with this scorer's judge, for the ``score`` call that follows."""
-        self._stored = {}
+    def stored_results(self, store: RunStore, images: Sequence[str]) -> dict[str, StoredInput]:
+        """The J values the judge stage stored for ``images`` with this scorer's judge, as inputs to reuse,
+        never as results (a score depends on the prompt; see the module docstring)."""
         if not self.uses_judge:
             return {}
-        for sha, res in CompositeAesthetics(judge=self.judge).stored_results(store, images).items():
-            try:
-                # Inside ``images.shared.sharing()`` this decode is the one the stage then reuses.
-                self._stored[image_key(decode_stored(store, sha))] = res.extra["J"]
-            except InputError:
-                continue  # the stage reports the undecodable image itself
-        return {}
+        return {sha: StoredInput(res.extra["J"])
+                for sha, res in CompositeAesthetics(judge=self.judge).stored_results(store, images).items()}
+
+    def reuse(self, stored: list[tuple[Image.Image, Any]]) -> None:
+        """The stored J values of the next ``score`` call's images, matched to their pixels (``image_key``)."""
+        self._stored = {image_key(image): value for image, value in stored}
 
     # -- scoring ---------------------------------------------------------------------------------------
     def _judgements(self, images: list[Image.Image]) -> dict[int, dict[str, float] | str]:

@@ -6,7 +6,9 @@ share an image and a prompt share the record. Items are read from the pairs a pa
 as they come (``stage.Pending``); scores are written in chunks (``RunStore.writer``). The scoring itself
 (``ScoreBatch``, ``PairwiseBatch``) runs on the run's engine (``engine``): in this process, or on Ray. A scorer with a
 ``stored_results(store, images)`` method (the composite scorer) gets the chance to answer from records
-the run already holds before any image is decoded.
+the run already holds before any image is decoded; it may also answer with a ``StoredInput`` (stored
+values the scorer reuses, such as the judge's J for the intent-aware reward), which travels with the batch
+to the scorer's ``reuse``.
 
 A pairwise scorer (class attribute ``pairwise``, the VLM of ``vlm_pairwise.py``) has no r(I, p): it
 gets one record per distinct (I_o, I_a, p_a) of the run's pairs instead (``run_pairwise``), keyed
@@ -28,7 +30,7 @@ from ..records import IMAGES, SCORE, has_pixels, json_text, score_key_template
 from ..registry import get
 from ..stage import Pending, StageSummary, stored_fields
 from ..store import Record, RunStore
-from .base import Scorer, ScoreResult
+from .base import Scorer, ScoreResult, StoredInput
 
 
 def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_failed: bool = False,
@@ -76,7 +78,7 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
 
 def _score_images(item: tuple) -> list[str]:
     image, _, known = item
-    return [image] if known is None else []
+    return [] if isinstance(known, ScoreResult) else [image]
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,20 @@ class ScoreBatch:
                 **base, "image": image, "prompt": prompt, "score": float(res.score), "tokens": res.tokens,
                 "truncated": res.truncated, **({"extra": res.extra} if res.extra else {})})
 
-        decoded = decode_each(images, [image for _, (image, _, known) in batch if known is None])
-        ready = []
+        decoded = decode_each(images, [image for _, (image, _, known) in batch if not isinstance(known, ScoreResult)])
+        ready, reused = [], {}
         for key, (image, prompt, known) in batch:
             item = f"{image[:12]}|{(prompt or '')[:40]}"
-            if known is not None:
+            if isinstance(known, ScoreResult):
                 out.append(done(key, item, image, prompt, known))
             elif isinstance(decoded[image], InputError):
                 out.append(fail(key, item, image, prompt, str(decoded[image])))
             else:
                 ready.append((key, item, image, prompt))
+                if isinstance(known, StoredInput):
+                    reused[image] = known.value
+        if hasattr(scorer, "reuse"):  # this batch's stored inputs, none from an earlier batch
+            scorer.reuse([(decoded[image], value) for image, value in reused.items()])
         try:
             results = scorer.score([(decoded[image], prompt) for _, _, image, prompt in ready]) if ready else []
         except EndpointUnreachable:  # an endpoint behind the scorer (an LLM intent parser) is down: stop

@@ -311,11 +311,12 @@ class ImageFolder:
     It needs no database, so a worker process on another machine that mounts the run (shared storage)
     reads and writes images through it; writes are atomic and idempotent, so workers never clash."""
 
-    root: Path
+    root: Path  # the run as it was opened: what messages name
+    location: Path | None = None  # where its files are, when that differs (an absolute path for other nodes)
 
     @property
     def images_dir(self) -> Path:
-        return Path(self.root) / "images"
+        return Path(self.location or self.root) / "images"
 
     def file(self, sha: str, suffix: str = ".png") -> Path:
         return self.images_dir / sha[:2] / f"{sha}{suffix}"
