@@ -108,6 +108,37 @@ def test_score_on_ray_stores_the_local_records_in_the_local_order(ray, edited, l
     assert of(rows(run.store.root), "score") == of(local, "score", "brisque")
 
 
+def test_stored_answers_are_written_on_the_driver_without_starting_a_pool(ray, edited, local, tmp_path,
+                                                                          monkeypatch):
+    """The composite scorer answers from the judge stage's records: on Ray it starts no actor for them."""
+    from aesthetic_audit.engine.ray_engine import RayEngine
+
+    run = Run.open(copy(edited, tmp_path / "run"))
+    run.judge(["classical"])
+
+    def no_pool(*args):
+        raise AssertionError("a pool was started for stored answers")
+
+    monkeypatch.setattr(RayEngine, "_start", no_pool)
+    run = on_ray(run.store.root, **{"score.chunk_size": 8})
+    (summary,) = run.score(["composite"])
+    run.close()
+    assert (summary.new, summary.failed) == (27, 0)
+    assert of(rows(run.store.root), "score") == of(local, "score", "composite")
+
+
+def test_a_worker_running_other_code_refuses_in_one_line(tmp_path):
+    from aesthetic_audit import __version__
+    from aesthetic_audit.engine.ray_engine import Worker, code_digest
+
+    job = Job("score:pid", Pid(), pid_batch, no_images)
+    payload = {"job": job, "version": __version__, "code": code_digest(), "hook": None, "folder": None}
+    assert Worker(payload).run([("k", "item 1.0")], {})[0] == "ok"
+    reply = Worker({**payload, "code": "0" * 12}).run([("k", "item 1.0")], {})
+    assert reply[:2] == ("error", "AuditError") and "\n" not in reply[2]
+    assert f"code {code_digest()}) is not the driver's ({__version__}, code 000000000000)" in reply[2]
+
+
 def test_the_classical_judge_on_ray_equals_local(ray, edited, local, tmp_path):
     run = on_ray(copy(edited, tmp_path / "run"), **{"judge.batch_size": 8})
     (summary,) = run.judge(["classical"])

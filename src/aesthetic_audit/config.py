@@ -361,7 +361,7 @@ class RayConfig(_Section):
                              "past that its items are left for a rerun")
     backends: dict[str, RayBackendConfig] = Field(
         default_factory=dict, description="per-backend pool size and resources, keyed STAGE:NAME (score:hpsv2, "
-        "judge:vlm, labels:vlm, generate:sdxl), e.g. {score:hpsv2: {workers: 4, num_gpus: 0.5}}")
+        "judge:vlm, labels:vlm, generate:sdxl-base), e.g. {score:hpsv2: {workers: 4, num_gpus: 0.5}}")
 
     @field_validator("backends")
     @classmethod
@@ -369,8 +369,8 @@ class RayConfig(_Section):
         for key in value:
             stage, _, name = key.partition(":")
             if stage not in ("score", "judge", "labels", "generate") or not name:
-                raise ValueError(f"ray.backends: {key!r} is not STAGE:NAME with STAGE one of score, judge, labels, "
-                                 "generate (e.g. score:hpsv2)")
+                raise ValueError(f"{key!r} is not STAGE:NAME with STAGE one of score, judge, labels, generate "
+                                 "(e.g. score:hpsv2)")
         return value
 
 
@@ -396,6 +396,32 @@ class AuditConfig(_Section):
                                             "and score run their models: this process, or actor pools on Ray "
                                             "(the ray extra); per command, not stored with the run")
     ray: RayConfig = Field(default_factory=RayConfig, exclude=True)
+
+    @model_validator(mode="after")
+    def _known_ray_backends(self):
+        """Each ``ray.backends`` entry must name a backend a stage can run: a typo would otherwise size no
+        pool, silently."""
+        from .registry import available
+
+        kinds = {"score": "scorers", "judge": "judges", "labels": "labellers", "generate": "generators"}
+        for key in self.ray.backends:
+            stage, _, name = key.partition(":")
+            known = list(available(kinds[stage]))
+            if stage == "generate":
+                from .images.generators.presets import generator_specs, presets, user_presets
+
+                known += [*presets(), *user_presets(self.images.generate.presets)]
+                try:  # a sweep's generators are named after their settings
+                    known += [spec.name for spec in generator_specs(self.images.generate)]
+                except AuditError:
+                    pass  # said by the images section's own check
+                if name not in known:
+                    raise ValueError(f"ray.backends: {key!r}: unknown generator {name!r}; known: "
+                                     f"{', '.join(dict.fromkeys(known))}")
+            elif name.split(":", 1)[0] not in known:
+                raise ValueError(f"ray.backends: {key!r}: unknown {kinds[stage][:-1]} {name.split(':', 1)[0]!r}; "
+                                 f"available: {', '.join(known)}")
+        return self
 
     def hash(self) -> str:
         return spec_hash(self.model_dump(mode="json"))

@@ -49,12 +49,15 @@ class Job:
     """One backend's work in one stage.
 
     ``stage`` names it as summaries do (``score:clip``, ``judge:vlm``, ``labels:vlm``,
-    ``generate:sdxl``): the ``ray.backends`` entry with its pool size and resources has this name.
+    ``generate:sdxl-base``): the ``ray.backends`` entry with its pool size and resources has this name.
     ``backend`` is the built, not yet loaded backend (the local engine uses it; a Ray worker builds its
     own with ``factory``, a picklable zero-argument callable, or gets ``backend`` pickled when there is
     none). ``compute`` must be picklable (a module-level function or a dataclass of plain data).
     ``images_of(item)`` lists the hashes an item reads, for workers that get the bytes from the driver.
     ``load``: call ``backend.load()`` before the first batch (generators load on their first call).
+    ``needs_backend(item)``: whether an item needs the loaded backend (default: every item does); a batch
+    none of whose items does (scores the run already holds) is computed where it is planned, and a stage
+    made only of such batches starts no worker.
     """
 
     stage: str
@@ -63,6 +66,10 @@ class Job:
     images_of: Callable[[Any], Iterable[str]]
     factory: Callable[[], Any] | None = None
     load: bool = True
+    needs_backend: Callable[[Any], bool] | None = None
+
+    def wants_backend(self, batch: Batch) -> bool:
+        return self.needs_backend is None or any(self.needs_backend(item) for _, item in batch)
 
 
 @dataclass

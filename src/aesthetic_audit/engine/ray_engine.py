@@ -26,6 +26,9 @@ create PATH and exit at once (only one worker, once: the file is created exclusi
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import os
 import secrets
 import socket
@@ -39,7 +42,7 @@ from .. import __version__
 from ..errors import AuditError, ConfigError, EndpointUnreachable, EngineError, InputError, require
 from ..store.run import ImageFolder
 from ..ui import log
-from . import Batch, Done, Job, decode_each  # noqa: F401  (decode_each: used by jobs on workers)
+from . import Batch, Done, Job, LocalImages
 
 if TYPE_CHECKING:
     from ..config import RayConfig
@@ -114,9 +117,10 @@ class Worker:
         if os.environ.get("OMP_NUM_THREADS"):
             os.environ.setdefault("OPENCV_FOR_THREADS_NUM", os.environ["OMP_NUM_THREADS"])
         try:
-            if payload["version"] != __version__:
-                raise AuditError(f"the worker has aesthetic-audit {__version__}, the driver "
-                                 f"{payload['version']}: install the same version on every node")
+            if (payload["version"], payload["code"]) != (__version__, code_digest()):
+                raise AuditError(f"the worker's aesthetic-audit ({__version__}, code {code_digest()}) is not the "
+                                 f"driver's ({payload['version']}, code {payload['code']}): install the same version "
+                                 "and source on every node")
             self.backend = self.job.factory() if self.job.factory is not None else self.job.backend
             if self.job.load:
                 self.backend.load()
@@ -171,6 +175,7 @@ class _Entry:
     ref: Any = None
     actor: int = -1
     finished: bool = False
+    done: Done | None = None  # computed on the driver (a batch of stored answers)
 
 
 @dataclass
@@ -197,6 +202,7 @@ class RayEngine:
     def connect(self):
         ray = _ray()
         if ray.is_initialized():
+            log.info("ray: using the Ray this process is connected to (%s)", _describe(ray))
             return ray
         address = self.config.address or os.environ.get("RAY_ADDRESS") or None
         options = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
@@ -211,6 +217,8 @@ class RayEngine:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise EngineError(f"ray: cannot start or join {where}: {_first_line(exc)}") from None
         self._started = True
+        log.info("ray: %s (%s)", f"joined the cluster at {address}" if address else "started on this machine, or "
+                 "joined the one `ray start` started here", _describe(ray))
         return ray
 
     def close(self) -> None:
@@ -220,18 +228,16 @@ class RayEngine:
 
     # -- running a job -------------------------------------------------------------------------
     def map(self, job: Job, store: RunStore, batches: Iterable[Batch]) -> Iterator[Done]:
-        batches = iter(batches)
-        first = next(batches, None)
-        if first is None:
-            return  # nothing to do: no worker is started, nothing is loaded
-        ray = self.connect()
+        """Outcomes in planned order. Ray is joined and the pool started at the first batch that needs
+        the backend: a stage with nothing to do, or only stored answers to write, starts nothing."""
         pool = _Pool([])
         try:
-            self._start(ray, job, store, pool)
-            yield from self._run(ray, job, store, pool, first, batches)
+            yield from self._run(job, store, pool, iter(batches))
         finally:
-            for actor in pool.actors:
-                ray.kill(actor)
+            if pool.actors:
+                ray = _ray()
+                for actor in pool.actors:
+                    ray.kill(actor)
 
     def _resources(self, stage: str) -> tuple[int, float, float]:
         c = self.config
@@ -245,7 +251,7 @@ class RayEngine:
         self._check_fits(ray, job.stage, workers, num_cpus, num_gpus)
         payload = {"job": job if job.factory is None else Job(job.stage, None, job.compute, job.images_of,
                                                                job.factory, job.load),
-                   "version": __version__, "hook": os.environ.get(KILL_HOOK),
+                   "version": __version__, "code": code_digest(), "hook": os.environ.get(KILL_HOOK),
                    # absolute: a worker on another node has another working directory
                    "folder": ImageFolder(store.root, Path(store.root).resolve())}
         remote = ray.remote(Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
@@ -259,6 +265,8 @@ class RayEngine:
         except Exception as exc:  # noqa: BLE001 - a backend that cannot be pickled, in one line
             raise AuditError(f"{job.stage}: cannot be sent to Ray workers: {_first_line(exc)}") from None
         self._images_mode(ray, store, pool)
+        log.info("ray: %s on %d actor(s), %g CPU and %g GPU each; images %s", job.stage, workers, num_cpus, num_gpus,
+                 self._mode)
 
     def _check_fits(self, ray, stage: str, workers: int, num_cpus: float, num_gpus: float) -> None:
         """Refuse a pool the cluster can never hold: its actors would wait for resources for ever (Ray
@@ -275,7 +283,12 @@ class RayEngine:
         mode = self.config.images
         if mode == "auto":
             token = secrets.token_hex(16)
-            probe = Path(store.root).resolve() / "images" / f".probe-{token}"
+            folder = Path(store.root).resolve() / "images"
+            for old in folder.glob(".probe-*"):  # left by a driver that was killed while probing
+                with contextlib.suppress(OSError):
+                    if time.time() - old.stat().st_mtime > 600:
+                        old.unlink()
+            probe = folder / f".probe-{token}"
             probe.write_text(token, encoding="utf-8")
             try:
                 seen = ray.get([a.sees.remote(str(probe), token) for a in pool.actors])
@@ -302,19 +315,26 @@ class RayEngine:
                     blobs[sha] = str(exc)
         return blobs
 
-    def _run(self, ray, job: Job, store: RunStore, pool: _Pool, first: Batch,
-             batches: Iterator[Batch]) -> Iterator[Done]:
+    def _run(self, job: Job, store: RunStore, pool: _Pool, batches: Iterator[Batch]) -> Iterator[Done]:
         queue: deque[_Entry] = deque()
-        upcoming: Iterator[Batch] = _chain(first, batches)
-        capacity = len(pool.actors) * self.config.in_flight
+        ray = None
+        capacity = self.config.in_flight  # until the pool has started
         exhausted = False
         while True:
             # Keep every actor busy; hold at most twice the capacity of finished, unwritten batches.
             while not exhausted and sum(pool.load) < capacity and len(queue) < 2 * capacity:
-                batch = next(upcoming, None)
+                batch = next(batches, None)
                 if batch is None:
                     exhausted = True
                     break
+                if not job.wants_backend(batch):  # stored answers only: written in their place, no worker
+                    done = Done(batch, job.compute(job.backend, batch, LocalImages(store), {}))
+                    queue.append(_Entry(batch, finished=True, done=done))
+                    continue
+                if ray is None:
+                    ray = self.connect()
+                    self._start(ray, job, store, pool)
+                    capacity = len(pool.actors) * self.config.in_flight
                 entry = _Entry(batch, self._blobs(job, store, batch), actor=pool.least_loaded())
                 pool.load[entry.actor] += 1
                 entry.ref = pool.actors[entry.actor].run.remote(entry.batch, entry.blobs)
@@ -331,7 +351,7 @@ class RayEngine:
                         pool.load[e.actor] -= 1
                 continue
             queue.popleft()
-            yield self._outcome(ray, job, head)
+            yield head.done if head.done is not None else self._outcome(ray, job, head)
 
     def _outcome(self, ray, job: Job, entry: _Entry) -> Done:
         try:
@@ -349,6 +369,22 @@ class RayEngine:
         return Done(entry.batch, records, seconds, images=made)
 
 
+@functools.cache
+def code_digest() -> str:
+    """A digest of the package's source files (names and bytes): a worker runs the driver's code, or says
+    it does not, even where the version number is the same (a changed checkout, a dirty tree)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _describe(ray) -> str:
+    total = ray.cluster_resources()
+    return f"{len(ray.nodes())} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs"
+
+
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail fast when nothing listens at a HOST:PORT (or ray://HOST:PORT) address: ``ray.init`` itself
     retries an unreachable cluster for minutes. Other forms (``auto``) are left to Ray."""
@@ -360,11 +396,6 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     except OSError as exc:
         raise EngineError(f"ray: cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
                           "`ray start --head` or fix ray.address / RAY_ADDRESS") from None
-
-
-def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
-    yield first
-    yield from rest
 
 
 def _first_line(exc: BaseException) -> str:

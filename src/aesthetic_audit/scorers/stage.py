@@ -68,7 +68,7 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
                 yield [(key, (image, prompt, known.get(image))) for key, (image, prompt) in batch]
 
         failed_before = summary.failed
-        job = Job(summary.stage, scorer, ScoreBatch(base), _score_images, factory=factory)
+        job = Job(summary.stage, scorer, ScoreBatch(base), _score_images, factory=factory, needs_backend=_score_images)
         new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary,
                     label=f"score {scorer.name}")
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
