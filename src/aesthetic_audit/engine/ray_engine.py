@@ -202,7 +202,8 @@ class RayEngine:
     def connect(self):
         ray = _ray()
         if ray.is_initialized():
-            log.info("ray: using the Ray this process is connected to (%s)", _describe(ray))
+            if not self._started:  # not the one this engine started for an earlier stage
+                log.info("ray: using the Ray this process is connected to (%s)", _describe(ray))
             return ray
         address = self.config.address or os.environ.get("RAY_ADDRESS") or None
         options = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
