@@ -128,10 +128,9 @@ class LocalEngine:
         pass
 
 
-def make_engine(config: AuditConfig, name: str | None = None) -> Engine:
-    """The engine ``name`` (default: the config's ``engine``)."""
-    name = name or config.engine
-    if name == "ray":
+def make_engine(config: AuditConfig) -> Engine:
+    """The engine the config's ``engine`` names."""
+    if config.engine == "ray":
         from .ray_engine import RayEngine
 
         return RayEngine(config.ray)
@@ -139,19 +138,19 @@ def make_engine(config: AuditConfig, name: str | None = None) -> Engine:
 
 
 def drive(engine: Engine, job: Job, store: RunStore, batches: Iterable[Batch], summary: StageSummary, *,
-          unit: str = "item", label: str | None = None, on_record: Callable[["Record"], None] | None = None) -> int:
+          unit: str = "item") -> int:
     """Run ``job`` over ``batches`` with ``engine`` and write every record through one writer, in planned
     order; count failed records (logged with their reason) and lost batches in ``summary``. A batch that
     took ``SLOW_BATCH_S`` or more is committed at once, so a stall in the next one cannot hold it.
-    Returns how many records changed the store."""
+    Returns how many records changed the store. The progress bar is named after the job (``score clip``)."""
     from ..stage import SLOW_BATCH_S
     from ..ui import log, progress_counter
 
-    label = label or job.stage.replace(":", " ", 1)
+    label = job.stage.replace(":", " ", 1)
     with store.writer() as writer, progress_counter(label, total=_count(batches), unit=unit) as advance:
         for done in engine.map(job, store, batches):
-            for sha_bytes in done.images.values():
-                store.put_image_bytes(sha_bytes)
+            for data in done.images.values():  # images a worker made and sent back: stored before their records
+                store.put_image_bytes(data)
             if done.lost is not None:
                 summary.lost += len(done.batch)
                 log.warning("lost: %s: a batch of %d items: %s; a rerun computes them", job.stage, len(done.batch),
@@ -161,8 +160,6 @@ def drive(engine: Engine, job: Job, store: RunStore, batches: Iterable[Batch], s
                     summary.failed += 1
                     log.warning("failed: %s on %s: %s", job.stage, record.item, record.error)
                 writer.put(record)
-                if on_record is not None:
-                    on_record(record)
             if done.seconds >= SLOW_BATCH_S:
                 writer.flush()
             advance(len(done.batch))
@@ -193,3 +190,8 @@ def decode_each(images: Images, shas: Sequence[str]) -> dict[str, Any]:
             except InputError as exc:
                 out[sha] = exc
     return out
+
+
+def decode_error(decoded: dict[str, Any], shas: Sequence[str]) -> InputError | None:
+    """The first of ``shas`` that ``decode_each`` could not decode, as its error; None when all decoded."""
+    return next((decoded[sha] for sha in shas if isinstance(decoded[sha], InputError)), None)

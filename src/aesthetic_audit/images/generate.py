@@ -146,7 +146,7 @@ def run_generate(store: RunStore, config: AuditConfig, spec: GeneratorSpec, *, g
     job = Job(f"generate:{spec.name}", generator, compute, _generate_images, load=False, factory=factory)
     batches = Planned([todo[i:i + size] for i in range(0, len(todo), size)], len(todo))
     failed_before = summary.failed
-    new = drive(engine or LocalEngine(), job, store, batches, summary, unit="pair", label=f"generate {spec.name}")
+    new = drive(engine or LocalEngine(), job, store, batches, summary, unit="pair")
     summary.new = new - (summary.failed - failed_before)  # every failed record written was pending
     return summary
 

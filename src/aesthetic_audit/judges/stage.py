@@ -48,7 +48,7 @@ def run_judge(store: RunStore, judge: Judge, catalogue: Catalogue, *, batch_size
         job = Job(summary.stage, judge, JudgeBatch(name, spec_hash(identity), tuple(dims)), _judge_images,
                   factory=factory)
         new = drive(engine or LocalEngine(), job, store, Planned(pending.batches(batch_size), todo), summary,
-                    unit="image", label=f"judge {name}")
+                    unit="image")
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
     summary.new = new - (summary.failed - failed_before)
     return summary

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, drive
-from ..errors import ConfigError, EndpointUnreachable, InputError
+from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, decode_error, drive
+from ..errors import ConfigError, EndpointUnreachable
 from ..hashing import spec_hash
 from ..records import IMAGES, LABELS, has_pixels, json_text, label_key_template
 from ..registry import get
@@ -52,8 +52,7 @@ def run_labels(store: RunStore, labeller: Any, *, seed: int, name: str | None = 
                 yield [(key, _item(store, *values)) for key, values in chunk]
 
         job = Job(summary.stage, labeller, LabelsBatch(name, base, seed), _label_images, factory=factory)
-        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary, unit="pair",
-                    label=f"labels {name}")
+        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary, unit="pair")
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
     summary.new = new - (summary.failed - failed_before)
     return summary
@@ -79,8 +78,7 @@ class LabelsBatch:
 
         decoded = decode_each(images, [sha for _, it in chunk for sha in (it["image_o"], it["image_a"])])
         for key, it in chunk:
-            error = next((decoded[s] for s in (it["image_o"], it["image_a"]) if isinstance(decoded[s], InputError)),
-                         None)
+            error = decode_error(decoded, (it["image_o"], it["image_a"]))
             if error is not None:
                 out.append(fail(it, key, str(error)))
                 continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, drive
+from ..engine import Batch, Engine, Images, Job, LocalEngine, Planned, decode_each, decode_error, drive
 from ..errors import ConfigError, EndpointUnreachable, InputError
 from ..hashing import spec_hash
 from ..records import IMAGES, SCORE, has_pixels, json_text, score_key_template
@@ -69,8 +69,7 @@ def run_score(store: RunStore, scorer: Scorer, *, chunk_size: int = 64, retry_fa
 
         failed_before = summary.failed
         job = Job(summary.stage, scorer, ScoreBatch(base), _score_images, factory=factory, needs_backend=_score_images)
-        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary,
-                    label=f"score {scorer.name}")
+        new = drive(engine or LocalEngine(), job, store, Planned(batches(), todo), summary)
     # Every failed record written changed the store (its key was pending); the rest are the new ones.
     summary.new = new - (summary.failed - failed_before)
     return summary
@@ -144,7 +143,7 @@ def run_pairwise(store: RunStore, scorer: Any, *, chunk_size: int = 64, retry_fa
         failed_before = summary.failed
         job = Job(summary.stage, scorer, PairwiseBatch(base), _pair_images, factory=factory)
         new = drive(engine or LocalEngine(), job, store, Planned(pending.batches(chunk_size), todo), summary,
-                    unit="pair", label=f"score {scorer.name}")
+                    unit="pair")
     summary.new = new - (summary.failed - failed_before)
     return summary
 
@@ -168,7 +167,7 @@ class PairwiseBatch:
         for key, (image_o, image_a, p_a) in batch:
             item = f"{image_o[:12]}|{image_a[:12]}|{p_a[:40]}"
             fields = {"image_o": image_o, "image_a": image_a, "prompt": p_a}
-            error = next((decoded[sha] for sha in (image_o, image_a) if isinstance(decoded[sha], InputError)), None)
+            error = decode_error(decoded, (image_o, image_a))
             if error is not None:
                 out.append(Record.failed(key, SCORE, item, str(error), **self.base, **fields))
                 continue
